@@ -1,0 +1,161 @@
+"""Classifier finetuning (teacher, students, baseline) and batched inference.
+
+Targets are distributions (B, C): one-hot rows for gold labels and hard pseudo-labels,
+soft rows for soft pseudo-labels; each row has a loss weight. The loss is the weighted
+soft cross-entropy  -sum_c t_c log p_c  (equal to ordinary cross-entropy on one-hot rows).
+Early stopping keeps the epoch with the best validation macro-F1 (ties: lower loss).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+
+from selftrain.config import FinetuneConfig
+from selftrain.core.runtime import autocast, length_buckets, seed_everything, tokenize
+from selftrain.plugins import RuntimeContext
+from selftrain.plugins.objectives.common import pad_batch
+
+
+@dataclass
+class TrainSet:
+    texts: list[str]
+    targets: np.ndarray  # (N, C) float32, rows sum to 1
+    weights: np.ndarray  # (N,) float32
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    epochs_run: int
+    val_macro_f1: float
+    val_loss: float
+    seconds: float
+    history: list[dict]
+
+
+def load_classifier(model_dir: str, label_names: list[str]):
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
+    )
+    model.config.pad_token_id = tok.pad_token_id  # decoders classify at the last non-pad token
+    return model, tok
+
+
+@torch.inference_mode()
+def predict_logits(model, tok, texts: list[str], max_length: int, batch_size: int, ctx: RuntimeContext,
+                   progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """(N,) texts -> (N, C) float32 logits; length-sorted batches, restored to input order."""
+    model.eval().to(ctx.device)
+    ids = tokenize(tok, texts, max_length)
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        x, m = pad_batch([ids[i] for i in idx], tok.pad_token_id)
+        with autocast(ctx):
+            logits = model(input_ids=x.to(ctx.device), attention_mask=m.to(ctx.device)).logits
+        out[idx] = logits.float().cpu().numpy()
+        if progress:
+            progress(len(idx))
+    return out
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B, C) logits, (B, C) target distributions, (B,) weights -> weighted mean loss."""
+    per_row = -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1)  # (B,)
+    return (per_row * weights).sum() / weights.sum().clamp(min=1e-8)
+
+
+def fit(
+    model_dir: str,
+    label_names: list[str],
+    train: TrainSet,
+    val_texts: list[str],
+    val_labels: np.ndarray,
+    cfg: FinetuneConfig,
+    max_epochs: int,
+    max_length: int,
+    ctx: RuntimeContext,
+    out_dir: str,
+    log: Callable[[dict], None] = lambda rec: None,
+) -> FitResult:
+    """Finetune a sequence classifier from ``model_dir``; save the best epoch to ``out_dir``."""
+    seed_everything(ctx.seed)
+    model, tok = load_classifier(model_dir, label_names)
+    model.to(ctx.device)
+    ids = tokenize(tok, train.texts, max_length)
+    lengths = np.array([len(x) for x in ids])
+    targets = torch.as_tensor(train.targets, dtype=torch.float32)
+    weights = torch.as_tensor(train.weights, dtype=torch.float32)
+    steps_per_epoch = int(np.ceil(len(ids) / cfg.batch_size))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = steps_per_epoch * max_epochs
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+    best_state, best = None, (-1.0, float("inf"), 0)
+    history, bad, step = [], 0, 0
+    t0 = time.perf_counter()
+    epoch = 0
+    for epoch in range(1, max_epochs + 1):
+        model.train()
+        rng = np.random.default_rng([ctx.seed, epoch])
+        losses = []
+        for idx in length_buckets(lengths, cfg.batch_size, rng, chunk=8):
+            x, m = pad_batch([ids[i] for i in idx], tok.pad_token_id)
+            with autocast(ctx):
+                logits = model(input_ids=x.to(ctx.device), attention_mask=m.to(ctx.device)).logits  # (B, C)
+            loss = soft_cross_entropy(logits, targets[idx].to(ctx.device), weights[idx].to(ctx.device))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            step += 1
+        val_logits = predict_logits(model, tok, val_texts, max_length, 128, ctx)
+        val_pred = val_logits.argmax(1)
+        f1 = float(f1_score(val_labels, val_pred, average="macro", labels=list(range(len(label_names))), zero_division=0))
+        vloss = float(F.cross_entropy(torch.as_tensor(val_logits), torch.as_tensor(val_labels, dtype=torch.long)))
+        rec = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_macro_f1": f1, "val_loss": vloss}
+        history.append(rec)
+        log(rec)
+        if (f1, -vloss) > (best[0], -best[1]):
+            best, bad = (f1, vloss, epoch), 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+            if bad >= cfg.patience and step >= cfg.min_steps:
+                break
+    model.load_state_dict(best_state)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return FitResult(best_epoch=best[2], epochs_run=epoch, val_macro_f1=best[0], val_loss=best[1],
+                     seconds=time.perf_counter() - t0, history=history)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature scaling (Guo et al. 2017): T minimising validation NLL of softmax(logits / T)."""
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 300))
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    nll = [float(F.cross_entropy(z / t, y)) for t in grid]
+    return float(grid[int(np.argmin(nll))])
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)

@@ -1,0 +1,178 @@
+"""Self-supervised pretraining of a backbone with an objective plugin, resumable.
+
+The batch plan (which texts go in which step) is a pure function of the seed, so a
+resumed run continues at the same data position; the noise of step s is drawn from a
+generator seeded with (seed, s), so it is the same too. Checkpoints hold the backbone
+(safetensors, save_pretrained), the objective's heads (safetensors), optimizer and
+scheduler state and the step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, AutoTokenizer, get_linear_schedule_with_warmup
+
+from selftrain.config import PretrainConfig
+from selftrain.plugins import Backbone, Objective, PluginConfig, RuntimeContext
+from selftrain.core.runtime import autocast, length_buckets, pack, seed_everything, tokenize
+
+
+@dataclass
+class PretrainResult:
+    steps: int
+    resumed_from: int
+    tokens: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def plan_batches(ids: list[list[int]], cfg: PretrainConfig, seed: int, max_length: int) -> tuple[list[list[int]], list[np.ndarray]]:
+    """(sequences, batches): the full deterministic schedule of index arrays over all epochs."""
+    seqs = pack(ids, max_length) if cfg.batching == "pack" else ids
+    lengths = np.array([len(s) for s in seqs])
+    per_epoch = math.ceil(len(seqs) / cfg.batch_size)
+    total = max(1, math.ceil(cfg.epochs * per_epoch))
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    batches: list[np.ndarray] = []
+    epoch = 0
+    while len(batches) < total:
+        rng = np.random.default_rng([seed, epoch])
+        batches.extend(length_buckets(lengths, cfg.batch_size, rng))
+        epoch += 1
+    return seqs, batches[:total]
+
+
+def _latest_checkpoint(ckpt_dir: Path, key: str) -> Path | None:
+    best = None
+    for p in ckpt_dir.glob("step-*"):
+        meta = p / "state.json"
+        if p.is_dir() and meta.exists() and json.loads(meta.read_text()).get("key") == key:
+            if best is None or int(p.name[5:]) > int(best.name[5:]):
+                best = p
+    return best
+
+
+def _save_checkpoint(ckpt_dir: Path, step: int, key: str, backbone, objective, opt, sched, keep: int = 2) -> None:
+    final = ckpt_dir / f"step-{step}"
+    tmp = ckpt_dir / f".step-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    backbone.model.save_pretrained(tmp)  # model.safetensors
+    heads = objective.heads()
+    if heads is not None:
+        save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, tmp / "heads.safetensors")
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp / "optim.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "key": key}))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)  # a checkpoint exists whole or not at all
+    steps = sorted((int(p.name[5:]), p) for p in ckpt_dir.glob("step-*") if p.is_dir())
+    for _, p in steps[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def pretrain(
+    texts: list[str],
+    model_dir: str,
+    kind: str,
+    objective_cls: type[Objective],
+    objective_cfg: PluginConfig,
+    cfg: PretrainConfig,
+    max_length: int,
+    ctx: RuntimeContext,
+    out_dir: str,
+    ckpt_dir: str,
+    key: str,
+    log: Callable[[dict], None] = lambda rec: None,
+    stop_after: int | None = None,
+) -> PretrainResult:
+    """Train ``model_dir``'s backbone on ``texts`` with the objective; save it to ``out_dir``.
+
+    ``key`` identifies this exact job (data + config); checkpoints of another key are
+    ignored. ``stop_after`` ends the process early after that step's checkpoint (tests).
+    """
+    seed_everything(ctx.seed)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModel.from_pretrained(model_dir).to(ctx.device)
+    backbone = Backbone(model=model, tokenizer=tok, kind=kind)  # type: ignore[arg-type]
+    objective = objective_cls(backbone, objective_cfg, ctx)
+    heads = objective.heads()
+    params = list(model.parameters()) + (list(heads.parameters()) if heads is not None else [])
+    # de-duplicate tied parameters (e.g. decoder weights tied to embeddings)
+    params = list({id(p): p for p in params}.values())
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    seqs, batches = plan_batches(tokenize(tok, texts, max_length), cfg, ctx.seed, max_length)
+    total = len(batches)
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+
+    ckpt = Path(ckpt_dir)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    start = 0
+    last = _latest_checkpoint(ckpt, key)
+    if last is not None:
+        model.load_state_dict(load_file(last / "model.safetensors", device=str(ctx.device)), strict=False)
+        if heads is not None and (last / "heads.safetensors").exists():
+            heads.load_state_dict(load_file(last / "heads.safetensors", device=str(ctx.device)))
+        st = torch.load(last / "optim.pt", map_location=ctx.device, weights_only=False)
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        start = json.loads((last / "state.json").read_text())["step"]
+        log({"event": "resumed", "step": start, "checkpoint": str(last)})
+
+    model.train()
+    if heads is not None:
+        heads.train()
+    result = PretrainResult(steps=total, resumed_from=start, tokens=0, seconds=0.0)
+    t0 = time.perf_counter()
+    window_tokens, window_t = 0, t0
+    for step in range(start, total):
+        gen = torch.Generator().manual_seed(ctx.seed * 1_000_003 + step)
+        batch = objective.make_batch([seqs[i] for i in batches[step]], gen)
+        n_tok = objective.real_tokens(batch)
+        batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
+        with autocast(ctx):
+            loss = objective.loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"pretrain loss is {loss.item()} at step {step + 1}; lower pretrain.lr")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        result.tokens += n_tok
+        window_tokens += n_tok
+        result.losses.append(loss.item())
+        done = step + 1
+        if done % 10 == 0 or done == total:
+            now = time.perf_counter()
+            log({"event": "step", "step": done, "total": total, "loss": float(np.mean(result.losses[-10:])),
+                 "tokens_per_s": window_tokens / max(now - window_t, 1e-9), "lr": sched.get_last_lr()[0]})
+            window_tokens, window_t = 0, now
+        if done % cfg.checkpoint_every == 0 and done < total:
+            _save_checkpoint(ckpt, done, key, backbone, objective, opt, sched)
+            if stop_after is not None and done >= stop_after:
+                result.seconds = time.perf_counter() - t0
+                raise InterruptedError(f"stopped after step {done} (stop_after)")
+    result.seconds = time.perf_counter() - t0
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return result

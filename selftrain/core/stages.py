@@ -1,0 +1,248 @@
+"""The pipeline's stages as pure, Prefect-free functions.
+
+Each takes the run config and URIs and returns a small JSON-able dict of URIs and
+numbers; tensors and models never travel between stages, only their locations. The
+Prefect tasks in ``selftrain.tasks`` are one-line wrappers over these.
+
+Run directory layout (``cfg.run_dir``, local or s3://)::
+
+    config.yaml  data/snapshot.parquet  data/clean.parquet  quarantine.parquet
+    validation.md  checkpoints/pretrain/step-N/  models/<stage>/  pseudo_labels.parquet
+    metrics.json  report.md  confusion_<model>.png
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+import yaml
+from tqdm.auto import tqdm
+
+from selftrain import __version__
+from selftrain.config import PipelineConfig, plugin_options
+from selftrain.core import io
+from selftrain.core.classify import TrainSet, fit, fit_temperature, load_classifier, predict_logits, softmax
+from selftrain.core.data import ingest_frame
+from selftrain.core.evaluate import classification_metrics, confusion_png, markdown_table
+from selftrain.core.pretrain import pretrain
+from selftrain.core.runtime import runtime
+from selftrain.core.validate import check_thresholds, validate_frame
+from selftrain.plugins import LabelerInputs, one_hot
+
+log = logging.getLogger("selftrain")
+
+
+def _uri(cfg: PipelineConfig, *parts: str) -> str:
+    return io.join(cfg.run_dir, *parts)
+
+
+def label_names(cfg: PipelineConfig, df: pd.DataFrame) -> list[str]:
+    if cfg.data.labels:
+        return list(cfg.data.labels)
+    return sorted(df.loc[df["label"].notna(), "label"].astype(str).unique())
+
+
+# ---------------------------------------------------------------- ingest / validate
+def ingest(cfg: PipelineConfig) -> dict:
+    """Source -> ``data/snapshot.parquet`` + content fingerprint; writes the resolved config."""
+    io.write_text(_uri(cfg, "config.yaml"), yaml.safe_dump(cfg.dump(), sort_keys=False))
+    df = ingest_frame(cfg.data)
+    uri = io.write_parquet(df, _uri(cfg, "data", "snapshot.parquet"))
+    counts = {k: int(v) for k, v in df["split"].value_counts().items()}
+    log.info("ingested %d rows from %s: %s", len(df), cfg.data.source, counts)
+    return {"snapshot": uri, "fingerprint": io.frame_fingerprint(df), "rows": len(df), "splits": counts}
+
+
+def validate(cfg: PipelineConfig, snapshot: str, fingerprint: str = "") -> dict:
+    """Snapshot -> ``data/clean.parquet``; rejected rows -> ``quarantine.parquet`` with reasons."""
+    df = io.read_parquet(snapshot)
+    labels = label_names(cfg, df)
+    res = validate_frame(df, cfg.validate_, labels)
+    q_uri = None
+    if len(res.quarantine):
+        q_uri = io.write_parquet(res.quarantine, _uri(cfg, "quarantine.parquet"))
+    io.write_text(_uri(cfg, "validation.md"), res.markdown)
+    check_thresholds(res, cfg.validate_, q_uri)  # raises with what/where/fix; quarantine already written
+    clean = io.write_parquet(res.clean.reset_index(drop=True), _uri(cfg, "data", "clean.parquet"))
+    log.info("validated: %d clean, %d quarantined", len(res.clean), len(res.quarantine))
+    return {"clean": clean, "quarantine": q_uri, "fingerprint": io.frame_fingerprint(res.clean),
+            "labels": labels, "report": res.report, "markdown": res.markdown}
+
+
+# ---------------------------------------------------------------- backbones
+def backbone(cfg: PipelineConfig, clean: str) -> tuple[str, str]:
+    """(local model dir, kind) of the configured model plugin, materialised once per run."""
+    cls, opts = plugin_options("selftrain.models", cfg.model.name, cfg.model.options, "model")
+    provider = cls(opts)
+    kind = provider.info().kind
+    marker = _uri(cfg, "models", "init", ".complete")
+    if cfg.model.name == "hf":
+        return provider.materialize([], ""), kind
+    uri = _uri(cfg, "models", "init")
+    if not io.exists(marker):
+        texts = io.read_parquet(clean, columns=["text", "split"])
+        texts = texts.loc[texts["split"] != "test", "text"].astype(str).tolist()
+        with io.output_dir(uri) as tmp:
+            provider.materialize(texts, tmp, seed=cfg.seed)
+            open(f"{tmp}/.complete", "w").close()
+    return io.local_dir(uri), kind
+
+
+def pretrain_stage(cfg: PipelineConfig, clean: str, fingerprint: str, stop_after: int | None = None) -> dict:
+    """Self-supervised training on every non-test text (labels hidden) -> ``models/pretrain``."""
+    pc = cfg.pretrain
+    ocls, oopts = plugin_options("selftrain.objectives", pc.objective, pc.options, "pretrain")
+    df = io.read_parquet(clean, columns=["text", "split"])
+    keep = df["split"] == "unlabeled" if pc.corpus == "unlabeled" else df["split"] != "test"
+    texts = df.loc[keep, "text"].astype(str).tolist()
+    if pc.max_texts is not None:
+        texts = texts[: pc.max_texts]
+    model_dir, kind = backbone(cfg, clean)
+    key = io.digest(fingerprint, pc.model_dump(mode="json"), cfg.model.model_dump(mode="json"), cfg.seed)
+    ctx = runtime(cfg.device, cfg.seed)
+    bar = tqdm(total=None, desc=f"pretrain[{pc.objective}]", unit="step", disable=None)
+
+    def on_log(rec: dict) -> None:
+        if rec["event"] == "step":
+            bar.total = rec["total"]
+            bar.n = rec["step"]
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+            bar.refresh()
+            log.info("pretrain step %d/%d loss %.4f %.0f tokens/s", rec["step"], rec["total"], rec["loss"], rec["tokens_per_s"])
+        else:
+            log.info("pretrain %s", rec)
+
+    out = _uri(cfg, "models", "pretrain")
+    ckpt = io.local_dir(_uri(cfg, "checkpoints", "pretrain")) if not io.is_remote(cfg.run_dir) else str(
+        io.cache_root() / "checkpoints" / key)
+    with io.output_dir(out) as tmp:
+        res = pretrain(texts, model_dir, kind, ocls, oopts, pc, cfg.model.max_length, ctx, tmp, ckpt, key,
+                       log=on_log, stop_after=stop_after)
+    bar.close()
+    log.info("pretrained %d steps (resumed from %d) at %.0f tokens/s", res.steps, res.resumed_from, res.tokens_per_s)
+    return {"model": out, "steps": res.steps, "resumed_from": res.resumed_from, "tokens_per_s": res.tokens_per_s,
+            "final_loss": float(np.mean(res.losses[-10:])) if res.losses else None, "texts": len(texts)}
+
+
+# ---------------------------------------------------------------- finetuning
+def _gold(df: pd.DataFrame, split: str, labels: list[str]) -> tuple[list[str], np.ndarray]:
+    part = df[df["split"] == split]
+    y = part["label"].astype(str).map({n: i for i, n in enumerate(labels)}).to_numpy(dtype=np.int64)
+    return part["text"].astype(str).tolist(), y
+
+
+def finetune_stage(cfg: PipelineConfig, clean: str, base_model: str | None, name: str,
+                   pseudo_labels: str | None = None) -> dict:
+    """Classifier from ``base_model`` (None: the un-pretrained backbone) on gold train rows
+    (+ pseudo-labelled rows) with early stopping on validation -> ``models/<name>``."""
+    df = io.read_parquet(clean)
+    labels = label_names(cfg, df)
+    texts, y = _gold(df, "train", labels)
+    targets, weights = one_hot(y, len(labels)), np.ones(len(y), np.float32)
+    n_pseudo = 0
+    if pseudo_labels is not None:
+        pl = io.read_parquet(pseudo_labels)
+        n_pseudo = len(pl)
+        texts = texts + pl["text"].astype(str).tolist()
+        targets = np.concatenate([targets, np.stack(pl["target"].to_numpy()).astype(np.float32).reshape(-1, len(labels))])
+        weights = np.concatenate([weights, pl["weight"].to_numpy(np.float32) * cfg.pseudo_label.weight])
+    val_texts, val_y = _gold(df, "val", labels)
+    model_dir = io.local_dir(base_model) if base_model else backbone(cfg, clean)[0]
+    ctx = runtime(cfg.device, cfg.seed)
+    epochs = cfg.finetune.student_epochs if pseudo_labels else cfg.finetune.epochs
+
+    def on_log(rec: dict) -> None:
+        log.info("finetune[%s] epoch %d loss %.4f val macro-F1 %.4f", name, rec["epoch"], rec["train_loss"], rec["val_macro_f1"])
+
+    out = _uri(cfg, "models", name)
+    with io.output_dir(out) as tmp:
+        res = fit(model_dir, labels, TrainSet(texts, targets, weights), val_texts, val_y, cfg.finetune, epochs,
+                  cfg.model.max_length, ctx, tmp, log=on_log)
+    return {"model": out, "name": name, "val_macro_f1": res.val_macro_f1, "val_loss": res.val_loss,
+            "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds": res.seconds,
+            "train_gold": len(y), "train_pseudo": n_pseudo}
+
+
+# ---------------------------------------------------------------- pseudo-labels
+def pseudo_label_stage(cfg: PipelineConfig, clean: str, teacher: str, round_: int = 1) -> dict:
+    """Teacher scores the unlabeled pool; the labeler plugin keeps a subset -> ``pseudo_labels[-rN].parquet``."""
+    plc = cfg.pseudo_label
+    lcls, lopts = plugin_options("selftrain.labelers", plc.labeler, plc.options, "pseudo_label")
+    df = io.read_parquet(clean)
+    labels = label_names(cfg, df)
+    pool = df[df["split"] == "unlabeled"].reset_index(drop=True)
+    if len(pool) == 0:
+        raise ValueError("the unlabeled pool is empty: add unlabeled rows or set pseudo_label.enabled: false")
+    val_texts, val_y = _gold(df, "val", labels)
+    _, train_y = _gold(df, "train", labels)
+    ctx = runtime(cfg.device, cfg.seed)
+    model, tok = load_classifier(io.local_dir(teacher), labels)
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(pool), desc=f"pseudo-label r{round_}", unit="ex", disable=None)
+    pool_logits = predict_logits(model, tok, pool["text"].astype(str).tolist(), cfg.model.max_length, plc.batch_size,
+                                 ctx, progress=bar.update)
+    bar.close()
+    secs = time.perf_counter() - t0
+    val_logits = predict_logits(model, tok, val_texts, cfg.model.max_length, plc.batch_size, ctx)
+    temp = fit_temperature(val_logits, val_y) if plc.calibrate else 1.0
+    probs, val_probs = softmax(pool_logits, temp), softmax(val_logits, temp)
+    sel = lcls(lopts).select(LabelerInputs(probs=probs, val_probs=val_probs, val_labels=val_y,
+                                           train_counts=np.bincount(train_y, minlength=len(labels)), label_names=labels))
+    sel.validate(len(pool), len(labels))
+    kept = pool.iloc[sel.index]
+    hard = sel.targets.argmax(1)
+    out_df = pd.DataFrame({
+        "id": kept["id"].to_numpy(), "text": kept["text"].to_numpy(),
+        "label": [labels[i] for i in hard], "confidence": probs[sel.index].max(1),
+        "probs": list(probs[sel.index].astype(np.float32)), "target": list(sel.targets.astype(np.float32)),
+        "weight": sel.weights.astype(np.float32), "round": round_,
+    })
+    report = {
+        "round": round_, "pool": len(pool), "kept": len(sel.index), "kept_fraction": len(sel.index) / len(pool),
+        "per_class": {labels[c]: int((hard == c).sum()) for c in range(len(labels))},
+        "temperature": temp, "examples_per_s": len(pool) / secs if secs > 0 else None, "labeler": plc.labeler,
+        "notes": sel.notes,
+    }
+    if "hidden_label" in kept and kept["hidden_label"].notna().any():
+        # diagnostics only: rows whose gold label the split hid from training
+        known = kept["hidden_label"].notna().to_numpy()
+        out_df["hidden_label"] = kept["hidden_label"].to_numpy()
+        report["accuracy_vs_hidden_gold"] = float((out_df["label"].to_numpy()[known] == kept["hidden_label"].to_numpy()[known]).mean())
+    name = "pseudo_labels.parquet" if round_ == 1 else f"pseudo_labels-r{round_}.parquet"
+    uri = io.write_parquet(out_df, _uri(cfg, name))
+    log.info("pseudo-labels r%d: kept %d/%d %s", round_, len(sel.index), len(pool), report["per_class"])
+    return {"pseudo_labels": uri, "report": report}
+
+
+# ---------------------------------------------------------------- evaluation
+def evaluate_stage(cfg: PipelineConfig, clean: str, models: dict[str, str], val_scores: dict[str, float],
+                   baseline: str | None, final: str, extra: dict | None = None) -> dict:
+    """Every model on the test split -> ``metrics.json``, ``report.md``, ``confusion_<model>.png``."""
+    df = io.read_parquet(clean)
+    labels = label_names(cfg, df)
+    texts, y = _gold(df, "test", labels)
+    ctx = runtime(cfg.device, cfg.seed)
+    results: dict[str, dict] = {}
+    for name, uri in models.items():
+        model, tok = load_classifier(io.local_dir(uri), labels)
+        probs = softmax(predict_logits(model, tok, texts, cfg.model.max_length, cfg.pseudo_label.batch_size, ctx))
+        m = classification_metrics(y, probs, labels, cfg.evaluate.ece_bins)
+        m["val_macro_f1"] = val_scores.get(name)
+        m["model_uri"] = uri
+        results[name] = m
+        io.write_bytes(_uri(cfg, f"confusion_{name}.png"), confusion_png(m["confusion"], labels, f"{name} (test)"))
+    table = markdown_table(results, baseline, final)
+    extra = extra or {}
+    metrics = {"models": results, "baseline": baseline, "final": final, "labels": labels,
+               "test_size": len(y), "selftrain_version": __version__, **extra}
+    io.write_json(_uri(cfg, "metrics.json"), metrics)
+    notes = "\n".join(f"- {n}" for n in extra.get("notes", []))
+    report = (f"# selftrain run `{cfg.run_name}`\n\nTest split: {len(y)} rows, labels {', '.join(labels)}. "
+              f"`final` is chosen on validation macro-F1, never on test.\n\n{table}\n\n"
+              + (f"## Notes\n{notes}\n" if notes else ""))
+    io.write_text(_uri(cfg, "report.md"), report)
+    return {"metrics": _uri(cfg, "metrics.json"), "report": _uri(cfg, "report.md"), "markdown": report,
+            "table": table, "summary": {n: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for n, r in results.items()}}

@@ -1,0 +1,29 @@
+"""Prefect tasks: thin wrappers over the pure stage functions in ``selftrain.core.stages``.
+
+Retries back off exponentially; results (small dicts of URIs) are persisted as JSON and
+cached on the stage's config sections plus the content of its inputs, so an unchanged
+stage is not recomputed. ``ingest`` is never cached: it is what notices new data.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.tasks import exponential_backoff
+
+from selftrain.core import stages
+from selftrain.tasks.caching import stage_key
+
+RETRY = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=2), "retry_jitter_factor": 0.2}
+PERSIST = {"persist_result": True, "result_serializer": "json"}
+
+ingest = task(stages.ingest, name="ingest", **RETRY)
+validate = task(stages.validate, name="validate", cache_key_fn=stage_key("validate_", "data"), **RETRY, **PERSIST)
+pretrain = task(stages.pretrain_stage, name="pretrain", cache_key_fn=stage_key("pretrain", "model"), **RETRY, **PERSIST)
+finetune = task(stages.finetune_stage, name="finetune", task_run_name="finetune-{name}",
+                cache_key_fn=stage_key("finetune", "model", "pseudo_label"), **RETRY, **PERSIST)
+pseudo_label = task(stages.pseudo_label_stage, name="pseudo-label", task_run_name="pseudo-label-r{round_}",
+                    cache_key_fn=stage_key("pseudo_label", "model"), **RETRY, **PERSIST)
+evaluate = task(stages.evaluate_stage, name="evaluate", cache_key_fn=stage_key("evaluate", "model"), **RETRY, **PERSIST)
+
+ALL = {"ingest": ingest, "validate": validate, "pretrain": pretrain, "finetune": finetune,
+       "pseudo_label": pseudo_label, "evaluate": evaluate}

@@ -1,0 +1,51 @@
+"""Cache keys for stage tasks: the config sections a stage reads + the content identity of its inputs.
+
+URIs are keyed by what is behind them (fsspec checksums of the file, or of every file in a
+model directory), so a stage whose input changed on disk is recomputed even though the
+path is the same. Models and tensors are never hashed or pickled: only their metadata.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from selftrain.config import PipelineConfig
+from selftrain.core import io
+
+
+def _content_id(uri: str) -> Any:
+    try:
+        fs, path = io.fs_path(uri)
+        if not fs.exists(path):
+            return None
+        if fs.isdir(path):
+            return sorted((p.rsplit("/", 1)[-1], fs.checksum(p)) for p in fs.find(path))
+        return fs.checksum(path)
+    except Exception:  # not a URI after all
+        return None
+
+
+def _ident(value: Any) -> Any:
+    if isinstance(value, str):
+        return [value, _content_id(value)]
+    if isinstance(value, dict):
+        return {k: _ident(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_ident(v) for v in value]
+    return value
+
+
+def stage_key(*sections: str):
+    """cache_key_fn for a task over ``(cfg: PipelineConfig, *uris_or_values)``."""
+
+    def key(context, parameters: dict) -> str:
+        parts: list[Any] = [context.task.name]
+        for name, value in parameters.items():
+            if isinstance(value, PipelineConfig):
+                parts.append([value.run_dir, value.seed, value.device])
+                parts.append({s: getattr(value, s).model_dump(mode="json") for s in sections})
+            else:
+                parts.append([name, _ident(value)])
+        return io.digest(*parts)
+
+    return key
