@@ -104,6 +104,9 @@ class Objective(_Plugin):
 
     #: backbone kinds this objective can train (checked at config-validation time).
     requires: ClassVar[frozenset[str]] = frozenset({"encoder"})
+    #: False if each sequence must be one text (sentence-embedding objectives): then
+    #: ``pretrain.batching: pack`` is refused at config-validation time.
+    packable: ClassVar[bool] = True
 
     def __init__(self, backbone: Backbone, config: PluginConfig, ctx: RuntimeContext):
         self.backbone = backbone

@@ -1,0 +1,246 @@
+"""Contract checks for plugin authors, usable from pytest (or any script).
+
+    from selftrain.plugins.testing import check_objective, check_labeler
+    from selftrain.plugins.models.presets import TinyBert
+
+    def test_my_objective(tmp_path):
+        check_objective(MyObjective, TinyBert, tmp_path, options={"rate": 0.2})
+
+    def test_my_labeler():
+        check_labeler(MyLabeler)
+
+Both raise ``AssertionError`` with a message that says what broke. They run on CPU with
+tiny models in a few seconds. This module imports neither pytest nor selftrain's core.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from selftrain.plugins import (
+    Backbone,
+    Labeler,
+    LabelerInputs,
+    ModelProvider,
+    Objective,
+    RuntimeContext,
+    Selection,
+)
+
+#: A small varied English corpus: tokenizers of the tiny presets are trained on it.
+SENTENCES: list[str] = [
+    "The cat sat quietly on the warm windowsill.",
+    "A quick brown fox jumps over the lazy dog.",
+    "Stock markets fell sharply after the announcement.",
+    "She ordered a cappuccino and a slice of lemon cake.",
+    "The new phone's battery lasts almost two days.",
+    "Heavy rain is expected across the region tomorrow.",
+    "I absolutely loved this film, the acting was superb!",
+    "This was the worst customer service I have ever received.",
+    "Our flight was delayed by three hours because of fog.",
+    "The committee will publish its findings next month.",
+    "He scored twice in the final ten minutes of the match.",
+    "Please remember to water the plants while I'm away.",
+    "Researchers discovered a new species of deep-sea fish.",
+    "The recipe calls for two cups of flour and one egg.",
+    "Traffic on the bridge was unbelievably slow this morning.",
+    "Can you recommend a good book about ancient Rome?",
+    "The museum reopens on Saturday after a long renovation.",
+    "My laptop keeps crashing whenever I open the browser.",
+    "They hiked to the summit and watched the sunrise.",
+    "Interest rates are likely to remain unchanged this year.",
+    "The hotel room was clean, quiet and surprisingly cheap.",
+    "Children played in the park until the streetlights came on.",
+    "The software update fixed most of the reported bugs.",
+    "A violinist performed on the corner of the busy street.",
+    "Doctors recommend at least thirty minutes of exercise daily.",
+    "The delivery arrived late and the box was damaged.",
+    "Volunteers planted hundreds of trees along the river.",
+    "Why does the printer always jam before important meetings?",
+    "The orchestra's performance received a standing ovation.",
+    "Electric cars are becoming cheaper every year.",
+    "I can't believe how expensive concert tickets have become!",
+    "The old library smells of dust, leather and paper.",
+    "Scientists measured the temperature of the distant star.",
+    "Our team finally shipped the feature after weeks of testing.",
+    "The soup was bland, but the bread was excellent.",
+    "Farmers are worried about the long summer drought.",
+    "He apologised for the misunderstanding and offered a refund.",
+    "Snow covered the village overnight, closing every school.",
+    "The startup raised ten million dollars in its first round.",
+    "Birds gathered on the wires before flying south.",
+]
+
+
+def _provider(model_provider: ModelProvider | type[ModelProvider]) -> ModelProvider:
+    if isinstance(model_provider, ModelProvider):
+        return model_provider
+    if isinstance(model_provider, type) and issubclass(model_provider, ModelProvider):
+        return model_provider(model_provider.Config())
+    raise TypeError(f"model_provider must be a ModelProvider instance or subclass, got {model_provider!r}")
+
+
+def _is_finite(x: torch.Tensor) -> bool:
+    return bool(torch.isfinite(x).all())
+
+
+def _check_batch(name: str, batch: Any) -> None:
+    if not isinstance(batch, dict) or not batch:
+        raise AssertionError(f"{name}.make_batch must return a non-empty dict of tensors, got {type(batch).__name__}")
+    for k, v in batch.items():
+        if not isinstance(v, torch.Tensor):
+            raise AssertionError(f"{name}.make_batch()[{k!r}] is a {type(v).__name__}, not a torch.Tensor")
+        if v.device.type != "cpu":
+            raise AssertionError(f"{name}.make_batch()[{k!r}] is on {v.device}; make_batch must return CPU tensors")
+
+
+def _same_batch(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+
+
+def build_objective(objective_cls: type[Objective], model_provider: ModelProvider | type[ModelProvider],
+                    tmp_path: str | Path, options: dict | None = None, seed: int = 0,
+                    texts: list[str] | None = None) -> tuple[Objective, list[list[int]]]:
+    """Materialize the provider's backbone on ``texts`` (default :data:`SENTENCES`), load it
+    with AutoModel/AutoTokenizer, build the objective on CPU. Returns (objective, token ids)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    provider = _provider(model_provider)
+    name = objective_cls.__name__
+    kind = provider.info().kind
+    if kind not in objective_cls.requires:
+        raise AssertionError(
+            f"{name} requires a backbone of kind {sorted(objective_cls.requires)}, "
+            f"but {type(provider).__name__} provides {kind!r}"
+        )
+    texts = texts or SENTENCES
+    out = provider.materialize(texts, str(Path(tmp_path) / "backbone"), seed=seed)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    torch.manual_seed(seed)
+    model = AutoModel.from_pretrained(out)
+    model.train()  # dropout on, as in pretraining
+    config = objective_cls.Config(**(options or {}))
+    ctx = RuntimeContext(device=torch.device("cpu"), seed=seed)
+    objective = objective_cls(Backbone(model=model, tokenizer=tokenizer, kind=kind), config, ctx)
+    ids = tokenizer(texts, truncation=True, max_length=32, add_special_tokens=True)["input_ids"]
+    return objective, [list(map(int, row)) for row in ids]
+
+
+def check_objective(objective_cls: type[Objective], model_provider: ModelProvider | type[ModelProvider],
+                    tmp_path: str | Path, options: dict | None = None, steps: int = 2, *,
+                    overfit_steps: int = 15, batch_size: int = 8, lr: float = 1e-3, seed: int = 0) -> dict[str, list[float]]:
+    """Train ``objective_cls`` on a tiny backbone from ``model_provider`` and check the contract.
+
+    1. ``steps`` AdamW steps on rotating batches: make_batch returns CPU tensors and is
+       deterministic for a generator seed; loss is a finite scalar with finite gradients.
+    2. ``overfit_steps`` steps on ONE fixed batch (same noise each time): the loss must fall.
+
+    ``model_provider`` is a ModelProvider instance or class (built with its default
+    options); ``options`` are the objective's. Returns {"losses": [...], "overfit": [...]}.
+    """
+    name = objective_cls.__name__
+    objective, ids = build_objective(objective_cls, model_provider, tmp_path, options, seed)
+    model = objective.backbone.model
+    params: dict[int, torch.nn.Parameter] = {id(p): p for p in model.parameters()}
+    heads = objective.heads()
+    if heads is not None:
+        if not isinstance(heads, torch.nn.Module):
+            raise AssertionError(f"{name}.heads() must return a torch.nn.Module or None, got {type(heads).__name__}")
+        heads.train()
+        params.update({id(p): p for p in heads.parameters()})  # tied weights appear once
+    opt = torch.optim.AdamW([p for p in params.values() if p.requires_grad], lr=lr)
+
+    def step(rows: list[list[int]], gen_seed: int, what: str) -> float:
+        batch = objective.make_batch(rows, torch.Generator().manual_seed(gen_seed))
+        _check_batch(name, batch)
+        loss = objective.loss(batch)
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise AssertionError(f"{name}.loss must return a scalar tensor, got {getattr(loss, 'shape', type(loss))}")
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise AssertionError(f"{name}: non-finite loss {value} at {what}")
+        if not loss.requires_grad:
+            raise AssertionError(f"{name}.loss does not depend on any trainable parameter ({what})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        bad = [n for n, p in model.named_parameters() if p.grad is not None and not _is_finite(p.grad)]
+        if bad:
+            raise AssertionError(f"{name}: non-finite gradients at {what} in {bad[:5]}")
+        opt.step()
+        return value
+
+    # determinism of make_batch for a given generator seed (resume must see the same noise)
+    rows = ids[:batch_size]
+    a = objective.make_batch(rows, torch.Generator().manual_seed(seed + 99))
+    b = objective.make_batch(rows, torch.Generator().manual_seed(seed + 99))
+    _check_batch(name, a)
+    if not _same_batch(a, b):
+        raise AssertionError(f"{name}.make_batch is not deterministic for the same generator seed")
+
+    losses = []
+    for i in range(steps):
+        start = (i * batch_size) % len(ids)
+        rows = (ids + ids)[start:start + batch_size]
+        losses.append(step(rows, seed + i, f"step {i}"))
+
+    fixed = ids[:batch_size]
+    overfit = [step(fixed, seed + 1234, f"overfit step {i}") for i in range(overfit_steps)]
+    k = max(1, min(3, overfit_steps // 4))
+    first, last = overfit[0], float(np.mean(overfit[-k:]))
+    if not last < first:
+        raise AssertionError(
+            f"{name}: loss did not decrease when training {overfit_steps} steps on one fixed batch "
+            f"(first {first:.4f}, mean of last {k} {last:.4f}; all: {[round(x, 4) for x in overfit]}). "
+            "Is the loss connected to the backbone/heads, and are the head's parameters returned by heads()?"
+        )
+    return {"losses": losses, "overfit": overfit}
+
+
+def labeler_inputs(n: int = 200, n_classes: int = 3, n_val: int = 90, seed: int = 0) -> LabelerInputs:
+    """Random but plausible teacher outputs: Dirichlet pool probabilities, and validation
+    probabilities that lean towards the gold label (so precision thresholds are meaningful)."""
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.full(n_classes, 0.7), size=n).astype(np.float32)
+    val_labels = rng.integers(0, n_classes, size=n_val)
+    noise = rng.dirichlet(np.full(n_classes, 0.7), size=n_val)
+    gold = np.eye(n_classes)[val_labels]
+    val_probs = (0.5 * gold + 0.5 * noise).astype(np.float32)
+    train_counts = np.bincount(rng.integers(0, n_classes, size=30), minlength=n_classes)
+    return LabelerInputs(probs=probs, val_probs=val_probs, val_labels=val_labels,
+                         train_counts=train_counts, label_names=[f"class{c}" for c in range(n_classes)])
+
+
+def check_labeler(labeler_cls: type[Labeler], options: dict | None = None, *, seed: int = 0,
+                  inputs: LabelerInputs | None = None) -> Selection:
+    """Run ``labeler_cls.select`` on random teacher outputs (N=200, C=3) and check the Selection:
+    shapes and distributions (``Selection.validate``), integer index into the pool without
+    repeats, finite non-negative weights, finite targets. Returns the Selection."""
+    name = labeler_cls.__name__
+    inputs = inputs or labeler_inputs(seed=seed)
+    n, c = inputs.probs.shape
+    labeler = labeler_cls(labeler_cls.Config(**(options or {})))
+    sel = labeler.select(inputs)
+    if not isinstance(sel, Selection):
+        raise AssertionError(f"{name}.select must return a selftrain.plugins.Selection, got {type(sel).__name__}")
+    try:
+        sel.validate(n, c)
+    except ValueError as exc:
+        raise AssertionError(f"{name}.select returned an invalid Selection: {exc}") from exc
+    index, weights, targets = np.asarray(sel.index), np.asarray(sel.weights), np.asarray(sel.targets)
+    if len(index) and not np.issubdtype(index.dtype, np.integer):
+        raise AssertionError(f"{name}: Selection.index must hold integers, got {index.dtype}")
+    if not np.isin(index, np.arange(n)).all():
+        raise AssertionError(f"{name}: Selection.index is not a subset of the pool rows [0, {n})")
+    if not np.isfinite(weights).all() or (weights < 0).any():
+        raise AssertionError(f"{name}: Selection.weights must be finite and >= 0, got min {weights.min() if len(weights) else None}")
+    if not np.isfinite(targets).all() or (targets < 0).any():
+        raise AssertionError(f"{name}: Selection.targets must be finite non-negative distributions")
+    return sel
+
+
+__all__ = ["SENTENCES", "build_objective", "check_labeler", "check_objective", "labeler_inputs"]
