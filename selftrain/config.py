@@ -175,6 +175,11 @@ def check_plugins(cfg: PipelineConfig) -> None:
             kind = mcls(mopts).info().kind
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if cfg.pretrain.batching == "pack" and not getattr(ocls, "packable", True):
+            raise ConfigError(
+                f"pretrain.objective={cfg.pretrain.objective!r} embeds one text per sequence and cannot use "
+                "pretrain.batching=pack. Fix: set pretrain.batching: bucket."
+            )
         if kind not in ocls.requires:
             raise ConfigError(
                 f"pretrain.objective={cfg.pretrain.objective!r} needs a backbone of kind {' or '.join(sorted(ocls.requires))}, "

@@ -145,7 +145,9 @@ def pretrain(
     t0 = time.perf_counter()
     window_tokens, window_t = 0, t0
     for step in range(start, total):
-        gen = torch.Generator().manual_seed(ctx.seed * 1_000_003 + step)
+        step_seed = ctx.seed * 1_000_003 + step
+        torch.manual_seed(step_seed)  # dropout of step s is the same whether or not the run was resumed
+        gen = torch.Generator().manual_seed(step_seed)
         batch = objective.make_batch([seqs[i] for i in batches[step]], gen)
         n_tok = objective.real_tokens(batch)
         batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}

@@ -1,0 +1,89 @@
+"""The typed config: defaults, YAML + --set overrides, clear errors, shipped files valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from selftrain.config import ConfigError, PipelineConfig, load_config, parse_override
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "examples" / "configs").glob("*.yaml"))
+
+
+def test_defaults_are_the_demo():
+    cfg = load_config()
+    assert cfg.data.source == "builtin:tweets"
+    assert cfg.model.name == "hf" and cfg.pretrain.objective == "mlm"
+    assert cfg.run_dir.endswith("demo")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, PipelineConfig)
+
+
+def test_there_are_shipped_configs():
+    assert len(SHIPPED) >= 2
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(None, ["pretrain.epochs=2.5", "data.labels=[a, b]", "pseudo_label.options={k_per_class: 7}",
+                             "model.max_length=32"])
+    assert cfg.pretrain.epochs == 2.5
+    assert cfg.data.labels == ["a", "b"]
+    assert cfg.pseudo_label.options == {"k_per_class": 7}
+    assert cfg.model.max_length == 32
+
+
+def test_unknown_key_names_the_key(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("pretrain:\n  epocs: 2\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(f)
+    msg = str(exc.value)
+    assert "pretrain.epocs" in msg and str(f) in msg and "unknown key" in msg
+
+
+def test_bad_value_names_the_key():
+    with pytest.raises(ConfigError, match=r"finetune\.lr"):
+        load_config(None, ["finetune.lr=-1"])
+
+
+def test_unknown_objective_lists_installed():
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, ["pretrain.objective=mlmm"])
+    msg = str(exc.value)
+    assert "Unknown objective 'mlmm'" in msg and "mlm" in msg and "Fix pretrain.objective" in msg
+
+
+def test_plugin_options_are_validated_by_the_plugin():
+    with pytest.raises(ConfigError, match=r"pretrain\.options\.mask_rate"):
+        load_config(None, ["pretrain.options={mask_rate: 3}"])
+    with pytest.raises(ConfigError, match=r"pseudo_label\.options\.nope"):
+        load_config(None, ["pseudo_label.options={nope: 1}"])
+
+
+def test_objective_must_fit_backbone():
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, ["model.name=tiny-gpt2", "pretrain.objective=mlm"])
+    assert "needs a backbone of kind encoder" in str(exc.value) and "clm" in str(exc.value)
+    load_config(None, ["model.name=tiny-gpt2", "pretrain.objective=clm"])  # the fix works
+
+
+def test_override_syntax_error():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("pretrain.epochs")
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/nonexistent/x.yaml")
+
+
+def test_sentence_objectives_refuse_packing():
+    with pytest.raises(ConfigError, match="batching: bucket"):
+        load_config(None, ["pretrain.objective=simcse", "pretrain.batching=pack"])
+    load_config(None, ["pretrain.objective=mlm", "pretrain.batching=pack"])

@@ -1,0 +1,99 @@
+"""Ingest: builtin data, user files in csv/jsonl/parquet, column mapping, s3:// through a real S3 API."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from selftrain.config import DataConfig
+from selftrain.core.data import DataSourceError, ingest_frame
+from selftrain.core.text import normalize_text
+
+
+def test_builtin_tweets_split_is_balanced_and_leak_free():
+    cfg = DataConfig(labels_per_class=16, val_per_class=32, test_per_class=100, unlabeled_size=1000, seed=3)
+    df = ingest_frame(cfg)
+    counts = df.groupby("split")["label"].value_counts()
+    for lab in ("negative", "neutral", "positive"):
+        assert counts[("train", lab)] == 16
+        assert counts[("val", lab)] == 32
+        assert counts[("test", lab)] == 100
+    pool = df[df["split"] == "unlabeled"]
+    assert len(pool) == 1000
+    assert pool["label"].isna().all(), "pool labels must be hidden"
+    assert pool["hidden_label"].notna().all(), "hidden gold kept for diagnostics"
+    assert df["id"].is_unique
+    key = normalize_text(df["text"])
+    test_keys = set(key[df["split"] == "test"])
+    assert not test_keys & set(key[df["split"] != "test"]), "a near-duplicate straddles test and another split"
+
+
+def test_split_is_seeded():
+    a = ingest_frame(DataConfig(test_per_class=50, unlabeled_size=200, seed=1))
+    b = ingest_frame(DataConfig(test_per_class=50, unlabeled_size=200, seed=1))
+    c = ingest_frame(DataConfig(test_per_class=50, unlabeled_size=200, seed=2))
+    pd.testing.assert_frame_equal(a, b)
+    assert set(a.loc[a.split == "train", "id"]) != set(c.loc[c.split == "train", "id"])
+
+
+def _user_frame(n=60):
+    labels = ["spam", "ham", "eggs"]
+    return pd.DataFrame({
+        "uid": [f"u{i}" for i in range(n)],
+        "body": [f"message number {i} about {labels[i % 3]} and more words {i * 7}" for i in range(n)],
+        "tag": [labels[i % 3] if i % 4 else None for i in range(n)],
+        "part": ["test" if i < 15 else ("validation" if i < 27 else "train") for i in range(n)],
+    })
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_user_files_with_column_mapping(tmp_path, fmt):
+    df = _user_frame()
+    path = tmp_path / f"data.{fmt}"
+    if fmt == "csv":
+        df.to_csv(path, index=False)
+    elif fmt == "jsonl":
+        df.to_json(path, orient="records", lines=True)
+    else:
+        df.to_parquet(path)
+    cfg = DataConfig(source=str(path), columns={"id": "uid", "text": "body", "label": "tag", "split": "part"})
+    out = ingest_frame(cfg)
+    assert list(out.columns[:4]) == ["id", "text", "label", "split"]
+    assert set(out["split"]) == {"train", "val", "test", "unlabeled"}  # 'validation' mapped, unlabeled train -> pool
+    assert (out.loc[out.split == "unlabeled", "label"].isna()).all()
+    assert len(out) == len(df)
+
+
+def test_missing_column_says_which_and_what_exists(tmp_path):
+    path = tmp_path / "d.csv"
+    _user_frame().to_csv(path, index=False)
+    with pytest.raises(DataSourceError) as exc:
+        ingest_frame(DataConfig(source=str(path), columns={"text": "content"}))
+    msg = str(exc.value)
+    assert "text='content'" in msg and "body" in msg and "data.columns" in msg
+
+
+def test_wrong_encoding_is_explained(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes("text,label\ncaf\xe9 ok,a\n".encode("latin-1"))
+    with pytest.raises(DataSourceError, match="data.encoding"):
+        ingest_frame(DataConfig(source=str(path)))
+
+
+def test_unknown_extension(tmp_path):
+    path = tmp_path / "d.xlsx"
+    path.write_text("x")
+    with pytest.raises(DataSourceError, match="data.format"):
+        ingest_frame(DataConfig(source=str(path)))
+
+
+def test_s3_source_through_real_s3_api(s3_bucket):
+    import s3fs
+
+    df = _user_frame()
+    fs = s3fs.S3FileSystem()
+    with fs.open(f"{s3_bucket}/in/data.csv", "w") as f:
+        df.to_csv(f, index=False)
+    cfg = DataConfig(source=f"s3://{s3_bucket}/in/data.csv", columns={"id": "uid", "text": "body", "label": "tag", "split": "part"})
+    out = ingest_frame(cfg)
+    assert len(out) == len(df) and set(out["id"]) == set(df["uid"])
