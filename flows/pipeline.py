@@ -8,6 +8,7 @@ with it.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
@@ -20,12 +21,17 @@ from selftrain.core.pipeline import Stages, run_stages
 
 
 def _storage(cfg: PipelineConfig):
+    """A result-storage block rooted in the run directory, saved server-side (Prefect needs
+    persisted storage for cached results) under a name derived from the run directory."""
     root = io.join(cfg.run_dir, ".prefect-results")
     if io.is_remote(root):
         from prefect.filesystems import RemoteFileSystem
 
-        return RemoteFileSystem(basepath=root)
-    return LocalFileSystem(basepath=str(__import__("pathlib").Path(root).resolve()))
+        block = RemoteFileSystem(basepath=root)
+    else:
+        block = LocalFileSystem(basepath=str(Path(root).resolve()))
+    block.save(f"selftrain-results-{io.digest(root if io.is_remote(root) else str(Path(root).resolve()))}", overwrite=True)
+    return block
 
 
 def task_stages(cfg: PipelineConfig) -> Stages:

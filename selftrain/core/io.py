@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import posixpath
@@ -59,7 +60,10 @@ def write_bytes(uri: str, data: bytes) -> str:
         with fs.open(path, "wb") as f:  # an S3 object appears only when the upload completes
             f.write(data)
     else:
-        _atomic_local(uri.removeprefix("file://"), lambda p: Path(p).write_bytes(data))
+        path = Path(uri.removeprefix("file://"))
+        if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+            return uri  # unchanged: keep the file (and its mtime, which downstream cache keys read)
+        _atomic_local(str(path), lambda p: Path(p).write_bytes(data))
     return uri
 
 
@@ -82,13 +86,9 @@ def read_json(uri: str):
 
 
 def write_parquet(df: pd.DataFrame, uri: str) -> str:
-    if is_remote(uri):
-        fs, path = fs_path(uri)
-        with fs.open(path, "wb") as f:
-            df.to_parquet(f, index=False)
-    else:
-        _atomic_local(uri.removeprefix("file://"), lambda p: df.to_parquet(p, index=False))
-    return uri
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return write_bytes(uri, buf.getvalue())
 
 
 def read_parquet(uri: str, columns: list[str] | None = None) -> pd.DataFrame:
