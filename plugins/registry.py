@@ -19,6 +19,7 @@ from functools import lru_cache
 from importlib.metadata import EntryPoint, entry_points
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from selftrain.plugins import PLUGIN_API_VERSION, Labeler, ModelProvider, Objective
@@ -58,6 +59,10 @@ class PluginRecord:
         }
 
 
+def _canon(name: str) -> str:
+    return canonicalize_name(name) if name != "?" else name
+
+
 def _dist_of(ep: EntryPoint) -> tuple[str, str]:
     dist = getattr(ep, "dist", None)
     if dist is None:
@@ -86,11 +91,11 @@ def load_entry_point(group: str, ep: EntryPoint) -> PluginRecord:
     dist, version = _dist_of(ep)
     rec = PluginRecord(group=group, name=ep.name, value=ep.value, dist=dist, version=version, status="ok")
     allow = os.environ.get("SELFTRAIN_PLUGIN_ALLOWLIST")
-    if dist != OWN_DIST:
+    if _canon(dist) != OWN_DIST:
         if os.environ.get("SELFTRAIN_DISABLE_PLUGIN_AUTOLOAD", "").lower() in {"1", "true", "yes"}:
             rec.status, rec.error = "disabled", "third-party autoload is off (SELFTRAIN_DISABLE_PLUGIN_AUTOLOAD)"
             return rec
-        if allow is not None and dist not in {d.strip() for d in allow.split(",") if d.strip()}:
+        if allow is not None and _canon(dist) not in {_canon(d.strip()) for d in allow.split(",") if d.strip()}:
             rec.status, rec.error = "disabled", f"distribution {dist!r} is not in SELFTRAIN_PLUGIN_ALLOWLIST"
             return rec
     try:
@@ -111,18 +116,27 @@ def load_entry_point(group: str, ep: EntryPoint) -> PluginRecord:
 
 @lru_cache(maxsize=None)
 def discover(group: str) -> tuple[PluginRecord, ...]:
-    """All entry points of ``group``, each loaded independently (cached per process)."""
+    """All entry points of ``group``, each loaded independently (cached per process).
+
+    selftrain's own entry points load first and win a name clash; a later entry point with
+    a name already taken is listed as an error naming the owner, never silently dropped.
+    """
     if group not in GROUPS:
         raise KeyError(f"unknown plugin group {group!r}; groups: {', '.join(GROUPS)}")
-    records: dict[str, PluginRecord] = {}
-    for ep in entry_points(group=group):
+    eps = sorted(entry_points(group=group), key=lambda ep: _canon(_dist_of(ep)[0]) != OWN_DIST)
+    records: list[PluginRecord] = []
+    owners: dict[str, PluginRecord] = {}
+    for ep in eps:
         rec = load_entry_point(group, ep)
-        prev = records.get(ep.name)
-        # the same name from two distributions: the first working one wins, say so
-        if prev is not None and prev.status == "ok":
-            continue
-        records[ep.name] = rec
-    return tuple(sorted(records.values(), key=lambda r: r.name))
+        owner = owners.get(ep.name)
+        if owner is not None and rec.status == "ok":
+            rec.status, rec.cls = "error", None
+            rec.error = (f"name {ep.name!r} is already provided by {owner.dist} {owner.version}; "
+                         "the plugin's author must rename its entry point")
+        elif rec.status == "ok":
+            owners[ep.name] = rec
+        records.append(rec)
+    return tuple(sorted(records, key=lambda r: (r.name, r.status != "ok")))
 
 
 def all_plugins() -> list[PluginRecord]:
@@ -131,7 +145,9 @@ def all_plugins() -> list[PluginRecord]:
 
 def get(group: str, name: str) -> type:
     """The plugin class called ``name`` in ``group``, or a PluginError saying the fix."""
-    records = {r.name: r for r in discover(group)}
+    records: dict[str, PluginRecord] = {}
+    for r in discover(group):  # sorted: a working record of a name comes before broken ones
+        records.setdefault(r.name, r)
     installed = sorted(n for n, r in records.items() if r.status == "ok")
     key = CONFIG_KEYS[group]
     rec = records.get(name)
@@ -150,3 +166,8 @@ def get(group: str, name: str) -> type:
 
 def clear_cache() -> None:
     discover.cache_clear()
+
+
+def plugin_versions() -> dict[str, str]:
+    """{distribution: version} of every distribution providing a working plugin (for cache keys and model cards)."""
+    return {r.dist: r.version for r in all_plugins() if r.status == "ok"}

@@ -11,6 +11,7 @@ from typing import Any
 
 from selftrain.config import PipelineConfig
 from selftrain.core import io
+from selftrain.plugins.registry import plugin_versions
 
 
 def _content_id(uri: str) -> Any:
@@ -39,7 +40,7 @@ def stage_key(*sections: str):
     """cache_key_fn for a task over ``(cfg: PipelineConfig, *uris_or_values)``."""
 
     def key(context, parameters: dict) -> str:
-        parts: list[Any] = [context.task.name]
+        parts: list[Any] = [context.task.name, plugin_versions()]  # upgrading a plugin invalidates
         for name, value in parameters.items():
             if isinstance(value, PipelineConfig):
                 parts.append([value.run_dir, value.seed, value.device])

@@ -109,7 +109,11 @@ def install(monkeypatch, fake_module):
 
 
 def records(group: str = OBJ) -> dict[str, registry.PluginRecord]:
-    return {r.name: r for r in registry.discover(group)}
+    """name -> the record get() would use (a working one first)."""
+    out: dict[str, registry.PluginRecord] = {}
+    for r in registry.discover(group):
+        out.setdefault(r.name, r)
+    return out
 
 
 # ------------------------------------------------------------------ loading
@@ -182,13 +186,30 @@ def test_an_invalid_api_version_specifier_is_refused(install):
     assert rec.status == "error" and rec.error == "api_version 'one point oh' is not a valid version specifier"
 
 
-def test_same_name_twice_the_first_working_one_wins(install):
+def test_same_name_twice_the_working_one_wins_and_every_record_is_listed(install):
     install(ep("dup", "_no_such_module_anywhere:X", dist="first-broken"),
             ep("dup", f"{MOD}:GoodObjective", dist="second-good"),
             ep("dup", f"{MOD}:FutureObjective", dist="third-incompatible"))
     rec = records()["dup"]
     assert rec.status == "ok" and rec.dist == "second-good"
-    assert [r.name for r in registry.discover(OBJ)].count("dup") == 1
+    assert registry.get(OBJ, "dup") is rec.cls
+    dups = [r for r in registry.discover(OBJ) if r.name == "dup"]
+    assert len(dups) == 3 and sorted(r.status for r in dups) == ["error", "error", "ok"]
+
+
+def test_a_third_party_cannot_shadow_a_builtin(install):
+    from selftrain.plugins.objectives.mlm import MaskedLM
+
+    install(ep("mlm", f"{MOD}:GoodObjective", dist="evil"))
+    assert registry.get(OBJ, "mlm") is MaskedLM
+    clash = [r for r in registry.discover(OBJ) if r.name == "mlm" and r.dist == "evil"]
+    assert clash and clash[0].status == "error" and "already provided by selftrain" in clash[0].error
+
+
+def test_allowlist_names_are_canonicalised(install, monkeypatch):
+    monkeypatch.setenv("SELFTRAIN_PLUGIN_ALLOWLIST", "Third_Party.Pkg")
+    install(ep("good", f"{MOD}:GoodObjective", dist="third-party-pkg"))
+    assert records()["good"].status == "ok"
 
 
 def test_unknown_group():

@@ -31,6 +31,7 @@ from selftrain.core.pretrain import pretrain
 from selftrain.core.runtime import runtime
 from selftrain.core.validate import check_thresholds, validate_frame
 from selftrain.plugins import LabelerInputs, one_hot
+from selftrain.plugins.registry import plugin_versions
 
 log = logging.getLogger("selftrain")
 
@@ -101,7 +102,9 @@ def pretrain_stage(cfg: PipelineConfig, clean: str, fingerprint: str, stop_after
     if pc.max_texts is not None:
         texts = texts[: pc.max_texts]
     model_dir, kind = backbone(cfg, clean)
-    key = io.digest(fingerprint, pc.model_dump(mode="json"), cfg.model.model_dump(mode="json"), cfg.seed)
+    # a checkpoint is resumed only by the same job: data, config, seed and plugin versions
+    key = io.digest(fingerprint, pc.model_dump(mode="json"), cfg.model.model_dump(mode="json"), cfg.seed,
+                    plugin_versions())
     ctx = runtime(cfg.device, cfg.seed)
     bar = tqdm(total=None, desc=f"pretrain[{pc.objective}]", unit="step", disable=None)
 
@@ -237,7 +240,7 @@ def evaluate_stage(cfg: PipelineConfig, clean: str, models: dict[str, str], val_
     table = markdown_table(results, baseline, final)
     extra = extra or {}
     metrics = {"models": results, "baseline": baseline, "final": final, "labels": labels,
-               "test_size": len(y), "selftrain_version": __version__, **extra}
+               "test_size": len(y), "selftrain_version": __version__, "plugins": plugin_versions(), **extra}
     io.write_json(_uri(cfg, "metrics.json"), metrics)
     notes = "\n".join(f"- {n}" for n in extra.get("notes", []))
     report = (f"# selftrain run `{cfg.run_name}`\n\nTest split: {len(y)} rows, labels {', '.join(labels)}. "
