@@ -149,6 +149,11 @@ class ModelProvider(_Plugin):
     hidden), for providers that train a tokenizer from scratch.
     """
 
+    #: False when ``materialize`` only points at an existing checkpoint (then it is called
+    #: with no corpus, once per stage); True when it builds weights/tokenizer into
+    #: ``out_dir`` (then it runs once per run, on the training texts).
+    builds_weights: ClassVar[bool] = True
+
     def __init__(self, config: PluginConfig):
         self.config = config
 

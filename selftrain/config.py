@@ -96,7 +96,7 @@ class FinetuneConfig(Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps spent warming up.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     min_steps: int = Field(0, ge=0, description="Never stop early before this many steps.")
-    student_epochs: int = Field(6, ge=1, description="Maximum epochs for students (their data is larger).")
+    student_epochs: int = Field(2, ge=1, description="Maximum epochs for students (their data is larger).")
 
 
 class PseudoLabelConfig(Section):
@@ -115,6 +115,23 @@ class EvaluateConfig(Section):
     ece_bins: int = Field(15, ge=2, description="Bins of the expected calibration error.")
 
 
+class ExecutionConfig(Section):
+    heavy_stages: Literal["local", "deployments"] = Field(
+        "local", description="Where pretrain, finetune and pseudo-label run: 'local' in the pipeline's own process; "
+        "'deployments' as flow runs of the stage deployments (work pool 'gpu'), awaited by the pipeline. "
+        "Needs a Prefect server, the deployments of deployments/prefect.yaml and a run dir every host can reach (s3://).",
+    )
+    deployment: str = Field(
+        "gpu", description="Deployment name of the stage flows: runs go to pretrain/<name>, finetune/<name>, pseudo-label/<name>."
+    )
+    max_crash_retries: int = Field(
+        2, ge=0, description="Re-submit a stage run that ended Crashed (killed process, lost node) up to this many times; "
+        "Failed runs (after their task retries) are not re-submitted."
+    )
+    stage_timeout_s: float | None = Field(None, gt=0, description="Give up waiting for one stage run after this long; null waits.")
+    poll_interval_s: float = Field(5.0, gt=0, description="Seconds between checks of a stage run's state.")
+
+
 class PipelineConfig(Section):
     """Everything a run needs. Every field has a default: the demo."""
 
@@ -129,6 +146,7 @@ class PipelineConfig(Section):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     pseudo_label: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig, description="Where the heavy stages run.")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
 

@@ -48,6 +48,7 @@ def kind_of(config) -> str:
 class HFModel(ModelProvider):
     summary = "any Hugging Face checkpoint: local dir, hub id, or pkg:<dist>/<path>"
     Config = HFConfig
+    builds_weights = False
 
     def info(self) -> ModelInfo:
         from transformers import AutoConfig

@@ -79,11 +79,10 @@ def backbone(cfg: PipelineConfig, clean: str) -> tuple[str, str]:
     cls, opts = plugin_options("selftrain.models", cfg.model.name, cfg.model.options, "model")
     provider = cls(opts)
     kind = provider.info().kind
-    marker = _uri(cfg, "models", "init", ".complete")
-    if cfg.model.name == "hf":
+    if not cls.builds_weights:  # an existing checkpoint: nothing to build
         return provider.materialize([], ""), kind
     uri = _uri(cfg, "models", "init")
-    if not io.exists(marker):
+    if not io.exists(io.join(uri, ".complete")):
         texts = io.read_parquet(clean, columns=["text", "split"])
         texts = texts.loc[texts["split"] != "test", "text"].astype(str).tolist()
         with io.output_dir(uri) as tmp:
