@@ -37,10 +37,14 @@ test-fast: $(STAMP)
 plugins: $(STAMP)
 	$(BIN)/selftrain plugins list
 
-bench-speed: $(STAMP)
+$(VENV)/.bench: $(STAMP)
+	$(BIN)/python -m pip install -e '.[bench]'
+	touch $@
+
+bench-speed: $(VENV)/.bench
 	$(BIN)/python -m benchmarks.speed
 
-bench-quality: $(STAMP)
+bench-quality: $(VENV)/.bench
 	$(BIN)/python -m benchmarks.quality --quick
 
 clean:

@@ -127,7 +127,7 @@ def fit(
         val_logits = predict_logits(model, tok, val_texts, max_length, 128, ctx)
         val_pred = val_logits.argmax(1)
         f1 = float(f1_score(val_labels, val_pred, average="macro", labels=list(range(len(label_names))), zero_division=0))
-        vloss = float(F.cross_entropy(torch.as_tensor(val_logits), torch.as_tensor(val_labels, dtype=torch.long)))
+        vloss = float(F.cross_entropy(torch.as_tensor(val_logits), torch.tensor(val_labels, dtype=torch.long)))
         rec = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_macro_f1": f1, "val_loss": vloss}
         history.append(rec)
         log(rec)

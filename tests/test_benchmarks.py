@@ -1,0 +1,186 @@
+"""The benchmark scripts run (at toy sizes) and produce their result keys.
+
+These are not benchmarks: no speed or quality threshold is checked here, only that every
+section's function works end to end and returns what ``speed.json`` / ``quality.json`` hold.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TINY_BERT = {"vocab_size": 300, "hidden_size": 16, "layers": 1, "heads": 2}
+LABELS = ["negative", "neutral", "positive"]
+
+
+@pytest.fixture(scope="module")
+def tweets():
+    from benchmarks import speed
+
+    return speed.tweet_texts(exclude_test=True)[:200]
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory, tweets):
+    """A tiny BERT backbone and a classifier on it, trained on 200 tweets."""
+    from benchmarks import speed
+
+    root = tmp_path_factory.mktemp("bench-models")
+    backbone = speed.make_tiny_bert(tweets, str(root / "backbone"), **TINY_BERT)
+    clf = speed.make_classifier(backbone, LABELS, str(root / "clf"))
+    return backbone, clf
+
+
+# --------------------------------------------------------------------------- common
+def test_common_helpers(tmp_path):
+    from benchmarks import common
+
+    r = common.Row("speed", "x/s", 10.0, 25.0, "≥ 2x", True, "base")
+    assert r.ratio == pytest.approx(2.5)
+    assert common.Row("wall", "s", 10.0, 5.0, higher_is_better=False).ratio == pytest.approx(2.0)
+    assert common.Row("only ours", "s", None, 5.0).ratio is None
+    table = common.speed_table([r])
+    assert table.splitlines()[0].startswith("| metric | baseline | ours |") and "2.50x" in table
+    m = common.machine()
+    assert {"cpu", "cores_logical", "python", "torch", "torch_threads"} <= set(m)
+    assert common.peak_rss_mb() > 0
+    calls = common.alternate({"a": lambda: 1.0, "b": lambda: 2.0}, 2, log=lambda s: None)
+    assert calls == {"a": [1.0, 1.0], "b": [2.0, 2.0]}
+    assert common.median([3.0, 1.0, 2.0]) == 2.0 and common.spread([1.0, 3.0])["median"] == 2.0
+    out = common.write_json(tmp_path / "x.json", {"row": r.as_dict()})
+    assert json.loads(out.read_text())["row"]["ratio"] == pytest.approx(2.5)
+    assert common.bar_chart(tmp_path / "bar.png", [r]).stat().st_size > 0
+    assert common.line_chart(tmp_path / "line.png", {"m": ([4, 16], [0.5, 0.6], [0.01, 0.02])}, "k", "F1").exists()
+
+
+# --------------------------------------------------------------------------- speed
+def test_speed_pretrain_tiny(tweets, tiny_models):
+    from benchmarks import speed
+
+    res = speed.bench_pretrain(tweets, tiny_models[0], steps=2, repeats=1, batch_size=8, max_length=32)
+    assert res["selftrain"]["tokens_per_s"]["median"] > 0
+    assert res["runs"]["selftrain"][0]["steps"] == 2
+    if res["baseline_missing"] is None:  # HF Trainer needs accelerate
+        assert res["hf_trainer"]["tokens_per_s"]["median"] > 0 and res["speedup"] > 0
+        assert res["runs"]["hf_trainer"][0]["steps"] == 2
+    else:
+        assert res["hf_trainer"] is None and "accelerate" in res["baseline_missing"]
+
+
+def test_speed_pseudo_label_tiny(tweets, tiny_models):
+    from benchmarks import speed
+
+    res = speed.bench_pseudo_label(tweets[:40], tiny_models[1], LABELS, batch_size=16, repeats=1, max_length=32)
+    assert {"hf_pipeline", "selftrain", "speedup", "argmax_agreement"} <= set(res)
+    assert res["selftrain"]["examples_per_s"]["median"] > 0 and res["hf_pipeline"]["examples_per_s"]["median"] > 0
+    assert res["argmax_agreement"] >= 0.95  # the same model answers the same
+
+
+def test_speed_validate_tiny():
+    from benchmarks import speed
+
+    res = speed.bench_validate(rows=3000, repeats=1)
+    assert res["rows"] == 3000 and res["rows_per_s"] > 0 and res["peak_rss_mb"] > 0
+    assert res["n_clean"] + res["n_quarantined"] == 3000
+    assert {"duplicate_text", "near_duplicate", "text_too_short"} <= set(res["checks"])
+
+
+def test_speed_memory_tiny(tmp_path):
+    from benchmarks import speed
+
+    # pool 120 > replicate_above: the replicated-parquet source path of the 10x case
+    res = speed.bench_memory(pool=60, scales=(2,), minilm=False, tiny_options=TINY_BERT, replicate_above=100,
+                             work_dir=str(tmp_path))
+    (run,) = res["runs"]
+    assert run["teacher"] == "tiny-bert" and run["scale"] == 2 and run["source"].endswith(".parquet")
+    assert run["pool"] > 0 and run["peak_rss_mb"] >= run["rss_start_mb"] > 0
+    assert {"ingest_s", "validate_s", "pseudo_label_s"} <= set(run)
+
+
+def test_speed_orchestration_logic(monkeypatch):
+    """The orchestration section's bookkeeping, with the pipeline child processes faked
+    (a real Prefect run starts an ephemeral API: tens of seconds; tests/test_flow.py runs it)."""
+    from benchmarks import speed
+
+    calls = []
+
+    def fake_child(kind, args, env=None, timeout=3600):
+        calls.append((args["mode"], env.get("PREFECT_HOME"), "PREFECT_API_URL" in env))
+        seconds = {"prefect-init": 5.0, "prefect": 30.0, "pure": 20.0}[args["mode"]]
+        return {"mode": args["mode"], "seconds": seconds, "process_wall_s": seconds + 4}
+
+    monkeypatch.setattr(speed, "run_child", fake_child)
+    monkeypatch.setenv("PREFECT_API_URL", "http://example.invalid/api")
+    res = speed.bench_orchestration(2, warmup=True, demo_wall_s=400.0)
+    assert [c[0] for c in calls] == ["prefect-init", "prefect", "pure", "prefect", "pure", "prefect", "pure"]
+    assert all(home and not api for _, home, api in calls)  # ephemeral API, private PREFECT_HOME
+    assert res["overhead_s"] == pytest.approx(10.0)
+    assert res["overhead_pct_of_pure_run"] == pytest.approx(50.0)
+    assert res["overhead_pct_of_demo"] == pytest.approx(2.5)
+    assert res["prefect_process_s"]["median"] == pytest.approx(34.0)
+
+
+def test_speed_rows_and_outputs(tmp_path):
+    from benchmarks import common, speed
+
+    s = {"median": 1.0}
+    results = {
+        "pretrain": {"hf_trainer": {"tokens_per_s": {"median": 100.0}}, "selftrain": {"tokens_per_s": {"median": 250.0}},
+                     "speedup": 2.5},
+        "pseudo_label": {"hf_pipeline": {"examples_per_s": {"median": 50.0}},
+                         "selftrain": {"examples_per_s": {"median": 80.0}}, "speedup": 1.6},
+        "orchestration": {"pure_s": {**s, "median": 100.0}, "prefect_s": {**s, "median": 110.0}, "overhead_s": 10.0,
+                          "overhead_pct_of_pure_run": 10.0, "demo_wall": {"seconds": 600.0, "source": "argument"},
+                          "overhead_pct_of_demo": 10 / 6},
+        "validate": {"rows": 1_000_000, "median_s": 8.0, "rows_per_s": 125_000.0, "seconds_per_1m_rows": 8.0,
+                     "peak_rss_mb": 900.0},
+        "memory": {"runs": [{"pool": 4000, "scale": 1, "teacher": "minilm", "peak_rss_mb": 800.0}]},
+    }
+    rows = speed.build_rows(results)
+    by_metric = {r.metric: r for r in rows}
+    assert by_metric["MLM pretraining throughput, CPU"].met is True
+    assert by_metric["pseudo-labelling throughput, CPU"].met is False
+    assert by_metric["Prefect overhead"].met is True
+    assert by_metric["validate_frame, 1,000,000 rows"].met is True
+    assert common.bar_chart(tmp_path / "speed.png", rows).exists()
+
+
+# --------------------------------------------------------------------------- quality
+def test_quality_peers_tiny():
+    from benchmarks import quality
+    from selftrain.config import DataConfig
+    from selftrain.core.data import ingest_frame
+
+    df = ingest_frame(DataConfig(labels_per_class=4, val_per_class=4, test_per_class=10, unlabeled_size=100))
+    peers = quality.peer_methods(df, LABELS, svd_dim=20)
+    assert set(peers) == set(quality.PEER_METHODS)
+    for name in ("tfidf+logreg", "self-training", "label-spreading"):
+        assert 0.0 <= peers[name]["macro_f1"] <= 1.0 and 0.0 <= peers[name]["accuracy"] <= 1.0
+    assert "macro_f1" in peers["setfit"] or peers["setfit"]["status"] == "not installed" \
+        or peers["setfit"]["status"].startswith("error")
+
+
+def test_quality_run_tiny(tmp_path):
+    """One (k, seed) through both pipeline runs, the peers, the summary, table and plot."""
+    from benchmarks import quality
+
+    overrides = [
+        "model.name=tiny-bert", "model.options={vocab_size: 300, hidden_size: 16, layers: 1, heads: 2}",
+        "model.max_length=32", "data.val_per_class=4", "data.test_per_class=10", "data.unlabeled_size=60",
+        "pretrain.max_steps=2", "pretrain.batch_size=8", "finetune.epochs=1", "finetune.student_epochs=1",
+        "pseudo_label.rounds=1",
+    ]
+    res = quality.run([2], [0], overrides, work_dir=tmp_path / "work")
+    assert {"records", "summary", "runs", "table", "seconds"} <= set(res)
+    methods = {r["method"] for r in res["records"]}
+    assert set(quality.SELFTRAIN_METHODS) | {"tfidf+logreg", "self-training", "label-spreading", "setfit"} <= methods
+    for m in quality.SELFTRAIN_METHODS:
+        e = res["summary"][m]["2"]
+        assert 0.0 <= e["macro_f1_mean"] <= 1.0 and e["n"] == 1
+    assert res["runs"][0]["same_split_in_both_runs"]
+    assert not list((tmp_path / "work").glob("k2-s0-*"))  # run dirs removed unless --keep-runs
+    assert "| method |" in res["table"]
+    assert quality.plot(res["summary"], tmp_path / "quality.png").exists()
