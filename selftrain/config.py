@@ -106,6 +106,9 @@ class PseudoLabelConfig(Section):
     calibrate: bool = Field(True, description="Temperature-scale the teacher on validation before selecting.")
     weight: float = Field(1.0, gt=0, description="Loss weight of pseudo-labelled rows relative to gold rows.")
     rounds: int = Field(2, ge=1, le=10, description="Self-training rounds; each student becomes the next teacher.")
+    student_init: Literal["backbone", "teacher"] = Field(
+        "backbone", description="Start each student from the (pretrained) backbone, or from its teacher's weights."
+    )
     batch_size: int = Field(128, ge=1, description="Inference batch size (batches are length-sorted).")
     keep_teacher_if_worse: bool = Field(True, description="If a student is worse than its teacher on validation, keep the teacher.")
 

@@ -53,7 +53,8 @@ def run_stages(cfg: PipelineConfig, S: Stages | None = None, publish: Callable[[
         for r in range(1, cfg.pseudo_label.rounds + 1):
             pl = S.pseudo_label(cfg, clean, current["model"], r)
             pseudo_reports.append(pl["report"])
-            s = S.finetune(cfg, clean, base, f"student-{r}", pl["pseudo_labels"])
+            init = current["model"] if cfg.pseudo_label.student_init == "teacher" else base
+            s = S.finetune(cfg, clean, init, f"student-{r}", pl["pseudo_labels"])
             models[s["name"]], vals[s["name"]] = s["model"], s["val_macro_f1"]
             if s["val_macro_f1"] < current["val_macro_f1"] and cfg.pseudo_label.keep_teacher_if_worse:
                 notes.append(f"{s['name']} is worse than {final} on validation macro-F1 "
