@@ -14,21 +14,9 @@ from selftrain.core import io
 from selftrain.plugins.registry import plugin_versions
 
 
-def _content_id(uri: str) -> Any:
-    try:
-        fs, path = io.fs_path(uri)
-        if not fs.exists(path):
-            return None
-        if fs.isdir(path):
-            return sorted((p.rsplit("/", 1)[-1], fs.checksum(p)) for p in fs.find(path))
-        return fs.checksum(path)
-    except Exception:  # not a URI after all
-        return None
-
-
 def _ident(value: Any) -> Any:
     if isinstance(value, str):
-        return [value, _content_id(value)]
+        return [value, io.content_id(value)]
     if isinstance(value, dict):
         return {k: _ident(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

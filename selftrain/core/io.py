@@ -115,19 +115,38 @@ def cache_root() -> Path:
     return root
 
 
+def content_id(uri: str):
+    """Cheap identity of what is behind ``uri``: fsspec checksums (S3 ETags, local size+mtime)
+    of the file, or of every file under a directory; None if nothing is there."""
+    try:
+        fs, path = fs_path(uri)
+        if not fs.exists(path):
+            return None
+        if fs.isdir(path):
+            return sorted((p.rsplit("/", 1)[-1], fs.checksum(p)) for p in fs.find(path))
+        return fs.checksum(path)
+    except Exception:  # not a URI after all
+        return None
+
+
 def local_dir(uri: str) -> str:
-    """A local directory with the content of ``uri`` (the path itself when local)."""
+    """A local directory with the content of ``uri`` (the path itself when local).
+
+    Remote directories are mirrored into the cache, keyed by URI *and* content, so a model
+    rewritten at the same URI is downloaded again.
+    """
     if not is_remote(uri):
         return uri.removeprefix("file://")
-    dest = cache_root() / "mirror" / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    marker = dest / ".complete"
-    if not marker.exists():
+    mirror = cache_root() / "mirror"
+    mirror.mkdir(parents=True, exist_ok=True)
+    dest = mirror / digest(uri, content_id(uri))
+    if not (dest / ".complete").exists():
         fs, path = fs_path(uri)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent if dest.parent.exists() else None))
+        tmp = Path(tempfile.mkdtemp(dir=mirror))
         fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
+        (tmp / ".complete").touch()
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)
-        marker.touch()
     return str(dest)
 
 

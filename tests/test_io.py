@@ -1,0 +1,49 @@
+"""Storage helpers on a local disk and on a real S3 API (moto's server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from selftrain.core import io
+
+
+def test_output_dir_is_atomic_locally(tmp_path):
+    target = tmp_path / "models" / "m"
+    with io.output_dir(str(target)) as tmp:
+        Path(tmp, "a.txt").write_text("v1")
+    assert (target / "a.txt").read_text() == "v1"
+    with pytest.raises(RuntimeError):
+        with io.output_dir(str(target)) as tmp:
+            Path(tmp, "a.txt").write_text("half-written")
+            raise RuntimeError("crash mid-write")
+    assert (target / "a.txt").read_text() == "v1", "a failed write must leave the previous version intact"
+    assert [p.name for p in target.parent.iterdir()] == ["m"], "no temporary leftovers"
+
+
+def test_unchanged_parquet_is_not_rewritten(tmp_path):
+    df = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
+    uri = str(tmp_path / "d.parquet")
+    io.write_parquet(df, uri)
+    before = Path(uri).stat().st_mtime_ns
+    io.write_parquet(df.copy(), uri)
+    assert Path(uri).stat().st_mtime_ns == before
+    io.write_parquet(df.assign(a=[3, 4]), uri)
+    assert pd.read_parquet(uri)["a"].tolist() == [3, 4]
+
+
+def test_s3_model_dir_round_trip_and_fresh_mirror(s3_bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFTRAIN_CACHE", str(tmp_path / "fresh-cache"))  # a new host: empty cache
+    uri = f"s3://{s3_bucket}/run/models/teacher"
+    with io.output_dir(uri) as tmp:
+        Path(tmp, "config.json").write_text('{"v": 1}')
+    local = io.local_dir(uri)
+    assert Path(local, "config.json").read_text() == '{"v": 1}'
+    # rewritten at the same URI (a re-run): the mirror must not serve the old copy
+    with io.output_dir(uri) as tmp:
+        Path(tmp, "config.json").write_text('{"v": 2, "longer": true}')
+    assert Path(io.local_dir(uri), "config.json").read_text() == '{"v": 2, "longer": true}'
+    io.write_parquet(pd.DataFrame({"x": [1]}), f"s3://{s3_bucket}/run/t.parquet")
+    assert io.read_parquet(f"s3://{s3_bucket}/run/t.parquet")["x"].tolist() == [1]
