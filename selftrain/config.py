@@ -44,7 +44,7 @@ class DataConfig(Section):
         "unlabeled pool with their labels hidden. Null keeps every training label."
     )
     val_per_class: int = Field(32, ge=1, description="When selftrain splits (or the source has no val split): validation rows per class.")
-    test_per_class: int | None = Field(700, ge=1, description="When selftrain splits: test rows per class (balanced); null uses test_fraction.")
+    test_per_class: int | None = Field(500, ge=1, description="When selftrain splits: test rows per class (balanced); null uses test_fraction.")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="When selftrain splits and test_per_class is null: stratified test fraction.")
     unlabeled_size: int | None = Field(4000, ge=0, description="Cap on the unlabeled pool (random sample); null keeps it all.")
     max_rows: int | None = Field(None, ge=1, description="Read at most this many rows (quick trials).")
@@ -105,9 +105,9 @@ class PseudoLabelConfig(Section):
     options: dict[str, Any] = Field(default_factory=dict, description="The labeler plugin's options.")
     calibrate: bool = Field(True, description="Temperature-scale the teacher on validation before selecting.")
     weight: float = Field(1.0, gt=0, description="Loss weight of pseudo-labelled rows relative to gold rows.")
-    rounds: int = Field(2, ge=1, le=10, description="Self-training rounds; each student becomes the next teacher.")
+    rounds: int = Field(1, ge=1, le=10, description="Self-training rounds; each student becomes the next teacher.")
     student_init: Literal["backbone", "teacher"] = Field(
-        "backbone", description="Start each student from the (pretrained) backbone, or from its teacher's weights."
+        "teacher", description="Start each student from its teacher's weights, or from the (pretrained) backbone."
     )
     batch_size: int = Field(128, ge=1, description="Inference batch size (batches are length-sorted).")
     keep_teacher_if_worse: bool = Field(True, description="If a student is worse than its teacher on validation, keep the teacher.")

@@ -17,7 +17,7 @@ from selftrain.plugins.labelers.common import balanced_top_k, precision_threshol
 
 
 class SoftConfig(PluginConfig):
-    k_per_class: int | None = Field(500, ge=1, description="Rows kept per predicted class; null keeps the whole pool.")
+    k_per_class: int | None = Field(300, ge=1, description="Rows kept per predicted class; null keeps the whole pool.")
     temperature: float = Field(0.5, gt=0, le=1, description="Sharpening temperature T (<1 sharpens, 1 keeps the teacher's distribution).")
     target_precision: float | None = Field(
         None, gt=0, le=1, description="If set, drop rows below per-class thresholds that reach this precision on validation."
