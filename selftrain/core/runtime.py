@@ -33,13 +33,6 @@ def autocast(ctx: RuntimeContext):
     return torch.autocast(device_type=ctx.device.type, dtype=ctx.autocast_dtype)
 
 
-def set_threads() -> None:
-    """Use every core for intra-op work (torch defaults to physical cores; fine) unless told."""
-    n = os.environ.get("SELFTRAIN_THREADS")
-    if n:
-        torch.set_num_threads(int(n))
-
-
 def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     """Texts -> token-id lists with special tokens, truncated, unpadded (fast tokenizer, batched)."""
     enc = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)
