@@ -148,8 +148,8 @@ def fit(
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """Temperature scaling (Guo et al. 2017): T minimising validation NLL of softmax(logits / T)."""
     grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 300))
-    z = torch.as_tensor(logits, dtype=torch.float64)
-    y = torch.as_tensor(labels, dtype=torch.long)
+    z = torch.tensor(logits, dtype=torch.float64)
+    y = torch.tensor(labels, dtype=torch.long)
     nll = [float(F.cross_entropy(z / t, y)) for t in grid]
     return float(grid[int(np.argmin(nll))])
 
