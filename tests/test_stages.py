@@ -98,3 +98,20 @@ def test_ece_known_values():
     assert expected_calibration_error(probs, labels, bins=10) == pytest.approx(0.4)
     perfect = np.eye(3)[[0, 1, 2]]
     assert expected_calibration_error(perfect, np.array([0, 1, 2])) == pytest.approx(0.0)
+
+
+def test_baseline_is_recommended_when_it_validates_best(tiny_config):
+    from selftrain.core.pipeline import Stages, run_stages
+
+    cfg = tiny_config("pretrain.enabled=false", "pseudo_label.enabled=false", "finetune.epochs=2")
+    real = Stages()
+
+    def finetune(cfg_, clean, base, name, pseudo=None):
+        res = real.finetune(cfg_, clean, base, name, pseudo)
+        res["val_macro_f1"] = 0.9 if name == "baseline" else 0.1  # the baseline validates best
+        return res
+
+    out = run_stages(cfg, Stages(finetune=finetune))
+    metrics = json.loads((Path(cfg.run_dir) / "metrics.json").read_text())
+    assert out["final"] == "baseline" == metrics["final"]
+    assert any("baseline validates best" in n for n in metrics["notes"])
