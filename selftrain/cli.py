@@ -40,6 +40,8 @@ def cmd_run(args) -> int:
     print()
     print(result["table"])
     print(f"\nfinal: {result['final']}   baseline: {result['baseline']}   run directory: {result['run_dir']}")
+    for note in result.get("notes", []):
+        print(f"note: {note}")
     return 0
 
 

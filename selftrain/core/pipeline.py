@@ -74,4 +74,4 @@ def run_stages(cfg: PipelineConfig, S: Stages | None = None, publish: Callable[[
     ev = S.evaluate(cfg, clean, models, vals, baseline, final, extra)
     publish("markdown", "metrics", ev["markdown"])
     return {"metrics": ev["metrics"], "report": ev["report"], "final": final, "baseline": baseline,
-            "summary": ev["summary"], "table": ev["table"], "run_dir": cfg.run_dir}
+            "summary": ev["summary"], "table": ev["table"], "run_dir": cfg.run_dir, "notes": notes}
