@@ -116,6 +116,10 @@ class PseudoLabelConfig(Section):
 class EvaluateConfig(Section):
     baseline: bool = Field(True, description="Also train the supervised-only baseline (same model, no pretraining, no pseudo-labels).")
     ece_bins: int = Field(15, ge=2, description="Bins of the expected calibration error.")
+    min_val_gain: float = Field(
+        0.02, ge=0, le=1, description="Recommend a pretrained/self-trained model over the baseline only if it beats the "
+        "baseline's validation macro-F1 by at least this much (small validation splits are noisy)."
+    )
 
 
 class ExecutionConfig(Section):

@@ -64,10 +64,11 @@ def run_stages(cfg: PipelineConfig, S: Stages | None = None, publish: Callable[[
             final, current = s["name"], s
     if baseline is None:
         baseline = "teacher"
-    elif vals[baseline] > vals[final]:
-        # never recommend a model that validates worse than the labels alone
-        notes.append(f"the supervised-only baseline validates best ({vals[baseline]:.3f} > {final} {vals[final]:.3f}): "
-                     "pretraining and pseudo-labels did not pay on this data; recommending the baseline")
+    elif vals[final] < vals[baseline] + cfg.evaluate.min_val_gain:
+        # never recommend a model that does not clearly validate better than the labels alone
+        notes.append(f"{final} does not beat the supervised-only baseline on validation by evaluate.min_val_gain="
+                     f"{cfg.evaluate.min_val_gain} ({vals[final]:.3f} vs {vals[baseline]:.3f}): pretraining and "
+                     "pseudo-labels did not clearly pay on this data; recommending the baseline")
         final = baseline
     extra = {"notes": notes, "pseudo_labels": pseudo_reports, "validation": val["report"],
              "pretrain": {k: v for k, v in (pre or {}).items() if k != "model"}, "run_dir": cfg.run_dir}
