@@ -251,13 +251,23 @@ class Service:
                     pass
 
     # REST API
+    def request(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
+        """One API call; a 503 (the server's SQLite database busy under load) is retried a few
+        times with backoff, as a person would click again in the UI."""
+        for attempt in range(6):
+            r = self.http.request(method, path, json=body)
+            if r.status_code != 503:
+                return r
+            time.sleep(1.5 * (attempt + 1))
+        return r
+
     def get(self, path: str):
-        r = self.http.get(path)
+        r = self.request("GET", path)
         r.raise_for_status()
         return r.json()
 
     def post(self, path: str, body: dict):
-        r = self.http.post(path, json=body)
+        r = self.request("POST", path, body)
         assert r.status_code < 300, f"POST {path}: {r.status_code} {r.text[:2000]}"
         return r.json()
 

@@ -12,7 +12,13 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def _task_runs(flow_run_id):
+def _task_runs(flow_run_id, timeout: float = 60):
+    """The flow run's task runs once their states have settled.
+
+    Task-run states reach the API asynchronously (events), so right after a flow run ends
+    a task can still read as Running; poll until none is Pending/Running (bounded)."""
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -20,7 +26,12 @@ def _task_runs(flow_run_id):
         async with get_client() as client:
             return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
 
-    return asyncio.run(go())
+    deadline = time.time() + timeout
+    while True:
+        runs = asyncio.run(go())
+        if all(r.state is not None and r.state.is_final() for r in runs) or time.time() > deadline:
+            return runs
+        time.sleep(0.5)
 
 
 def _artifacts(key_prefix: str):
