@@ -258,6 +258,16 @@ def _plt():
     return plt
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Write a figure as PNG (creating the folder) and free it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def bar_chart(path: str | Path, rows: Sequence[Row], title: str = "") -> Path | None:
     """One small panel per metric with a baseline and an ours bar (PNG); skips rows
     without both numbers. Returns the path, or None if nothing to draw."""
@@ -284,12 +294,7 @@ def bar_chart(path: str | Path, rows: Sequence[Row], title: str = "") -> Path | 
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def line_chart(path: str | Path, series: dict[str, tuple[list[float], list[float], list[float]]],
@@ -314,9 +319,4 @@ def line_chart(path: str | Path, series: dict[str, tuple[list[float], list[float
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -41,8 +41,9 @@ def _storage(cfg: PipelineConfig):
 
         block = RemoteFileSystem(basepath=root)
     else:
-        block = LocalFileSystem(basepath=str(Path(root).resolve()))
-    block.save(f"selftrain-results-{io.digest(root if io.is_remote(root) else str(Path(root).resolve()))}", overwrite=True)
+        root = str(Path(root).resolve())
+        block = LocalFileSystem(basepath=root)
+    block.save(f"selftrain-results-{io.digest(root)}", overwrite=True)
     return block
 
 
