@@ -139,6 +139,32 @@ class ExecutionConfig(Section):
     poll_interval_s: float = Field(5.0, gt=0, description="Seconds between checks of a stage run's state.")
 
 
+class RetrainConfig(Section):
+    """The ``retrain`` flow: challenger vs champion on a frozen evaluation set (docs/retraining.md)."""
+
+    artifacts_root: str = Field(
+        "artifacts", description="Where the model registry lives (local path or s3://...): <artifacts_root>/<model_name>/ "
+        "holds versions/, champion.json, the frozen evaluation set and the challengers' run directories.",
+    )
+    model_name: str = Field(
+        "selftrain", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Name of the model in the registry (a folder name); promotions emit the Prefect event "
+        "selftrain.model.promoted for the resource selftrain.model.<model_name>.",
+    )
+    metric: Literal["macro_f1", "accuracy"] = Field(
+        "macro_f1", description="Metric on the frozen evaluation set that decides whether a challenger is promoted."
+    )
+    min_gain: float = Field(
+        0.01, ge=0, le=1, description="Promote a challenger only if it beats the champion's metric by at least this "
+        "much (and strictly); the first version of an empty registry is always promoted.",
+    )
+    eval_per_class: int = Field(
+        50, ge=1, description="Rows per class of the frozen evaluation set, drawn once (when the registry is created) "
+        "from the labeled source rows (its test split when the source has one; at most half of a class). "
+        "These rows are removed from every challenger's data: never trained on.",
+    )
+
+
 class PipelineConfig(Section):
     """Everything a run needs. Every field has a default: the demo."""
 
@@ -154,6 +180,7 @@ class PipelineConfig(Section):
     pseudo_label: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig, description="Where the heavy stages run.")
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig, description="Scheduled retraining: model registry and promotion rule.")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
 
