@@ -1,4 +1,4 @@
-"""Prefect flows: ``pipeline`` (the whole job) and one flow per stage."""
+"""Prefect flows: ``pipeline`` (the whole job), one flow per stage, and ``retrain`` (champion/challenger)."""
 
 from selftrain.flows.pipeline import (  # noqa: F401
     HEAVY,
@@ -13,3 +13,4 @@ from selftrain.flows.pipeline import (  # noqa: F401
     remote_stage,
     validate_flow,
 )
+from selftrain.flows.retrain import PROMOTED, emit_promoted, retrain  # noqa: F401

@@ -1,4 +1,4 @@
-"""Command line: ``selftrain run | config | plugins list``."""
+"""Command line: ``selftrain run | config | plugins list | models list|show|promote|rollback``."""
 
 from __future__ import annotations
 
@@ -80,6 +80,82 @@ def cmd_plugins(args) -> int:
     return 1 if args.strict and any(r.status == "error" for r in recs) else 0
 
 
+def _registry(args):
+    """The registry named by --root/--name, else by the config's retrain.artifacts_root/model_name.
+    ``--root`` may also be the registry folder itself (the one holding registry.json)."""
+    from selftrain.config import RetrainConfig, load_config
+    from selftrain.core import io
+    from selftrain.core.registry import Registry
+
+    root, name = args.root, args.name
+    if root is None or args.config or args.set:
+        rc = load_config(args.config, args.set or []).retrain
+        root, name = root or rc.artifacts_root, name or rc.model_name
+    if name is None and io.exists(io.join(root, "registry.json")):
+        return Registry(root)
+    name = name or RetrainConfig().model_name
+    return Registry(io.join(root, name), name)
+
+
+def _announce(reg, change: dict) -> None:
+    """Emit the Prefect event of a champion change when a Prefect API is configured."""
+    if not change.get("changed"):
+        return
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        return
+    from prefect.events.worker import EventsWorker
+
+    from selftrain.flows.retrain import emit_promoted
+
+    info = reg.version_info(change["version"])
+    emit_promoted({**change, "name": reg.name, "registry": reg.root, "model_uri": reg.model_uri(change["version"]),
+                   "metrics": (info.get("frozen_eval") or {}).get("metrics")})
+    EventsWorker.drain_all(timeout=30)
+
+
+def cmd_models(args) -> int:
+    from selftrain.config import ConfigError
+    from selftrain.core.model_card import registry_rows, rows_markdown
+    from selftrain.core.registry import RegistryError
+
+    try:
+        reg = _registry(args)
+        reg.info()  # a clear error when there is no registry there
+        if args.models_command == "list":
+            rows = registry_rows(reg)
+            if args.json:
+                print(json.dumps({"registry": reg.root, "champion": reg.champion(), "versions": rows}, indent=2))
+            else:
+                print(f"registry {reg.root}   champion: {reg.champion() or 'none'}\n")
+                print(rows_markdown(rows))
+        elif args.models_command == "show":
+            v = reg.resolve(args.version)
+            info = reg.version_info(v)
+            if args.json:
+                print(json.dumps({**info, "champion": v == reg.champion(), "uri": reg.version_uri(v)}, indent=2, default=str))
+            else:
+                champ = reg.champion()
+                print(f"{v}: {'the champion' if v == champ else f'not the champion (champion: {champ})'}; {reg.version_uri(v)}\n")
+                from selftrain.core import io
+
+                print(io.read_bytes(io.join(reg.version_uri(v), "README.md")).decode())
+        elif args.models_command == "promote":
+            change = reg.promote(args.version, reason=args.reason or "selftrain models promote", by="cli")
+            print(f"champion: {change['previous'] or 'none'} -> {change['version']}" if change["changed"]
+                  else f"{change['version']} already is the champion: nothing changed")
+            _announce(reg, change)
+        else:
+            change = reg.rollback(reason=args.reason or "selftrain models rollback", by="cli")
+            print(f"champion: {change['previous']} -> {change['version']} (rolled back)")
+            _announce(reg, change)
+    except (RegistryError, ConfigError) as exc:
+        print(f"selftrain: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selftrain", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -103,6 +179,25 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.add_argument("--strict", action="store_true", help="exit 1 if any plugin is broken")
     ls.set_defaults(func=cmd_plugins)
+
+    m = sub.add_parser("models", help="the model registry of the retrain flow: list, show, promote, rollback")
+    msub = m.add_subparsers(dest="models_command", required=True)
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--root", help="retrain.artifacts_root (local path or s3://...), or the registry folder itself")
+    where.add_argument("--name", help="retrain.model_name (default: the config's, 'selftrain')")
+    where.add_argument("--config", "-c", help="take artifacts_root and model_name from this config's retrain section")
+    where.add_argument("--set", "-s", action="append", metavar="KEY=VALUE")
+    mls = msub.add_parser("list", parents=[where], help="every committed version, with the champion marked")
+    mls.add_argument("--json", action="store_true", help="machine-readable output")
+    msh = msub.add_parser("show", parents=[where], help="one version: its model card and where it is")
+    msh.add_argument("version", nargs="?", default="champion", help="v0002, v2, 2 or champion (default)")
+    msh.add_argument("--json", action="store_true", help="print version.json")
+    mpr = msub.add_parser("promote", parents=[where], help="make VERSION the champion")
+    mpr.add_argument("version")
+    mpr.add_argument("--reason", help="recorded in champion.json's history")
+    mrb = msub.add_parser("rollback", parents=[where], help="restore the champion before the current one")
+    mrb.add_argument("--reason", help="recorded in champion.json's history")
+    m.set_defaults(func=cmd_models)
     return p
 
 

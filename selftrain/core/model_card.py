@@ -1,0 +1,144 @@
+"""Human-readable views of the model registry: the model card (each version's README.md), the
+registry table (``selftrain models list``, the Prefect table artifact) and the retrain report."""
+
+from __future__ import annotations
+
+from selftrain.core.registry import Registry
+
+
+def _f(x) -> str:
+    return "" if x is None else f"{x:.3f}"
+
+
+def load_snippet(reg: Registry, version: str) -> str:
+    if "://" in reg.root:
+        get = (f'from selftrain.core.registry import Registry\n'
+               f'path = Registry("{reg.root}").local_model("{version}")  # downloaded once into ~/.cache/selftrain\n')
+    else:
+        get = f'path = "{reg.uri("versions", version, "model")}"\n'
+    return ("```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n" + get +
+            "model = AutoModelForSequenceClassification.from_pretrained(path)\n"
+            "tokenizer = AutoTokenizer.from_pretrained(path)\n```\n\n"
+            f'The champion, whichever version it is: `Registry("{reg.root}").local_model("champion")`.')
+
+
+def model_card(reg: Registry, meta: dict, metrics: dict, cfg) -> str:
+    """README.md of a version: data, labels per class, pseudo-labels, metrics, versions, how to load."""
+    version = meta["version"]
+    labels = meta["labels"]
+    data, fe, dec = meta["data"], meta["frozen_eval"], meta["decision"]
+    gold, pseudo = data["gold_per_class"], data["pseudo_labels"]
+    fm = metrics["frozen_eval"]
+    head = ["label", "gold train", "gold val", "gold test"] + [f"pseudo-labels r{p['round']}" for p in pseudo] + [
+        "frozen eval rows", "frozen eval F1"]
+    rows = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for lab in labels:
+        cells = [lab, gold["train"].get(lab, 0), gold["val"].get(lab, 0), gold["test"].get(lab, 0)]
+        cells += [p["per_class"].get(lab, 0) for p in pseudo]
+        pc = fm["per_class"].get(lab, {})
+        cells += [pc.get("support", 0), _f(pc.get("f1"))]
+        rows.append("| " + " | ".join(map(str, cells)) + " |")
+    champ = fe.get("champion_at_registration")
+    cmp_head = f" champion then ({champ['version']}) |" if champ else ""
+    mrows = [f"| metric | {version} |{cmp_head}", "|---|---:|" + ("---:|" if champ else "")]
+    for k, name in (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("ece", "ECE")):
+        mrows.append(f"| {name} | {_f(fe['metrics'][k])} |" + (f" {_f(champ['metrics'][k])} |" if champ else ""))
+    rt = metrics["run_test"]
+    sources = "\n".join(f"- `{src}`: fingerprint `{fp}`" for src, fp in data["sources"].items())
+    code = meta["code"]
+    commit = code.get("git_commit")
+    code_line = f"selftrain {code['selftrain']}" + (f", git commit `{commit}`" + (" (uncommitted changes)" if code.get("git_dirty") else "")
+                                                    if commit else ", no git checkout")
+    plugins = ", ".join(f"{k} {v}" for k, v in sorted(meta["plugins"].items())) if isinstance(meta["plugins"], dict) else str(meta["plugins"])
+    pc = cfg.pretrain
+    pretrain = (f"{pc.objective} ({f'{pc.max_steps} steps' if pc.max_steps else f'{pc.epochs} epoch(s)'})"
+                if pc.enabled else "off")
+    pl = f"{cfg.pseudo_label.labeler}, {cfg.pseudo_label.rounds} round(s)" if cfg.pseudo_label.enabled else "off"
+    verdict = "promoted to champion" if dec["promote"] else "not promoted"
+    return f"""# {reg.name} {version}
+
+Text classifier ({len(labels)} classes: {', '.join(labels)}) trained by selftrain's `retrain` flow on
+{meta['created']}; {verdict} at registration: {dec['reason']}.
+Whether it is the champion now: `champion.json` in the registry (`selftrain models list --root ...`).
+
+## How to load it
+
+{load_snippet(reg, version)}
+
+## Data
+
+{sources}
+
+{data['rows']} source rows; {data['frozen_eval_rows_excluded']} of them are (near-)copies of the frozen evaluation set
+and were removed before training. Why this version was trained: {data['retrain_reason']}.
+
+Labels used per class (gold = human labels from the source; pseudo-labels = the teacher's predictions on
+unlabeled rows, used for training only and never written back as gold labels):
+
+{chr(10).join(rows)}
+
+## Metrics
+
+On the registry's frozen evaluation set ({fe['rows']} rows, drawn when the registry was created, never trained
+on; fingerprint `{fe['fingerprint']}`); promotion metric: `{metrics['metric']}`.
+
+{chr(10).join(mrows)}
+
+On the run's own test split ({rt.get('n', '?')} rows): accuracy {_f(rt['accuracy'])}, macro-F1 {_f(rt['macro_f1'])}.
+
+## Training
+
+Model plugin `{cfg.model.name}` {cfg.model.options or ''} (max length {cfg.model.max_length}); pretraining: {pretrain};
+pseudo-labels: {pl}; finetune up to {cfg.finetune.epochs} epochs at lr {cfg.finetune.lr}; seed {cfg.seed}.
+The stage kept as this version: `{meta['stage']}` (chosen on validation). Full config: `config.yaml`.
+
+## Provenance
+
+- Code: {code_line}
+- Plugins: {plugins}
+- Files: `model/` (save_pretrained, tokenizer included), `config.yaml`, `metrics.json` (frozen eval, the
+  run's test metrics), `version.json` (this card's data as JSON), run directory `{meta['run_dir']}`.
+"""
+
+
+def registry_rows(reg: Registry) -> list[dict]:
+    """One row per committed version: the table of ``selftrain models list`` and of the Prefect artifact."""
+    champ = reg.champion()
+    rows = []
+    for v in reg.versions():
+        info = reg.version_info(v)
+        fe = (info.get("frozen_eval") or {}).get("metrics", {})
+        data = info.get("data", {})
+        gold = sum((data.get("gold_per_class", {}).get("train") or {}).values())
+        pseudo = sum(p.get("kept", 0) for p in data.get("pseudo_labels", []))
+        rows.append({"version": v, "champion": "yes" if v == champ else "", "created": info.get("created", ""),
+                     "macro_f1": fe.get("macro_f1"), "accuracy": fe.get("accuracy"), "gold_train": gold,
+                     "pseudo_labels": pseudo, "stage": info.get("stage", ""),
+                     "decision": "promote" if (info.get("decision") or {}).get("promote") else "reject"})
+    return rows
+
+
+def rows_markdown(rows: list[dict]) -> str:
+    lines = ["| version | champion | created | frozen macro-F1 | frozen accuracy | gold train | pseudo-labels | stage | retrain decision |",
+             "|---|---|---|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['version']} | {r['champion']} | {r['created']} | {_f(r['macro_f1'])} | {_f(r['accuracy'])} | "
+                     f"{r['gold_train']} | {r['pseudo_labels']} | {r['stage']} | {r['decision']} |")
+    return "\n".join(lines)
+
+
+def retrain_markdown(reg: Registry, out: dict) -> str:
+    """The retrain flow's report (a Prefect markdown artifact)."""
+    if out["status"] == "unchanged":
+        return f"# Retrain `{reg.name}`: nothing to do\n\n{out['reason']}\n\nRegistry: `{reg.root}`.\n"
+    fe = out["frozen_eval"]
+    ch, cp = fe["challenger"], fe["champion"]
+    d = out["decision"]
+    lines = [f"# Retrain `{reg.name}`: {out['version']} {'promoted' if out['promoted'] else 'not promoted'}", "",
+             d["reason"] + ".", "", "| model | frozen accuracy | frozen macro-F1 | ECE |", "|---|---:|---:|---:|",
+             f"| challenger {out['version']} | {_f(ch['accuracy'])} | {_f(ch['macro_f1'])} | {_f(ch['ece'])} |"]
+    if cp:
+        lines.append(f"| champion {out['champion_before']} | {_f(cp['accuracy'])} | {_f(cp['macro_f1'])} | {_f(cp['ece'])} |")
+    lines += ["", f"Champion now: **{out['champion']}**. Registry: `{reg.root}`; run directory: `{out['run_dir']}`.", "",
+              "## Registry", "", rows_markdown(registry_rows(reg))]
+    return "\n".join(lines) + "\n"
