@@ -31,6 +31,11 @@ def bench_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
+def log(msg: str) -> None:
+    """A progress line, flushed at once (the benchmarks run for minutes)."""
+    print(msg, flush=True)
+
+
 # ----------------------------------------------------------------------------- timing
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     """(seconds, result) of one call, wall clock (perf_counter)."""

@@ -169,32 +169,97 @@ def finetune_stage(cfg: PipelineConfig, clean: str, base_model: str | None, name
 
 
 # ---------------------------------------------------------------- pseudo-labels
-def pseudo_label_stage(cfg: PipelineConfig, clean: str, teacher: str, round_: int = 1) -> dict:
-    """Teacher scores the unlabeled pool; the labeler plugin keeps a subset -> ``pseudo_labels[-rN].parquet``."""
+POOL_CHUNK_ROWS = 8192
+"""Unlabeled rows the teacher scores at once: the pseudo-label stage's memory is bounded by this,
+not by the pool (a pool up to this size is scored in one call, exactly as before chunking)."""
+
+
+def _scan_parquet(uri: str, columns: list[str], unlabeled: bool):
+    """Arrow batches (``POOL_CHUNK_ROWS`` file rows at a time) of the columns among ``columns``
+    that the file has, of the rows whose split is (not) 'unlabeled'; never the whole file at once."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    fs, path = io.fs_path(uri)
+    with fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        cols = [c for c in dict.fromkeys([*columns, "split"]) if c in pf.schema_arrow.names]
+        for rb in pf.iter_batches(batch_size=POOL_CHUNK_ROWS, columns=cols):
+            is_pool = pc.fill_null(pc.equal(rb.column("split"), "unlabeled"), False)
+            yield rb.filter(is_pool if unlabeled else pc.invert(is_pool)).select([c for c in cols if c in columns])
+
+
+def _pool_text_chunks(uri: str):
+    """The unlabeled texts in file order, in lists of ``POOL_CHUNK_ROWS`` (the last one shorter)."""
+    rows, buf = POOL_CHUNK_ROWS, []
+    for rb in _scan_parquet(uri, ["text"], unlabeled=True):
+        buf.extend(str(t) for t in rb.column("text").to_pylist())
+        while len(buf) >= rows:
+            yield buf[:rows]
+            buf = buf[rows:]
+    if buf:
+        yield buf
+
+
+def _pool_rows(uri: str, positions: np.ndarray, columns: list[str]) -> pd.DataFrame:
+    """The unlabeled rows at ``positions`` (0-based within the pool), in that order."""
+    import pyarrow as pa
+
+    parts, found, offset = [], [], 0
+    for rb in _scan_parquet(uri, columns, unlabeled=True):
+        local = np.unique(positions[(positions >= offset) & (positions < offset + rb.num_rows)]) - offset
+        if len(local):
+            parts.append(rb.take(pa.array(local)))
+            found.append(local + offset)
+        offset += rb.num_rows
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    rows = pa.Table.from_batches(parts).to_pandas()
+    rows.index = np.concatenate(found)
+    return rows.loc[positions].reset_index(drop=True)
+
+
+def pseudo_label_stage(cfg: PipelineConfig, clean: str, teacher: str, round_: int = 1,
+                       also: list[str] | None = None) -> dict:
+    """Teacher scores the unlabeled pool; the labeler plugin keeps a subset -> ``pseudo_labels[-rN].parquet``.
+
+    ``also``: more models (e.g. the baseline) whose calibrated probabilities are averaged with
+    the teacher's before selection: an ensemble teacher.
+
+    The pool is streamed from ``clean`` in chunks of ``POOL_CHUNK_ROWS`` rows: only its (N, C)
+    logits stay in memory, and the kept rows are read back at the end."""
     plc = cfg.pseudo_label
     lcls, lopts = plugin_options("selftrain.labelers", plc.labeler, plc.options, "pseudo_label")
-    df = io.read_parquet(clean)
+    df = pd.concat([rb.to_pandas() for rb in _scan_parquet(clean, ["text", "label", "split"], unlabeled=False)],
+                   ignore_index=True)  # the labeled rows (train / val / test): small
     labels = label_names(cfg, df)
-    pool = df[df["split"] == "unlabeled"].reset_index(drop=True)
-    if len(pool) == 0:
+    n_pool = sum(rb.num_rows for rb in _scan_parquet(clean, ["split"], unlabeled=True))
+    if n_pool == 0:
         raise ValueError("the unlabeled pool is empty: add unlabeled rows or set pseudo_label.enabled: false")
     val_texts, val_y = _gold(df, "val", labels)
     _, train_y = _gold(df, "train", labels)
     ctx = runtime(cfg.device, cfg.seed)
-    model, tok = load_classifier(io.local_dir(teacher), labels)
     t0 = time.perf_counter()
-    bar = tqdm(total=len(pool), desc=f"pseudo-label r{round_}", unit="ex", disable=None)
-    pool_logits = predict_logits(model, tok, pool["text"].astype(str).tolist(), cfg.model.max_length, plc.batch_size,
-                                 ctx, progress=bar.update)
-    bar.close()
+    members = [teacher, *(also or [])]
+    probs, val_probs, temps = 0.0, 0.0, []
+    for uri in members:  # each member calibrated on validation on its own, then averaged
+        model, tok = load_classifier(io.local_dir(uri), labels)
+        bar = tqdm(total=n_pool, desc=f"pseudo-label r{round_}", unit="ex", disable=None)
+        pool_logits = np.concatenate([  # (N, C)
+            predict_logits(model, tok, texts, cfg.model.max_length, plc.batch_size, ctx, progress=bar.update)
+            for texts in _pool_text_chunks(clean)])
+        bar.close()
+        val_logits = predict_logits(model, tok, val_texts, cfg.model.max_length, plc.batch_size, ctx)
+        temp = fit_temperature(val_logits, val_y) if plc.calibrate else 1.0
+        temps.append(temp)
+        probs = probs + softmax(pool_logits, temp) / len(members)  # (N, C)
+        val_probs = val_probs + softmax(val_logits, temp) / len(members)
     secs = time.perf_counter() - t0
-    val_logits = predict_logits(model, tok, val_texts, cfg.model.max_length, plc.batch_size, ctx)
-    temp = fit_temperature(val_logits, val_y) if plc.calibrate else 1.0
-    probs, val_probs = softmax(pool_logits, temp), softmax(val_logits, temp)
+    temp = temps[0]
     sel = lcls(lopts).select(LabelerInputs(probs=probs, val_probs=val_probs, val_labels=val_y,
                                            train_counts=np.bincount(train_y, minlength=len(labels)), label_names=labels))
-    sel.validate(len(pool), len(labels))
-    kept = pool.iloc[sel.index]
+    sel.validate(n_pool, len(labels))
+    kept = _pool_rows(clean, np.asarray(sel.index, dtype=np.int64), ["id", "text", "hidden_label"])
     hard = sel.targets.argmax(1)
     out_df = pd.DataFrame({
         "id": kept["id"].to_numpy(), "text": kept["text"].to_numpy(),
@@ -203,9 +268,10 @@ def pseudo_label_stage(cfg: PipelineConfig, clean: str, teacher: str, round_: in
         "weight": sel.weights.astype(np.float32), "round": round_,
     })
     report = {
-        "round": round_, "pool": len(pool), "kept": len(sel.index), "kept_fraction": len(sel.index) / len(pool),
+        "round": round_, "pool": n_pool, "kept": len(sel.index), "kept_fraction": len(sel.index) / n_pool,
         "per_class": {labels[c]: int((hard == c).sum()) for c in range(len(labels))},
-        "temperature": temp, "examples_per_s": len(pool) / secs if secs > 0 else None, "labeler": plc.labeler,
+        "temperature": temp, "temperatures": temps, "teachers": len(members),
+        "examples_per_s": n_pool * len(members) / secs if secs > 0 else None, "labeler": plc.labeler,
         "notes": sel.notes,
     }
     if "hidden_label" in kept and kept["hidden_label"].notna().any():
@@ -215,7 +281,7 @@ def pseudo_label_stage(cfg: PipelineConfig, clean: str, teacher: str, round_: in
         report["accuracy_vs_hidden_gold"] = float((out_df["label"].to_numpy()[known] == kept["hidden_label"].to_numpy()[known]).mean())
     name = "pseudo_labels.parquet" if round_ == 1 else f"pseudo_labels-r{round_}.parquet"
     uri = io.write_parquet(out_df, _uri(cfg, name))
-    log.info("pseudo-labels r%d: kept %d/%d %s", round_, len(sel.index), len(pool), report["per_class"])
+    log.info("pseudo-labels r%d: kept %d/%d %s", round_, len(sel.index), n_pool, report["per_class"])
     return {"pseudo_labels": uri, "report": report}
 
 
