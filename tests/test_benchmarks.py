@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -18,19 +19,19 @@ LABELS = ["negative", "neutral", "positive"]
 
 @pytest.fixture(scope="module")
 def tweets():
-    from benchmarks import speed
+    from benchmarks import speed_train
 
-    return speed.tweet_texts(exclude_test=True)[:200]
+    return speed_train.tweet_texts(exclude_test=True)[:200]
 
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory, tweets):
     """A tiny BERT backbone and a classifier on it, trained on 200 tweets."""
-    from benchmarks import speed
+    from benchmarks import speed_train
 
     root = tmp_path_factory.mktemp("bench-models")
-    backbone = speed.make_tiny_bert(tweets, str(root / "backbone"), **TINY_BERT)
-    clf = speed.make_classifier(backbone, LABELS, str(root / "clf"))
+    backbone = speed_train.make_tiny_bert(tweets, str(root / "backbone"), **TINY_BERT)
+    clf = speed_train.make_classifier(backbone, LABELS, str(root / "clf"))
     return backbone, clf
 
 
@@ -58,9 +59,9 @@ def test_common_helpers(tmp_path):
 
 # --------------------------------------------------------------------------- speed
 def test_speed_pretrain_tiny(tweets, tiny_models):
-    from benchmarks import speed
+    from benchmarks import speed_train
 
-    res = speed.bench_pretrain(tweets, tiny_models[0], steps=2, repeats=1, batch_size=8, max_length=32)
+    res = speed_train.bench_pretrain(tweets, tiny_models[0], steps=2, repeats=1, batch_size=8, max_length=32)
     assert res["selftrain"]["tokens_per_s"]["median"] > 0
     assert res["runs"]["selftrain"][0]["steps"] == 2
     if res["baseline_missing"] is None:  # HF Trainer needs accelerate
@@ -71,28 +72,32 @@ def test_speed_pretrain_tiny(tweets, tiny_models):
 
 
 def test_speed_pseudo_label_tiny(tweets, tiny_models):
-    from benchmarks import speed
+    from benchmarks import speed_train
 
-    res = speed.bench_pseudo_label(tweets[:40], tiny_models[1], LABELS, batch_size=16, repeats=1, max_length=32)
+    res = speed_train.bench_pseudo_label(tweets[:40], tiny_models[1], LABELS, batch_size=16, repeats=1, max_length=32,
+                                         int8=True)
     assert {"hf_pipeline", "selftrain", "speedup", "argmax_agreement"} <= set(res)
+    if speed_train.int8_available():
+        assert res["selftrain_int8"]["examples_per_s"]["median"] > 0
+        assert 0.0 <= res["selftrain_int8"]["argmax_agreement_vs_fp32"] <= 1.0
     assert res["selftrain"]["examples_per_s"]["median"] > 0 and res["hf_pipeline"]["examples_per_s"]["median"] > 0
     assert res["argmax_agreement"] >= 0.95  # the same model answers the same
 
 
 def test_speed_validate_tiny():
-    from benchmarks import speed
+    from benchmarks import speed_system
 
-    res = speed.bench_validate(rows=3000, repeats=1)
+    res = speed_system.bench_validate(rows=3000, repeats=1)
     assert res["rows"] == 3000 and res["rows_per_s"] > 0 and res["peak_rss_mb"] > 0
     assert res["n_clean"] + res["n_quarantined"] == 3000
     assert {"duplicate_text", "near_duplicate", "text_too_short"} <= set(res["checks"])
 
 
 def test_speed_memory_tiny(tmp_path):
-    from benchmarks import speed
+    from benchmarks import speed_system
 
     # pool 120 > replicate_above: the replicated-parquet source path of the 10x case
-    res = speed.bench_memory(pool=60, scales=(2,), minilm=False, tiny_options=TINY_BERT, replicate_above=100,
+    res = speed_system.bench_memory(pool=60, scales=(2,), minilm=False, tiny_options=TINY_BERT, replicate_above=100,
                              work_dir=str(tmp_path))
     (run,) = res["runs"]
     assert run["teacher"] == "tiny-bert" and run["scale"] == 2 and run["source"].endswith(".parquet")
@@ -103,7 +108,7 @@ def test_speed_memory_tiny(tmp_path):
 def test_speed_orchestration_logic(monkeypatch):
     """The orchestration section's bookkeeping, with the pipeline child processes faked
     (a real Prefect run starts an ephemeral API: tens of seconds; tests/test_flow.py runs it)."""
-    from benchmarks import speed
+    from benchmarks import speed_system
 
     calls = []
 
@@ -112,9 +117,9 @@ def test_speed_orchestration_logic(monkeypatch):
         seconds = {"prefect-init": 5.0, "prefect": 30.0, "pure": 20.0}[args["mode"]]
         return {"mode": args["mode"], "seconds": seconds, "process_wall_s": seconds + 4}
 
-    monkeypatch.setattr(speed, "run_child", fake_child)
+    monkeypatch.setattr(speed_system, "run_child", fake_child)
     monkeypatch.setenv("PREFECT_API_URL", "http://example.invalid/api")
-    res = speed.bench_orchestration(2, warmup=True, demo_wall_s=400.0)
+    res = speed_system.bench_orchestration(2, warmup=True, demo_wall_s=400.0)
     assert [c[0] for c in calls] == ["prefect-init", "prefect", "pure", "prefect", "pure", "prefect", "pure"]
     assert all(home and not api for _, home, api in calls)  # ephemeral API, private PREFECT_HOME
     assert res["overhead_s"] == pytest.approx(10.0)
@@ -137,15 +142,66 @@ def test_speed_rows_and_outputs(tmp_path):
                           "overhead_pct_of_demo": 10 / 6},
         "validate": {"rows": 1_000_000, "median_s": 8.0, "rows_per_s": 125_000.0, "seconds_per_1m_rows": 8.0,
                      "peak_rss_mb": 900.0},
-        "memory": {"runs": [{"pool": 4000, "scale": 1, "teacher": "minilm", "peak_rss_mb": 800.0}]},
+        "memory": {"runs": [{"pool": 4000, "scale": 1, "teacher": "minilm", "peak_rss_mb": 800.0}],
+                   "tiny_bert_growth": {"pool_ratio": 10.0, "peak_ratio": 1.1, "extra_mb": 60.0}},
     }
+    results["pseudo_label"]["selftrain_int8"] = {"examples_per_s": {"median": 120.0}, "argmax_agreement_vs_fp32": 0.97}
     rows = speed.build_rows(results)
     by_metric = {r.metric: r for r in rows}
+    assert by_metric["peak RSS growth, pool x10 (tiny-bert teacher)"].met is True
+    assert any("int8" in m and r.ours == 120.0 and r.met is None for m, r in by_metric.items())
     assert by_metric["MLM pretraining throughput, CPU"].met is True
     assert by_metric["pseudo-labelling throughput, CPU"].met is False
     assert by_metric["Prefect overhead"].met is True
     assert by_metric["validate_frame, 1,000,000 rows"].met is True
     assert common.bar_chart(tmp_path / "speed.png", rows).exists()
+
+
+def test_speed_cli_writes_results(tmp_path):
+    """``python -m benchmarks.speed`` end to end on one small section (its child process included)."""
+    from benchmarks import speed
+
+    earlier = {"pretrain": {"hf_trainer": {"tokens_per_s": {"median": 100.0}}, "selftrain": {"tokens_per_s": {"median": 250.0}},
+                            "speedup": 2.5}, "measured": {"pretrain": {"machine": "earlier"}}}
+    (tmp_path / "speed.json").write_text(json.dumps(earlier))
+    args = ["--only", "validate", "--size", "validate_rows=2000", "--out", str(tmp_path)]
+    assert speed.main([*args, "--merge"]) == 0
+    out = json.loads((tmp_path / "speed.json").read_text())
+    assert out["validate"]["rows"] == 2000 and "| validate_frame" in out["table"] and out["machine"]["cpu"]
+    assert out["sections"] == ["pretrain", "validate"] and out["measured"]["pretrain"]["machine"] == "earlier"
+    assert "MLM pretraining" in out["table"] and (tmp_path / "speed.png").exists()
+    assert speed.main(args) == 0  # without --merge: only what was measured now
+    assert "pretrain" not in json.loads((tmp_path / "speed.json").read_text())
+
+
+def test_pseudo_label_stage_streams_the_pool_in_chunks(tiny_config, tiny_models, monkeypatch):
+    """The stage scores the pool chunk by chunk (bounded memory); the pseudo-labels are the
+    same as when the whole pool is one chunk."""
+    import pandas as pd
+
+    from selftrain.core import stages
+
+    cfg = tiny_config("data.unlabeled_size=300", "pseudo_label.options={k_per_class: 15}")
+    ing = stages.ingest(cfg)
+    clean = stages.validate(cfg, ing["snapshot"], ing["fingerprint"])["clean"]
+    labels = stages.label_names(cfg, pd.read_parquet(clean))
+    teacher = speed_classifier(tiny_models[0], labels, cfg.run_dir)
+    whole = stages.pseudo_label_stage(cfg, clean, teacher)
+    one = pd.read_parquet(whole["pseudo_labels"])
+    monkeypatch.setattr(stages, "POOL_CHUNK_ROWS", 37)
+    chunked = stages.pseudo_label_stage(cfg, clean, teacher)
+    many = pd.read_parquet(chunked["pseudo_labels"])
+    assert whole["report"]["pool"] == chunked["report"]["pool"] > 37 and len(one) == len(many) > 0
+    assert list(one["id"]) == list(many["id"]) and list(one["label"]) == list(many["label"])
+    np.testing.assert_allclose(np.stack(one["probs"]), np.stack(many["probs"]), atol=1e-5)
+    clean_df = pd.read_parquet(clean).set_index("id")
+    assert (clean_df.loc[many["id"], "text"].to_numpy() == many["text"].to_numpy()).all()  # rows read back right
+
+
+def speed_classifier(backbone: str, labels: list[str], where: str) -> str:
+    from benchmarks import speed_train
+
+    return speed_train.make_classifier(backbone, labels, f"{where}-teacher")
 
 
 # --------------------------------------------------------------------------- quality

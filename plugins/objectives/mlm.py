@@ -127,6 +127,7 @@ class MaskedLM(Objective):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         h = self.backbone.hidden(batch["input_ids"], batch["attention_mask"])  # (B, T, H)
-        chosen = batch["labels"] != -100  # (B, T)
-        logits = self.head(h[chosen])  # (N, V): only masked positions reach the vocab
-        return F.cross_entropy(logits.float(), batch["labels"][chosen])
+        labels = batch["labels"].reshape(-1)  # (B*T,)
+        pos = (labels != -100).nonzero().squeeze(1)  # (N,) chosen positions: one nonzero (a GPU sync) per step
+        logits = self.head(h.reshape(-1, h.shape[-1]).index_select(0, pos))  # (N, V): only they reach the vocab
+        return F.cross_entropy(logits.float(), labels.index_select(0, pos))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,9 +57,18 @@ def load_classifier(model_dir: str, label_names: list[str]):
 
 @torch.inference_mode()
 def predict_logits(model, tok, texts: list[str], max_length: int, batch_size: int, ctx: RuntimeContext,
-                   progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """(N,) texts -> (N, C) float32 logits; length-sorted batches, restored to input order."""
+                   progress: Callable[[int], None] | None = None, int8: bool = False) -> np.ndarray:
+    """(N,) texts -> (N, C) float32 logits; length-sorted batches, restored to input order.
+
+    ``int8``: run a copy of the model with its nn.Linear layers dynamically quantised to int8
+    (CPU only; faster, predictions close to but not identical with fp32)."""
     model.eval().to(ctx.device)
+    if int8:
+        if ctx.device.type != "cpu":
+            raise ValueError(f"int8 inference runs on the CPU only, not on {ctx.device.type}")
+        with warnings.catch_warnings():  # torch.ao's eager quantisation is deprecated (torchao) but works
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)
     ids = tokenize(tok, texts, max_length)
     order = np.argsort([len(x) for x in ids], kind="stable")
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
