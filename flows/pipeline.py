@@ -197,9 +197,11 @@ def finetune_flow(config: PipelineConfig, clean: str, base_model: str | None, na
 
 
 @flow(name="pseudo-label")
-def pseudo_label_flow(config: PipelineConfig, clean: str, teacher: str, round_: int = 1) -> dict:
-    """The teacher scores the unlabeled pool; the labeler keeps a subset (a heavy stage: the gpu pool's work)."""
-    return _record(config, task_stages(config).pseudo_label(config, clean, teacher, round_))
+def pseudo_label_flow(config: PipelineConfig, clean: str, teacher: str, round_: int = 1,
+                      also: list[str] | None = None) -> dict:
+    """The teacher (averaged with ``also``) scores the unlabeled pool; the labeler keeps a subset
+    (a heavy stage: the gpu pool's work)."""
+    return _record(config, task_stages(config).pseudo_label(config, clean, teacher, round_, also))
 
 
 # the heavy stages (Stages field -> stage flow) that execution.heavy_stages=deployments sends away

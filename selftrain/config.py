@@ -46,7 +46,7 @@ class DataConfig(Section):
     val_per_class: int = Field(32, ge=1, description="When selftrain splits (or the source has no val split): validation rows per class.")
     test_per_class: int | None = Field(500, ge=1, description="When selftrain splits: test rows per class (balanced); null uses test_fraction.")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="When selftrain splits and test_per_class is null: stratified test fraction.")
-    unlabeled_size: int | None = Field(4000, ge=0, description="Cap on the unlabeled pool (random sample); null keeps it all.")
+    unlabeled_size: int | None = Field(3000, ge=0, description="Cap on the unlabeled pool (random sample); null keeps it all.")
     max_rows: int | None = Field(None, ge=1, description="Read at most this many rows (quick trials).")
     seed: int = Field(0, description="Seed of the split.")
 
@@ -72,12 +72,12 @@ class ModelConfig(Section):
 
 class PretrainConfig(Section):
     enabled: bool = Field(True, description="Run self-supervised pretraining before finetuning.")
-    objective: str = Field("mlm", description="Objective plugin (entry point in selftrain.objectives): mlm, clm, simcse, tsdae, ...")
+    objective: str = Field("simcse", description="Objective plugin (entry point in selftrain.objectives): simcse, mlm, clm, tsdae, ...")
     options: dict[str, Any] = Field(default_factory=dict, description="The objective plugin's options.")
     epochs: float = Field(1.0, gt=0, description="Passes over the corpus (fractions allowed).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (overrides epochs when smaller).")
     batch_size: int = Field(32, ge=1, description="Sequences per step.")
-    lr: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW, linear warmup then linear decay).")
+    lr: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW, linear warmup then linear decay).")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Fraction of steps spent warming up.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     batching: Literal["bucket", "pack"] = Field(
@@ -85,7 +85,9 @@ class PretrainConfig(Section):
     )
     checkpoint_every: int = Field(50, ge=1, description="Save a resumable checkpoint every N steps.")
     corpus: Literal["all", "unlabeled"] = Field("all", description="Texts to pretrain on (labels always hidden). 'all' excludes test.")
-    max_texts: int | None = Field(None, ge=1, description="Cap the pretraining corpus.")
+    max_texts: int | None = Field(
+        1500, ge=1, description="Cap the pretraining corpus (a seeded random sample); null uses every text. The default keeps the demo within its CPU budget."
+    )
 
 
 class FinetuneConfig(Section):
@@ -96,7 +98,7 @@ class FinetuneConfig(Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps spent warming up.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     min_steps: int = Field(0, ge=0, description="Never stop early before this many steps.")
-    student_epochs: int = Field(2, ge=1, description="Maximum epochs for students (their data is larger).")
+    student_epochs: int = Field(1, ge=1, description="Maximum epochs for students (their data is larger).")
 
 
 class PseudoLabelConfig(Section):
@@ -107,19 +109,27 @@ class PseudoLabelConfig(Section):
     weight: float = Field(1.0, gt=0, description="Loss weight of pseudo-labelled rows relative to gold rows.")
     rounds: int = Field(1, ge=1, le=10, description="Self-training rounds; each student becomes the next teacher.")
     student_init: Literal["backbone", "teacher"] = Field(
-        "teacher", description="Start each student from its teacher's weights, or from the (pretrained) backbone."
+        "backbone", description="Start each student from the (pretrained) backbone, or from its teacher's weights."
     )
     batch_size: int = Field(128, ge=1, description="Inference batch size (batches are length-sorted).")
     keep_teacher_if_worse: bool = Field(True, description="If a student is worse than its teacher on validation, keep the teacher.")
+    ensemble_baseline: bool = Field(
+        True, description="Round 1: average the teacher's calibrated probabilities with those of the supervised-only "
+        "baseline (trained anyway for the comparison). Two finetunes of the same few labels from different starts err "
+        "differently; the student distils their average. Ignored when evaluate.baseline is false."
+    )
 
 
 class EvaluateConfig(Section):
     baseline: bool = Field(True, description="Also train the supervised-only baseline (same model, no pretraining, no pseudo-labels).")
     ece_bins: int = Field(15, ge=2, description="Bins of the expected calibration error.")
-    min_val_gain: float = Field(
-        0.02, ge=0, le=1, description="Recommend a pretrained/self-trained model over the baseline only if it beats the "
-        "baseline's validation macro-F1 by at least this much (small validation splits are noisy)."
+    fallback_confidence: float = Field(
+        0.9, gt=0.5, le=1, description="Recommend the supervised-only baseline instead of the self-trained model when a "
+        "paired bootstrap over the validation rows says the self-trained model has the lower macro-F1 with at least this "
+        "probability. Small validation splits are noisy: a plain comparison would throw away a better model about as "
+        "often as it catches a worse one. 1.0 never falls back."
     )
+    bootstrap_samples: int = Field(2000, ge=100, description="Resamples of the validation rows for that bootstrap.")
 
 
 class ExecutionConfig(Section):

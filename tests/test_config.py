@@ -15,7 +15,7 @@ SHIPPED = sorted((ROOT / "examples" / "configs").glob("*.yaml"))
 def test_defaults_are_the_demo():
     cfg = load_config()
     assert cfg.data.source == "builtin:tweets"
-    assert cfg.model.name == "hf" and cfg.pretrain.objective == "mlm"
+    assert cfg.model.name == "hf" and cfg.pretrain.objective == "simcse"
     assert cfg.run_dir.endswith("demo")
 
 

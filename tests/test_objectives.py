@@ -242,6 +242,30 @@ def test_sharpen():
     q = np.array([[0.5, 0.3, 0.2]])
     expected = q ** 2 / (q ** 2).sum()
     assert np.allclose(sharpen(q, 0.5), expected, atol=1e-6)
+
+
+def test_class_balanced_weights_equalise_classes():
+    from selftrain.plugins import LabelerInputs
+    from selftrain.plugins.labelers.soft import SoftLabels, class_balanced
+
+    w = np.array([1.0, 1.0, 1.0, 0.5, 2.0], np.float32)
+    pred = np.array([0, 0, 0, 1, 2])
+    out = class_balanced(w, pred, 4)  # class 3 absent: gets nothing, the others share the total
+    per_class = np.bincount(pred, weights=out, minlength=4)
+    assert np.allclose(per_class[:3], w.sum() / 3) and per_class[3] == 0
+    assert np.isclose(out.sum(), w.sum())
+    assert np.allclose(out[:3], out[0]), "rows of one class keep their relative weights"
+    # the plugin: a pool where class 0 dominates the predictions
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet([8, 1, 1], size=300).astype(np.float32)
+    inputs = LabelerInputs(probs=probs, val_probs=probs[:30], val_labels=probs[:30].argmax(1),
+                           train_counts=np.array([4, 4, 4]), label_names=["a", "b", "c"])
+    sel = SoftLabels(SoftLabels.Config()).select(inputs)
+    mass = np.bincount(sel.targets.argmax(1), weights=sel.weights, minlength=3)
+    assert np.allclose(mass, mass.mean(), rtol=1e-4), mass
+    unbalanced = SoftLabels(SoftLabels.Config(balance=False)).select(inputs)
+    raw = np.bincount(unbalanced.targets.argmax(1), weights=unbalanced.weights, minlength=3)
+    assert raw[0] > 3 * raw[1:].max(), "the fixture really is imbalanced"
     assert np.allclose(sharpen(q, 0.01), [[1, 0, 0]], atol=1e-4)
 
 

@@ -41,6 +41,7 @@ class FitResult:
     val_loss: float
     seconds: float
     history: list[dict]
+    val_pred: list[int]  # (N_val,) predictions of the kept epoch, for paired comparisons
 
 
 def load_classifier(model_dir: str, label_names: list[str]):
@@ -114,7 +115,7 @@ def fit(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = steps_per_epoch * max_epochs
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
-    best_state, best = None, (-1.0, float("inf"), 0)
+    best_state, best, best_pred = None, (-1.0, float("inf"), 0), []
     history, bad, step = [], 0, 0
     t0 = time.perf_counter()
     epoch = 0
@@ -144,6 +145,7 @@ def fit(
         if (f1, -vloss) > (best[0], -best[1]):
             best, bad = (f1, vloss, epoch), 0
             best_state = copy.deepcopy(model.state_dict())
+            best_pred = val_pred.tolist()
         else:
             bad += 1
             if bad >= cfg.patience and step >= cfg.min_steps:
@@ -152,7 +154,7 @@ def fit(
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return FitResult(best_epoch=best[2], epochs_run=epoch, val_macro_f1=best[0], val_loss=best[1],
-                     seconds=time.perf_counter() - t0, history=history)
+                     seconds=time.perf_counter() - t0, history=history, val_pred=best_pred)
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -37,6 +37,32 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, label_names: l
     }
 
 
+def prob_worse(labels: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n_classes: int, samples: int = 2000,
+               seed: int = 0) -> float:
+    """Paired bootstrap (Efron & Tibshirani 1993; Koehn 2004 for comparing systems): resample
+    the (N,) evaluation rows with replacement ``samples`` times and return the fraction of
+    resamples where model A's macro-F1 is below model B's (ties count half)."""
+    labels, pred_a, pred_b = (np.asarray(x, dtype=np.int64) for x in (labels, pred_a, pred_b))
+    n = len(labels)
+    if n == 0:
+        return 0.5
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(samples, n))  # (S, N) resampled row ids
+    diffs = _macro_f1_rows(labels[idx], pred_a[idx], n_classes) - _macro_f1_rows(labels[idx], pred_b[idx], n_classes)
+    return float((diffs < 0).mean() + 0.5 * (diffs == 0).mean())
+
+
+def _macro_f1_rows(y: np.ndarray, p: np.ndarray, C: int) -> np.ndarray:
+    """(S, N) labels and predictions -> (S,) macro-F1 per row (classes absent from both count 0, as sklearn's
+    zero_division=0 does)."""
+    f1 = np.zeros(y.shape[0])
+    for c in range(C):
+        tp = ((p == c) & (y == c)).sum(1)
+        denom = (p == c).sum(1) + (y == c).sum(1)  # 2TP + FP + FN
+        f1 += np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    return f1 / C
+
+
 def confusion_png(confusion: list[list[int]], label_names: list[str], title: str) -> bytes:
     import matplotlib
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from selftrain.config import PipelineConfig
 from selftrain.core import stages
+from selftrain.core.evaluate import prob_worse
 
 
 @dataclass
@@ -40,39 +41,60 @@ def run_stages(cfg: PipelineConfig, S: Stages | None = None, publish: Callable[[
 
     models: dict[str, str] = {}
     vals: dict[str, float] = {}
+    preds: dict[str, dict] = {}  # name -> the finetune result (validation predictions for the fallback test)
     notes: list[str] = []
     baseline = None
     if cfg.evaluate.baseline:
         b = S.finetune(cfg, clean, None, "baseline")
-        models["baseline"], vals["baseline"], baseline = b["model"], b["val_macro_f1"], "baseline"
+        models["baseline"], vals["baseline"], baseline, preds["baseline"] = b["model"], b["val_macro_f1"], "baseline", b
     t = S.finetune(cfg, clean, base, "teacher")
-    models["teacher"], vals["teacher"] = t["model"], t["val_macro_f1"]
+    models["teacher"], vals["teacher"], preds["teacher"] = t["model"], t["val_macro_f1"], t
     final, current = "teacher", t
     pseudo_reports = []
     if cfg.pseudo_label.enabled:
         for r in range(1, cfg.pseudo_label.rounds + 1):
-            pl = S.pseudo_label(cfg, clean, current["model"], r)
+            # round 1 may average the teacher with the baseline (see pseudo_label.ensemble_baseline)
+            also = [models["baseline"]] if r == 1 and cfg.pseudo_label.ensemble_baseline and "baseline" in models else None
+            pl = S.pseudo_label(cfg, clean, current["model"], r, also)
             pseudo_reports.append(pl["report"])
             init = current["model"] if cfg.pseudo_label.student_init == "teacher" else base
             s = S.finetune(cfg, clean, init, f"student-{r}", pl["pseudo_labels"])
-            models[s["name"]], vals[s["name"]] = s["model"], s["val_macro_f1"]
+            models[s["name"]], vals[s["name"]], preds[s["name"]] = s["model"], s["val_macro_f1"], s
             if s["val_macro_f1"] < current["val_macro_f1"] and cfg.pseudo_label.keep_teacher_if_worse:
                 notes.append(f"{s['name']} is worse than {final} on validation macro-F1 "
                              f"({s['val_macro_f1']:.3f} < {current['val_macro_f1']:.3f}): keeping {final} and stopping "
                              "self-training (pseudo-labels hurt here; try more labels, a stricter labeler or pretraining)")
                 break
             final, current = s["name"], s
+    fallback = None
     if baseline is None:
         baseline = "teacher"
-    elif vals[final] < vals[baseline] + cfg.evaluate.min_val_gain:
-        # never recommend a model that does not clearly validate better than the labels alone
-        notes.append(f"{final} does not beat the supervised-only baseline on validation by evaluate.min_val_gain="
-                     f"{cfg.evaluate.min_val_gain} ({vals[final]:.3f} vs {vals[baseline]:.3f}): pretraining and "
-                     "pseudo-labels did not clearly pay on this data; recommending the baseline")
-        final = baseline
-    extra = {"notes": notes, "pseudo_labels": pseudo_reports, "validation": val["report"],
+    else:
+        final, fallback = _fallback(cfg, final, baseline, vals, preds, notes)
+    extra = {"notes": notes, "fallback": fallback, "pseudo_labels": pseudo_reports, "validation": val["report"],
              "pretrain": {k: v for k, v in (pre or {}).items() if k != "model"}, "run_dir": cfg.run_dir}
     ev = S.evaluate(cfg, clean, models, vals, baseline, final, extra)
     publish("markdown", "metrics", ev["markdown"])
     return {"metrics": ev["metrics"], "report": ev["report"], "final": final, "baseline": baseline,
             "summary": ev["summary"], "table": ev["table"], "run_dir": cfg.run_dir, "notes": notes}
+
+
+def _fallback(cfg: PipelineConfig, final: str, baseline: str, vals: dict, preds: dict, notes: list[str]) -> tuple[str, dict]:
+    """Recommend the baseline instead of ``final`` only when validation shows ``final`` is worse
+    (paired bootstrap probability >= evaluate.fallback_confidence), not on a noisy small dip."""
+    a, b = preds[final], preds[baseline]
+    n_classes = 1 + max(max(a.get("val_true") or [0]), max(a.get("val_pred") or [0]), max(b.get("val_pred") or [0]))
+    p = prob_worse(a.get("val_true") or [], a.get("val_pred") or [], b.get("val_pred") or [], n_classes,
+                   cfg.evaluate.bootstrap_samples, cfg.seed)
+    info = {"candidate": final, "p_worse_than_baseline": p, "confidence": cfg.evaluate.fallback_confidence}
+    if p >= cfg.evaluate.fallback_confidence:
+        notes.append(f"{final} is worse than the supervised-only baseline on validation (macro-F1 {vals[final]:.3f} vs "
+                     f"{vals[baseline]:.3f}; paired bootstrap P(worse) = {p:.2f} >= evaluate.fallback_confidence="
+                     f"{cfg.evaluate.fallback_confidence}): pretraining and pseudo-labels did not pay on this data; "
+                     "recommending the baseline")
+        return baseline, {**info, "chosen": baseline}
+    if vals[final] < vals[baseline]:
+        notes.append(f"{final} validates slightly below the baseline ({vals[final]:.3f} vs {vals[baseline]:.3f}) but "
+                     f"the difference is within validation noise (paired bootstrap P(worse) = {p:.2f} < "
+                     f"{cfg.evaluate.fallback_confidence}); keeping {final}")
+    return final, {**info, "chosen": final}

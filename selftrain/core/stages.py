@@ -98,8 +98,10 @@ def pretrain_stage(cfg: PipelineConfig, clean: str, fingerprint: str, stop_after
     df = io.read_parquet(clean, columns=["text", "split"])
     keep = df["split"] == "unlabeled" if pc.corpus == "unlabeled" else df["split"] != "test"
     texts = df.loc[keep, "text"].astype(str).tolist()
-    if pc.max_texts is not None:
-        texts = texts[: pc.max_texts]
+    if pc.max_texts is not None and len(texts) > pc.max_texts:
+        # a seeded sample, not the first rows: sources are often sorted by label or date
+        pick = np.sort(np.random.default_rng([cfg.seed, 17]).choice(len(texts), pc.max_texts, replace=False))
+        texts = [texts[i] for i in pick]
     model_dir, kind = backbone(cfg, clean)
     # a checkpoint is resumed only by the same job: data, config, seed and plugin versions
     key = io.digest(fingerprint, pc.model_dump(mode="json"), cfg.model.model_dump(mode="json"), cfg.seed,
@@ -165,7 +167,7 @@ def finetune_stage(cfg: PipelineConfig, clean: str, base_model: str | None, name
                   cfg.model.max_length, ctx, tmp, log=on_log)
     return {"model": out, "name": name, "val_macro_f1": res.val_macro_f1, "val_loss": res.val_loss,
             "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds": res.seconds,
-            "train_gold": len(y), "train_pseudo": n_pseudo}
+            "train_gold": len(y), "train_pseudo": n_pseudo, "val_pred": res.val_pred, "val_true": val_y.tolist()}
 
 
 # ---------------------------------------------------------------- pseudo-labels
