@@ -242,6 +242,7 @@ def test_sharpen():
     q = np.array([[0.5, 0.3, 0.2]])
     expected = q ** 2 / (q ** 2).sum()
     assert np.allclose(sharpen(q, 0.5), expected, atol=1e-6)
+    assert np.allclose(sharpen(q, 0.01), [[1, 0, 0]], atol=1e-4)
 
 
 def test_class_balanced_weights_equalise_classes():
@@ -257,16 +258,15 @@ def test_class_balanced_weights_equalise_classes():
     assert np.allclose(out[:3], out[0]), "rows of one class keep their relative weights"
     # the plugin: a pool where class 0 dominates the predictions
     rng = np.random.default_rng(1)
-    probs = rng.dirichlet([8, 1, 1], size=300).astype(np.float32)
+    probs = rng.dirichlet([3, 1, 1], size=600).astype(np.float32)
     inputs = LabelerInputs(probs=probs, val_probs=probs[:30], val_labels=probs[:30].argmax(1),
                            train_counts=np.array([4, 4, 4]), label_names=["a", "b", "c"])
     sel = SoftLabels(SoftLabels.Config()).select(inputs)
     mass = np.bincount(sel.targets.argmax(1), weights=sel.weights, minlength=3)
-    assert np.allclose(mass, mass.mean(), rtol=1e-4), mass
+    assert (mass > 0).all() and np.allclose(mass, mass.mean(), rtol=1e-4), mass
     unbalanced = SoftLabels(SoftLabels.Config(balance=False)).select(inputs)
     raw = np.bincount(unbalanced.targets.argmax(1), weights=unbalanced.weights, minlength=3)
-    assert raw[0] > 3 * raw[1:].max(), "the fixture really is imbalanced"
-    assert np.allclose(sharpen(q, 0.01), [[1, 0, 0]], atol=1e-4)
+    assert raw[0] > 2 * raw[1:].max(), "the fixture really is imbalanced"
 
 
 def test_balanced_top_k():
