@@ -156,6 +156,28 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_retrain(args) -> int:
+    _prefect_env()
+    from selftrain.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, list(args.set or []))
+    except ConfigError as exc:
+        print(f"selftrain: {exc}", file=sys.stderr)
+        return 2
+    if args.no_prefect:
+        from selftrain.core.retrain import run_retrain
+
+        out = run_retrain(cfg, force=args.force)
+    else:
+        from selftrain.flows import retrain
+
+        out = retrain(cfg, force=args.force)
+    print(f"{out['status']}: {out.get('reason', '')}")
+    print(f"champion: {out.get('champion') or '-'}   registry: {out.get('registry')}   ({out['seconds']:.1f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selftrain", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -166,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", "-o", help="run directory (local path or s3://bucket/prefix)")
     r.add_argument("--no-prefect", action="store_true", help="call the stage functions directly, without Prefect")
     r.set_defaults(func=cmd_run)
+
+    rt = sub.add_parser("retrain", help="retrain if the data or config changed; promote the challenger only if it "
+                        "beats the champion on the frozen evaluation set (the retrain flow)")
+    rt.add_argument("--config", "-c", help="YAML config (default: the built-in demo config)")
+    rt.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override, e.g. --set retrain.min_gain=0.01")
+    rt.add_argument("--force", action="store_true", help="retrain even if nothing changed")
+    rt.add_argument("--no-prefect", action="store_true", help="call the steps directly, without Prefect")
+    rt.set_defaults(func=cmd_retrain)
 
     c = sub.add_parser("config", help="print the resolved config (or its JSON schema)")
     c.add_argument("--config", "-c")

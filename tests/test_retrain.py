@@ -250,3 +250,26 @@ def test_deployment_and_automation_files():
     assert a.trigger.expect == {"selftrain.model.promoted"} and a.trigger.posture == "Reactive"
     assert str(a.actions[0].deployment_id) == dep_id and "event.payload.version" in str(a.actions[0].parameters)
     assert "selftrain.model.promoted" in (ROOT / "docs" / "retraining.md").read_text()
+
+
+def test_cli_retrain_twice_second_run_does_nothing(tmp_path, capsys):
+    """`selftrain retrain` (plain functions): the first run registers and promotes v0001,
+    the second on unchanged data and config trains nothing and says so."""
+    from selftrain.cli import main
+    from selftrain.core.registry import Registry
+
+    source = tmp_path / "news.csv"
+    _slice(_bbc(), 0, 30, 10).to_csv(source, index=False)
+    args = ["retrain", "-c", str(TINY), "--no-prefect", "--set", f"data.source={source}",
+            "--set", f"retrain.artifacts_root={tmp_path / 'artifacts'}", "--set", "retrain.model_name=cli",
+            *[x for o in OVERRIDES for x in ("--set", o)], "--set", "finetune.epochs=3"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("promoted:") and "champion: v0001" in first, first
+    reg = Registry(str(tmp_path / "artifacts" / "cli"), "cli")
+    assert reg.versions() == ["v0001"]
+    assert main(args) == 0
+    second = capsys.readouterr().out
+    assert second.startswith("unchanged:") and "champion: v0001" in second, second
+    assert reg.versions() == ["v0001"], "nothing new: no new version"
+    assert main([*args[:1], "-c", "/nope.yaml"]) == 2
