@@ -54,7 +54,9 @@ def test_prefect_yaml_declares_the_pipeline_and_the_heavy_stage_deployments():
     retrain = configs["pipeline/retrain"]["deployment"]
     assert retrain.work_pool.name == "cpu"
     (sched,) = retrain.schedules
-    assert (sched.cron, sched.timezone, sched.active) == ("0 2 * * *", "UTC", True)
+    assert (sched.cron, sched.timezone, sched.active) == ("0 2 * * *", "UTC", False), "retrain/nightly is the scheduled job"
+    (nightly,) = configs["retrain/nightly"]["deployment"].schedules
+    assert (nightly.cron, nightly.timezone, nightly.active) == ("0 3 * * *", "UTC", True)
     cfg = validate_config(retrain.parameters["config"], "deployments/prefect.yaml")
     assert cfg.execution.heavy_stages == "deployments"
     # the pipeline finds each heavy stage's deployment under <flow name>/<execution.deployment>
@@ -395,7 +397,9 @@ def test_ui_triggered_run_sends_heavy_stages_to_the_gpu_pool(service, s3_bucket)
     retrain = svc.deployment("pipeline/retrain")
     assert retrain["work_pool_name"] == "cpu"
     (sched,) = retrain["schedules"]
-    assert sched["active"] and sched["schedule"]["cron"] == "0 2 * * *" and sched["schedule"]["timezone"] == "UTC"
+    assert not sched["active"] and sched["schedule"]["cron"] == "0 2 * * *" and sched["schedule"]["timezone"] == "UTC"
+    (nightly,) = svc.deployment("retrain/nightly")["schedules"]
+    assert nightly["active"] and nightly["schedule"]["cron"] == "0 3 * * *", "the scheduled job: retrain with a champion"
     for name in ("pretrain/gpu", "finetune/gpu", "pseudo-label/gpu"):
         assert svc.deployment(name)["work_pool_name"] == "gpu"
     assert svc.get("/work_pools/gpu")["concurrency_limit"] == 1
