@@ -70,7 +70,7 @@ def run_stages(cfg: PipelineConfig, S: Stages | None = None, publish: Callable[[
     if baseline is None:
         baseline = "teacher"
     else:
-        final, fallback = _fallback(cfg, final, baseline, vals, preds, notes)
+        final, fallback = _fallback(cfg, final, baseline, vals, preds, len(val["labels"]), notes)
     extra = {"notes": notes, "fallback": fallback, "pseudo_labels": pseudo_reports, "validation": val["report"],
              "pretrain": {k: v for k, v in (pre or {}).items() if k != "model"}, "run_dir": cfg.run_dir}
     ev = S.evaluate(cfg, clean, models, vals, baseline, final, extra)
@@ -79,11 +79,11 @@ def run_stages(cfg: PipelineConfig, S: Stages | None = None, publish: Callable[[
             "summary": ev["summary"], "table": ev["table"], "run_dir": cfg.run_dir, "notes": notes}
 
 
-def _fallback(cfg: PipelineConfig, final: str, baseline: str, vals: dict, preds: dict, notes: list[str]) -> tuple[str, dict]:
+def _fallback(cfg: PipelineConfig, final: str, baseline: str, vals: dict, preds: dict, n_classes: int,
+              notes: list[str]) -> tuple[str, dict]:
     """Recommend the baseline instead of ``final`` only when validation shows ``final`` is worse
     (paired bootstrap probability >= evaluate.fallback_confidence), not on a noisy small dip."""
     a, b = preds[final], preds[baseline]
-    n_classes = 1 + max(max(a.get("val_true") or [0]), max(a.get("val_pred") or [0]), max(b.get("val_pred") or [0]))
     p = prob_worse(a.get("val_true") or [], a.get("val_pred") or [], b.get("val_pred") or [], n_classes,
                    cfg.evaluate.bootstrap_samples, cfg.seed)
     info = {"candidate": final, "p_worse_than_baseline": p, "confidence": cfg.evaluate.fallback_confidence}
