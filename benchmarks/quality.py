@@ -7,7 +7,8 @@ On the tweets (negative / neutral / positive), for each k (gold labels per class
 
 selftrain, every number from ``run_stages`` (plain functions) with config overrides:
   - ``supervised``    the run's ``baseline``: the same MiniLM finetuned on the gold labels only
-  - ``+pretraining``  the full run's ``teacher``: finetuned from the MLM-pretrained backbone,
+  - ``+pretraining``  the full run's ``teacher``: finetuned from the pretrained backbone (the
+                      config's ``pretrain.objective``, SimCSE by default),
                       no pseudo-labels. Identical to a run with ``pseudo_label.enabled=false``
                       (same seed and config sections), so it is read from the full run
   - ``+pseudo-labels`` a second run with ``pretrain.enabled=false evaluate.baseline=false``;

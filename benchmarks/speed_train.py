@@ -12,9 +12,10 @@ a. pretrain      — MLM pretraining throughput, real (non-pad) tokens/s: our lo
                    (6 * params * tokens / s / peak bf16 FLOP/s).
 b. pseudo_label  — teacher inference, examples/s: ``predict_logits`` vs
                    ``transformers.pipeline("text-classification")`` with the same batch size,
-                   truncation and classifier (a MiniLM classifier saved to disk); optionally a
-                   third contender, ``predict_logits`` on the int8 dynamically quantised teacher
-                   (a separate row, with its argmax agreement with the fp32 predictions).
+                   truncation and classifier (MiniLM with a logistic-regression head fit on
+                   labeled tweets, saved to disk); optionally a third contender,
+                   ``predict_logits(int8=True)`` (the dynamically quantised teacher: a separate
+                   row, with its argmax agreement with the fp32 predictions).
 
 ``profile_*`` run one contender under ``torch.profiler`` and return where the time goes.
 """
@@ -68,14 +69,44 @@ def minilm_dir() -> str:
     return resolve_model_path(DEFAULT_MODEL)
 
 
-def make_classifier(backbone_dir: str, labels: list[str], out_dir: str) -> str:
-    """A sequence classifier (random head) on ``backbone_dir``, saved with its tokenizer."""
+def make_classifier(backbone_dir: str, labels: list[str], out_dir: str,
+                    fit_on: tuple[list[str], list[str]] | None = None) -> str:
+    """A sequence classifier on ``backbone_dir``, saved with its tokenizer. Its head is random,
+    or with ``fit_on`` (texts, labels) a logistic regression on the frozen pooled features, so
+    that its predictions are confident like a trained teacher's (agreement checks mean something)."""
     from selftrain.core.classify import load_classifier
 
     model, tok = load_classifier(backbone_dir, labels)
+    if fit_on is not None:
+        fit_head(model, tok, *fit_on, labels)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return out_dir
+
+
+def fit_head(model, tok, texts: list[str], y: list[str], labels: list[str], max_length: int = 64) -> None:
+    """Set a BERT classifier's head (``classifier`` on ``pooler_output``) to a logistic regression."""
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    model.eval()
+    feats = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), 64):
+            enc = tok(texts[i : i + 64], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            feats.append(model.base_model(**enc).pooler_output.numpy())
+    lr = LogisticRegression(C=10.0, max_iter=2000).fit(np.concatenate(feats), [labels.index(v) for v in y])
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.as_tensor(lr.coef_, dtype=torch.float32))
+        model.classifier.bias.copy_(torch.as_tensor(lr.intercept_, dtype=torch.float32))
+
+
+def labeled_tweets(n: int = 600) -> tuple[list[str], list[str]]:
+    """Up to ``n`` labeled tweets (train / val / test splits), for a teacher's head."""
+    df = tweets_frame()
+    df = df[df["split"] != "unlabeled"].dropna(subset=["label"]).sample(frac=1.0, random_state=0).head(n)
+    return df["text"].astype(str).tolist(), df["label"].astype(str).tolist()
 
 
 def make_tiny_bert(texts: list[str], out_dir: str, seed: int = 0, **options) -> str:
