@@ -12,7 +12,8 @@ selftrain, every number from ``run_stages`` (plain functions) with config overri
                       no pseudo-labels. Identical to a run with ``pseudo_label.enabled=false``
                       (same seed and config sections), so it is read from the full run
   - ``+pseudo-labels`` a second run with ``pretrain.enabled=false evaluate.baseline=false``;
-                      its ``final`` (chosen on validation)
+                      its ``final`` (chosen on validation). Its teacher is the same finetune
+                      as the full run's baseline, so that model is reused, not trained again
   - ``full``          the full run's ``final`` (chosen on validation, never on test)
 peers, on exactly the same rows (read from the run's ``data/clean.parquet``):
   - ``tfidf+logreg``      TF-IDF (word 1-2 grams) + LogisticRegression on the gold labels
@@ -29,21 +30,20 @@ Reports mean ± std over seeds of test accuracy and macro-F1 per method and k; w
 ``quality.json``, ``quality.png`` (macro-F1 vs labels per class, error bars = std) and prints
 a markdown table.
 
-``--quick``: k=16, seeds 0 and 1, unlabeled pool 1500, 200 test rows per class, pretraining
-capped at 30 steps, finetuning at 15 epochs (early stopping as usual), one self-training round
-keeping the 200 most confident pseudo-labels per class, students trained for at most 2 epochs.
-Designed for under 10 minutes on 2 CPU cores. Estimate (MiniLM at ~70-100 GFLOP/s, i.e. ~0.8 s
-per pretraining step of 32 tweets and ~0.35 s per finetuning step of 16): per seed ~2 min for
-the full run (30 pretraining steps, baseline and teacher on 48 rows, pseudo-labelling 1500
-rows, a student on ~650 rows, 3 models on 600 test rows) and ~1.3 min for the
-pseudo-labels-only run, plus ~20 s of peers: ~7-8 min for the two seeds. Progress lines show
-the elapsed time and an estimate of what is left.
+``--quick``: k=16, seeds 0 and 1, unlabeled pool 1000, 150 test rows per class, pretraining
+capped at 20 steps, finetuning at 15 epochs (early stopping as usual), one self-training round
+keeping the 150 most confident pseudo-labels per class, students trained for one epoch (the
+default). Designed for under 10 minutes on 2 CPU cores: per seed ~3 min for the full run and
+~1 min for the pseudo-labels-only run, whose teacher is the full run's baseline (the same
+finetune: same seed, config sections and rows), plus ~10 s of peers. Progress
+lines show the elapsed time and an estimate of what is left.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -69,8 +69,8 @@ METHODS = SELFTRAIN_METHODS + PEER_METHODS
 
 # --quick: every knob that scales the run time on 2 CPU cores, kept small (see the module docstring)
 QUICK_OVERRIDES = [
-    "data.unlabeled_size=1500", "data.test_per_class=200", "pretrain.max_steps=30", "finetune.epochs=15",
-    "pseudo_label.rounds=1", "pseudo_label.options={k_per_class: 200}", "finetune.student_epochs=2",
+    "data.unlabeled_size=1000", "data.test_per_class=150", "pretrain.max_steps=20", "finetune.epochs=15",
+    "pseudo_label.rounds=1", "pseudo_label.options={k_per_class: 150}", "finetune.student_epochs=1",
 ]
 
 
@@ -79,13 +79,13 @@ def log(msg: str) -> None:
 
 
 # ============================================================================ selftrain runs
-def run_config(config: str | None, overrides: list[str], run_dir: Path):
+def run_config(config: str | None, overrides: list[str], run_dir: Path, stages=None):
     from selftrain.config import load_config
     from selftrain.core.pipeline import run_stages
 
     cfg = load_config(config, [*overrides, f"output_dir={run_dir}"])
     t0 = time.perf_counter()
-    result = run_stages(cfg)
+    result = run_stages(cfg, stages)
     seconds = time.perf_counter() - t0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return cfg, result, metrics, seconds
@@ -109,7 +109,8 @@ def selftrain_runs(k: int | None, seed: int, work_dir: Path, config: str | None 
 
     full_dir = work_dir / f"k{k}-s{seed}-full"
     log(f"  [selftrain] full pipeline (baseline + pretraining + pseudo-labels) -> {full_dir.name}")
-    _, _, metrics, secs = run_config(config, [*base, "evaluate.baseline=true"], full_dir)
+    finetunes: dict[str, dict] = {}
+    _, _, metrics, secs = run_config(config, [*base, "evaluate.baseline=true"], full_dir, _recording(finetunes))
     out["supervised"] = _score(metrics, "baseline")
     out["+pretraining"] = _score(metrics, "teacher")
     out["full"] = _score(metrics, metrics["final"])
@@ -121,16 +122,48 @@ def selftrain_runs(k: int | None, seed: int, work_dir: Path, config: str | None 
 
     pl_dir = work_dir / f"k{k}-s{seed}-pseudo"
     log(f"  [selftrain] pseudo-labels only (no pretraining) -> {pl_dir.name}")
+    reused: list[str] = []
     _, _, metrics2, secs2 = run_config(
-        config, [*base, "pretrain.enabled=false", "evaluate.baseline=false"], pl_dir)
+        config, [*base, "pretrain.enabled=false", "evaluate.baseline=false"], pl_dir,
+        _reusing_baseline(finetunes, full_dir / "data" / "clean.parquet", reused))
     out["+pseudo-labels"] = _score(metrics2, metrics2["final"])
-    info["pseudo"] = {"seconds": secs2, "final": metrics2["final"], "notes": metrics2.get("notes", [])}
+    info["pseudo"] = {"seconds": secs2, "final": metrics2["final"], "notes": metrics2.get("notes", []),
+                      "teacher_is_the_full_runs_baseline": bool(reused)}
     log(f"    {secs2:.0f} s; final={metrics2['final']} " + _brief(out, ("+pseudo-labels",)))
     same = _same_rows(full_dir / "data" / "clean.parquet", pl_dir / "data" / "clean.parquet")
     info["same_split_in_both_runs"] = same
     if not same:
         log("    WARNING: the two runs did not see the same rows")
     return out, full_dir / "data" / "clean.parquet", info
+
+
+def _recording(finetunes: dict):
+    """Stages whose finetune keeps each result by model name in ``finetunes``."""
+    from selftrain.core import stages
+    from selftrain.core.pipeline import Stages
+
+    def finetune(cfg, clean, base, name, pseudo_labels=None):
+        finetunes[name] = stages.finetune_stage(cfg, clean, base, name, pseudo_labels)
+        return finetunes[name]
+
+    return Stages(finetune=finetune)
+
+
+def _reusing_baseline(finetunes: dict, full_clean: Path, reused: list):
+    """Stages for the pseudo-labels-only run: its teacher (no pretraining, gold rows only) is
+    the same finetune as the full run's baseline (same seed, config sections and rows, checked
+    here), so the full run's baseline model and result are used instead of training it again."""
+    from selftrain.core import stages
+    from selftrain.core.pipeline import Stages
+
+    def finetune(cfg, clean, base, name, pseudo_labels=None):
+        if (name == "teacher" and base is None and pseudo_labels is None and "baseline" in finetunes
+                and _same_rows(full_clean, Path(clean))):
+            reused.append(name)
+            return {**finetunes["baseline"], "name": name}
+        return stages.finetune_stage(cfg, clean, base, name, pseudo_labels)
+
+    return Stages(finetune=finetune)
 
 
 def _same_rows(a: Path, b: Path) -> bool:
@@ -376,7 +409,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-dir", default=None, help="where run directories go (default: a temp dir)")
     ap.add_argument("--keep-runs", action="store_true", help="keep the run directories")
     ap.add_argument("--setfit-iterations", type=int, default=20, help="SetFit pair-generation iterations")
+    ap.add_argument("--stage-log", action="store_true", help="print the pipeline's stage log lines (timestamps)")
     args = ap.parse_args(argv)
+    if args.stage_log:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("    %(asctime)s %(message)s", "%H:%M:%S"))
+        logging.getLogger("selftrain").addHandler(handler)
 
     ks = args.k or ([16] if args.quick else [4, 16, 64])
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])

@@ -236,7 +236,7 @@ def test_quality_run_tiny(tmp_path):
     for m in quality.SELFTRAIN_METHODS:
         e = res["summary"][m]["2"]
         assert 0.0 <= e["macro_f1_mean"] <= 1.0 and e["n"] == 1
-    assert res["runs"][0]["same_split_in_both_runs"]
+    assert res["runs"][0]["same_split_in_both_runs"] and res["runs"][0]["pseudo"]["teacher_is_the_full_runs_baseline"]
     assert not list((tmp_path / "work").glob("k2-s0-*"))  # run dirs removed unless --keep-runs
     assert "| method |" in res["table"]
     assert quality.plot(res["summary"], tmp_path / "quality.png").exists()
