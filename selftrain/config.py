@@ -111,6 +111,11 @@ class PseudoLabelConfig(Section):
     student_init: Literal["backbone", "teacher"] = Field(
         "backbone", description="Start each student from the (pretrained) backbone, or from its teacher's weights."
     )
+    refit_on_gold: bool = Field(
+        True, description="Finetune each distilled student once more on the gold labels alone (early stopping on "
+        "validation), so the pseudo-labels act as task-specific pretraining and the gold labels have the last word. "
+        "The distilled model is kept as student-<r>-distilled."
+    )
     batch_size: int = Field(128, ge=1, description="Inference batch size (batches are length-sorted).")
     keep_teacher_if_worse: bool = Field(True, description="If a student is worse than its teacher on validation, keep the teacher.")
     ensemble_baseline: bool = Field(

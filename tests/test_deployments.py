@@ -414,7 +414,7 @@ def test_ui_triggered_run_sends_heavy_stages_to_the_gpu_pool(service, s3_bucket)
 
     kids = svc.children(run_id)
     assert sorted(_label(k) for k in kids) == sorted(
-        ["pretrain", "finetune:teacher", "pseudo-label:1", "finetune:student-1"]), kids
+        ["pretrain", "finetune:teacher", "pseudo-label:1", "finetune:student-1-distilled", "finetune:student-1"]), kids
     for k in kids:
         assert k["work_pool_name"] == "gpu" and k["state"]["type"] == "COMPLETED", k
     spans = sorted((k["start_time"], k["end_time"]) for k in kids)

@@ -58,7 +58,7 @@ def test_pipeline_outputs(shared_tiny_run):
     cfg, result = shared_tiny_run
     run = Path(cfg.run_dir)
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["models"]) >= {"baseline", "teacher", "student-1"}
+    assert set(metrics["models"]) >= {"baseline", "teacher", "student-1-distilled", "student-1"}
     pl = pd.read_parquet(run / "pseudo_labels.parquet")
     assert {"id", "label", "confidence", "probs", "target", "weight"} <= set(pl.columns)
     assert pl["label"].isin(metrics["labels"]).all()
@@ -81,7 +81,7 @@ def test_student_worse_than_teacher_keeps_teacher(tiny_config):
 
     def bad_finetune(cfg_, clean, base, name, pseudo=None):
         res = real.finetune(cfg_, clean, base, name, pseudo)
-        if pseudo is not None:  # force the student to look worse on validation
+        if name.startswith("student"):  # force the student to look worse on validation
             res["val_macro_f1"] = -1.0
         return res
 
@@ -89,6 +89,36 @@ def test_student_worse_than_teacher_keeps_teacher(tiny_config):
     metrics = json.loads((Path(cfg.run_dir) / "metrics.json").read_text())
     assert out["final"] == "teacher" == metrics["final"]
     assert any("worse than teacher" in n for n in metrics["notes"])
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_student_is_distilled_then_refit_on_gold(tiny_config, refit):
+    """pseudo_label.refit_on_gold: the round's student is the distilled model finetuned again on
+    the gold rows alone; without it the distilled model is the student."""
+    from selftrain.core.pipeline import Stages, run_stages
+
+    cfg = tiny_config("evaluate.baseline=false", "pretrain.enabled=false", "finetune.epochs=1",
+                      f"pseudo_label.refit_on_gold={str(refit).lower()}", "pseudo_label.keep_teacher_if_worse=false")
+    real, calls = Stages(), []
+
+    def finetune(cfg_, clean, base, name, pseudo=None):
+        res = real.finetune(cfg_, clean, base, name, pseudo)
+        calls.append((name, base, pseudo is not None, res["train_gold"], res["train_pseudo"], res["model"]))
+        return res
+
+    out = run_stages(cfg, Stages(finetune=finetune))
+    names = [c[0] for c in calls]
+    if refit:
+        assert names == ["teacher", "student-1-distilled", "student-1"]
+        distilled, student = calls[1], calls[2]
+        assert distilled[2] and distilled[4] > 0, "the distilled student learns from the pseudo-labels"
+        assert student[1] == distilled[5] and not student[2] and student[4] == 0, "refit: from the distilled model, gold only"
+        assert student[3] == distilled[3] > 0
+    else:
+        assert names == ["teacher", "student-1"] and calls[1][2]
+    metrics = json.loads((Path(cfg.run_dir) / "metrics.json").read_text())
+    assert out["final"] == "student-1" == metrics["final"]
+    assert ("student-1-distilled" in metrics["models"]) == refit
 
 
 def test_ece_known_values():

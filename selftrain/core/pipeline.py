@@ -30,7 +30,7 @@ def _no_publish(kind: str, key: str, payload: str) -> None:
 
 
 def run_stages(cfg: PipelineConfig, S: Stages | None = None, publish: Callable[[str, str, str], None] = _no_publish) -> dict:
-    """ingest -> validate -> pretrain -> baseline -> teacher -> (pseudo-label -> student) x rounds -> evaluate."""
+    """ingest -> validate -> pretrain -> baseline -> teacher -> (pseudo-label -> student [-> refit on gold]) x rounds -> evaluate."""
     S = S or Stages()
     ing = S.ingest(cfg)
     val = S.validate(cfg, ing["snapshot"], ing["fingerprint"])
@@ -58,7 +58,12 @@ def run_stages(cfg: PipelineConfig, S: Stages | None = None, publish: Callable[[
             pl = S.pseudo_label(cfg, clean, current["model"], r, also)
             pseudo_reports.append(pl["report"])
             init = current["model"] if cfg.pseudo_label.student_init == "teacher" else base
-            s = S.finetune(cfg, clean, init, f"student-{r}", pl["pseudo_labels"])
+            if cfg.pseudo_label.refit_on_gold:  # distil on pool + gold, then the gold labels alone have the last word
+                d = S.finetune(cfg, clean, init, f"student-{r}-distilled", pl["pseudo_labels"])
+                models[d["name"]], vals[d["name"]], preds[d["name"]] = d["model"], d["val_macro_f1"], d
+                s = S.finetune(cfg, clean, d["model"], f"student-{r}")
+            else:
+                s = S.finetune(cfg, clean, init, f"student-{r}", pl["pseudo_labels"])
             models[s["name"]], vals[s["name"]], preds[s["name"]] = s["model"], s["val_macro_f1"], s
             if s["val_macro_f1"] < current["val_macro_f1"] and cfg.pseudo_label.keep_teacher_if_worse:
                 notes.append(f"{s['name']} is worse than {final} on validation macro-F1 "
