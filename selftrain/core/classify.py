@@ -21,7 +21,7 @@ from sklearn.metrics import f1_score
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
 from selftrain.config import FinetuneConfig
-from selftrain.core.runtime import autocast, length_buckets, seed_everything, tokenize
+from selftrain.core.runtime import autocast, fused_adamw, length_buckets, seed_everything, tokenize
 from selftrain.plugins import RuntimeContext
 from selftrain.plugins.objectives.common import pad_batch
 
@@ -129,7 +129,7 @@ def fit(
     targets = torch.as_tensor(train.targets, dtype=torch.float32)
     weights = torch.as_tensor(train.weights, dtype=torch.float32)
     steps_per_epoch = int(np.ceil(len(ids) / cfg.batch_size))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused_adamw(ctx.device))
     total = steps_per_epoch * max_epochs
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
     best_state, best, best_pred = None, (-1.0, float("inf"), 0), []

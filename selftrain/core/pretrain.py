@@ -24,7 +24,7 @@ from transformers import AutoModel, AutoTokenizer, get_linear_schedule_with_warm
 
 from selftrain.config import PretrainConfig
 from selftrain.plugins import Backbone, Objective, PluginConfig, RuntimeContext
-from selftrain.core.runtime import autocast, length_buckets, pack, seed_everything, tokenize
+from selftrain.core.runtime import autocast, fused_adamw, length_buckets, pack, seed_everything, tokenize
 
 
 @dataclass
@@ -55,12 +55,6 @@ def plan_batches(ids: list[list[int]], cfg: PretrainConfig, seed: int, max_lengt
         batches.extend(length_buckets(lengths, cfg.batch_size, rng))
         epoch += 1
     return seqs, batches[:total]
-
-
-def fused_adamw(device: torch.device) -> dict:
-    """AdamW's fused kernel where torch has one (CPU, CUDA): one pass over the parameters
-    instead of a dozen per tensor; the same update up to float rounding."""
-    return {"fused": True} if device.type in ("cpu", "cuda") else {}
 
 
 def _read_losses(pending: list[torch.Tensor], losses: list[float], done: int) -> None:

@@ -73,3 +73,9 @@ def quiet_transformers() -> None:
 
 
 quiet_transformers()
+
+
+def fused_adamw(device: torch.device) -> dict:
+    """AdamW's fused kernel where torch has one (CPU, CUDA): one pass over the parameters
+    instead of a dozen per tensor; the same update up to float rounding."""
+    return {"fused": True} if device.type in ("cpu", "cuda") else {}
