@@ -99,6 +99,10 @@ class FinetuneConfig(Section):
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     min_steps: int = Field(0, ge=0, description="Never stop early before this many steps.")
     student_epochs: int = Field(1, ge=1, description="Maximum epochs for students (their data is larger).")
+    calibrate: bool = Field(
+        True, description="Temperature-scale every finetuned model on validation and fold 1/T into its classification "
+        "layer: the saved model's probabilities are calibrated, its predictions unchanged."
+    )
 
 
 class PseudoLabelConfig(Section):

@@ -121,6 +121,32 @@ def test_student_is_distilled_then_refit_on_gold(tiny_config, refit):
     assert ("student-1-distilled" in metrics["models"]) == refit
 
 
+def test_finetune_folds_a_validation_temperature_into_the_output_layer(tiny_config):
+    """finetune.calibrate: the saved model emits the uncalibrated model's logits divided by the
+    temperature fitted on validation (so its predictions are unchanged); off, T stays 1."""
+    from selftrain.core.classify import fit_temperature, load_classifier, predict_logits
+    from selftrain.core.runtime import runtime
+
+    cfg = tiny_config()
+    val = _prepare(cfg)
+    df = pd.read_parquet(val["clean"])
+    labels = stages.label_names(cfg, df)
+    texts, y = stages._gold(df, "val", labels)
+
+    def val_logits(uri):
+        model, tok = load_classifier(uri, labels)
+        return predict_logits(model, tok, texts, cfg.model.max_length, 64, runtime("cpu", 0))
+
+    raw = stages.finetune_stage(tiny_config("finetune.calibrate=false"), val["clean"], None, "raw")
+    assert raw["temperature"] == 1.0
+    cal = stages.finetune_stage(cfg, val["clean"], None, "calibrated")  # same seed and data: same training
+    raw_logits, cal_logits = val_logits(raw["model"]), val_logits(cal["model"])
+    t = fit_temperature(raw_logits, y)
+    assert cal["temperature"] == pytest.approx(t) and t != 1.0
+    np.testing.assert_allclose(cal_logits, raw_logits / t, rtol=1e-4, atol=1e-6)
+    assert cal_logits.argmax(1).tolist() == raw_logits.argmax(1).tolist() == cal["val_pred"]
+
+
 def test_ece_known_values():
     probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
     labels = np.array([0, 1, 0, 0])

@@ -42,6 +42,7 @@ class FitResult:
     seconds: float
     history: list[dict]
     val_pred: list[int]  # (N_val,) predictions of the kept epoch, for paired comparisons
+    temperature: float = 1.0  # folded into the classification layer (1.0: not calibrated)
 
 
 def load_classifier(model_dir: str, label_names: list[str]):
@@ -168,10 +169,29 @@ def fit(
             if bad >= cfg.patience and step >= cfg.min_steps:
                 break
     model.load_state_dict(best_state)
+    temperature = 1.0
+    if cfg.calibrate:  # few-shot finetunes are often over-confident; argmax is unchanged by this
+        temperature = fit_temperature(predict_logits(model, tok, val_texts, max_length, 128, ctx), val_labels)
+        fold_temperature(model, temperature)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return FitResult(best_epoch=best[2], epochs_run=epoch, val_macro_f1=best[0], val_loss=best[1],
-                     seconds=time.perf_counter() - t0, history=history, val_pred=best_pred)
+                     seconds=time.perf_counter() - t0, history=history, val_pred=best_pred, temperature=temperature)
+
+
+def fold_temperature(model, temperature: float) -> None:
+    """Temperature scaling baked into the weights: the output layer z = W h + b becomes
+    (W / T) h + b / T = z / T, so the saved model emits calibrated logits with no extra code at
+    load time. The output layer is the last nn.Linear with num_labels outputs (BERT's
+    ``classifier``, GPT-2's ``score``, RoBERTa's ``classifier.out_proj``)."""
+    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == model.config.num_labels]
+    if not heads:
+        raise ValueError(f"no output layer with {model.config.num_labels} outputs in {type(model).__name__}; "
+                         "set finetune.calibrate: false for this model")
+    with torch.no_grad():
+        heads[-1].weight.div_(temperature)
+        if heads[-1].bias is not None:
+            heads[-1].bias.div_(temperature)
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -67,7 +67,7 @@ def run_stages(cfg: PipelineConfig, S: Stages | None = None, publish: Callable[[
             models[s["name"]], vals[s["name"]], preds[s["name"]] = s["model"], s["val_macro_f1"], s
             if s["val_macro_f1"] < current["val_macro_f1"] and cfg.pseudo_label.keep_teacher_if_worse:
                 notes.append(f"{s['name']} is worse than {final} on validation macro-F1 "
-                             f"({s['val_macro_f1']:.3f} < {current['val_macro_f1']:.3f}): keeping {final} and stopping "
+                             f"({s['val_macro_f1']:.4f} < {current['val_macro_f1']:.4f}): keeping {final} and stopping "
                              "self-training (pseudo-labels hurt here; try more labels, a stricter labeler or pretraining)")
                 break
             final, current = s["name"], s

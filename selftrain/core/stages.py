@@ -166,7 +166,7 @@ def finetune_stage(cfg: PipelineConfig, clean: str, base_model: str | None, name
         res = fit(model_dir, labels, TrainSet(texts, targets, weights), val_texts, val_y, cfg.finetune, epochs,
                   cfg.model.max_length, ctx, tmp, log=on_log)
     return {"model": out, "name": name, "val_macro_f1": res.val_macro_f1, "val_loss": res.val_loss,
-            "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds": res.seconds,
+            "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds": res.seconds, "temperature": res.temperature,
             "train_gold": len(y), "train_pseudo": n_pseudo, "val_pred": res.val_pred, "val_true": val_y.tolist()}
 
 
