@@ -133,7 +133,7 @@ def fit(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused_adamw(ctx.device))
     total = steps_per_epoch * max_epochs
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
-    best_state, best, best_pred = None, (-1.0, float("inf"), 0), []
+    best_state, best, best_pred, best_logits = None, (-1.0, float("inf"), 0), [], None
     history, bad, step = [], 0, 0
     t0 = time.perf_counter()
     epoch = 0
@@ -163,7 +163,7 @@ def fit(
         if (f1, -vloss) > (best[0], -best[1]):
             best, bad = (f1, vloss, epoch), 0
             best_state = copy.deepcopy(model.state_dict())
-            best_pred = val_pred.tolist()
+            best_pred, best_logits = val_pred.tolist(), val_logits  # (N_val, C) of the kept weights
         else:
             bad += 1
             if bad >= cfg.patience and step >= cfg.min_steps:
@@ -171,7 +171,7 @@ def fit(
     model.load_state_dict(best_state)
     temperature = 1.0
     if cfg.calibrate:  # few-shot finetunes are often over-confident; argmax is unchanged by this
-        temperature = fit_temperature(predict_logits(model, tok, val_texts, max_length, 128, ctx), val_labels)
+        temperature = fit_temperature(best_logits, val_labels)
         fold_temperature(model, temperature)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
