@@ -39,46 +39,46 @@ def run_stages(cfg: PipelineConfig, S: Stages | None = None, publish: Callable[[
     pre = S.pretrain(cfg, clean, val["fingerprint"]) if cfg.pretrain.enabled else None
     base = pre["model"] if pre else None
 
-    models: dict[str, str] = {}
-    vals: dict[str, float] = {}
-    preds: dict[str, dict] = {}  # name -> the finetune result (validation predictions for the fallback test)
+    done: dict[str, dict] = {}  # name -> its finetune result: model URI, validation score and predictions
+
+    def finetune(base_model: str | None, name: str, pseudo_labels: str | None = None) -> dict:
+        done[name] = S.finetune(cfg, clean, base_model, name, pseudo_labels)
+        return done[name]
+
     notes: list[str] = []
     baseline = None
     if cfg.evaluate.baseline:
-        b = S.finetune(cfg, clean, None, "baseline")
-        models["baseline"], vals["baseline"], baseline, preds["baseline"] = b["model"], b["val_macro_f1"], "baseline", b
-    t = S.finetune(cfg, clean, base, "teacher")
-    models["teacher"], vals["teacher"], preds["teacher"] = t["model"], t["val_macro_f1"], t
-    final, current = "teacher", t
+        finetune(None, "baseline")
+        baseline = "baseline"
+    final, current = "teacher", finetune(base, "teacher")
     pseudo_reports = []
     if cfg.pseudo_label.enabled:
         for r in range(1, cfg.pseudo_label.rounds + 1):
             # round 1 may average the teacher with the baseline (see pseudo_label.ensemble_baseline)
-            also = [models["baseline"]] if r == 1 and cfg.pseudo_label.ensemble_baseline and "baseline" in models else None
+            also = [done["baseline"]["model"]] if r == 1 and cfg.pseudo_label.ensemble_baseline and baseline else None
             pl = S.pseudo_label(cfg, clean, current["model"], r, also)
             pseudo_reports.append(pl["report"])
             init = current["model"] if cfg.pseudo_label.student_init == "teacher" else base
             if cfg.pseudo_label.refit_on_gold:  # distil on pool + gold, then the gold labels alone have the last word
-                d = S.finetune(cfg, clean, init, f"student-{r}-distilled", pl["pseudo_labels"])
-                models[d["name"]], vals[d["name"]], preds[d["name"]] = d["model"], d["val_macro_f1"], d
-                s = S.finetune(cfg, clean, d["model"], f"student-{r}")
+                distilled = finetune(init, f"student-{r}-distilled", pl["pseudo_labels"])
+                s = finetune(distilled["model"], f"student-{r}")
             else:
-                s = S.finetune(cfg, clean, init, f"student-{r}", pl["pseudo_labels"])
-            models[s["name"]], vals[s["name"]], preds[s["name"]] = s["model"], s["val_macro_f1"], s
+                s = finetune(init, f"student-{r}", pl["pseudo_labels"])
             if s["val_macro_f1"] < current["val_macro_f1"] and cfg.pseudo_label.keep_teacher_if_worse:
                 notes.append(f"{s['name']} is worse than {final} on validation macro-F1 "
                              f"({s['val_macro_f1']:.4f} < {current['val_macro_f1']:.4f}): keeping {final} and stopping "
                              "self-training (pseudo-labels hurt here; try more labels, a stricter labeler or pretraining)")
                 break
             final, current = s["name"], s
+    vals = {name: res["val_macro_f1"] for name, res in done.items()}
     fallback = None
     if baseline is None:
         baseline = "teacher"
     else:
-        final, fallback = _fallback(cfg, final, baseline, vals, preds, len(val["labels"]), notes)
+        final, fallback = _fallback(cfg, final, baseline, vals, done, len(val["labels"]), notes)
     extra = {"notes": notes, "fallback": fallback, "pseudo_labels": pseudo_reports, "validation": val["report"],
              "pretrain": {k: v for k, v in (pre or {}).items() if k != "model"}, "run_dir": cfg.run_dir}
-    ev = S.evaluate(cfg, clean, models, vals, baseline, final, extra)
+    ev = S.evaluate(cfg, clean, {name: res["model"] for name, res in done.items()}, vals, baseline, final, extra)
     publish("markdown", "metrics", ev["markdown"])
     return {"metrics": ev["metrics"], "report": ev["report"], "final": final, "baseline": baseline,
             "summary": ev["summary"], "table": ev["table"], "run_dir": cfg.run_dir, "notes": notes}
