@@ -111,6 +111,10 @@ class PseudoLabelConfig(Section):
     options: dict[str, Any] = Field(default_factory=dict, description="The labeler plugin's options.")
     calibrate: bool = Field(True, description="Temperature-scale the teacher on validation before selecting.")
     weight: float = Field(1.0, gt=0, description="Loss weight of pseudo-labelled rows relative to gold rows.")
+    noise: float = Field(
+        0.0, ge=0, lt=1, description="Input noise for students (Noisy Student): each token of a pseudo-labelled "
+        "row is deleted with this probability, redrawn every epoch; the targets stay the teacher's clean predictions.",
+    )
     rounds: int = Field(1, ge=1, le=10, description="Self-training rounds; each student becomes the next teacher.")
     student_init: Literal["backbone", "teacher"] = Field(
         "backbone", description="Start each student from the (pretrained) backbone, or from its teacher's weights."

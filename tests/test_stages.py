@@ -217,3 +217,56 @@ def test_prob_worse_matches_sklearn_and_orders_models():
     assert prob_worse(truth, bad, good, 3) > 0.99
     assert prob_worse(truth, good, bad, 3) < 0.01
     assert prob_worse(truth, good, good, 3) == 0.5
+
+
+def test_drop_tokens_keeps_the_ends_and_one_inner_token():
+    from selftrain.core.classify import drop_tokens
+
+    rng = np.random.default_rng(0)
+    ids = [101, *range(1000, 1040), 102]
+    kept = [drop_tokens(ids, 0.25, rng) for _ in range(200)]
+    assert all(k[0] == 101 and k[-1] == 102 for k in kept)
+    assert all(set(k[1:-1]) <= set(ids[1:-1]) and k[1:-1] == sorted(k[1:-1]) for k in kept)  # deletions only, order kept
+    rate = 1 - np.mean([len(k) - 2 for k in kept]) / 40
+    assert 0.2 < rate < 0.3
+    assert all(len(drop_tokens(ids, 0.999, rng)) == 3 for _ in range(20))
+    assert drop_tokens(ids, 0.0, rng) == ids
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.3])
+def test_student_noise_drops_tokens_of_pseudo_rows_only(tiny_config, monkeypatch, noise):
+    """pseudo_label.noise: every epoch, each pseudo-labelled row (never a gold row) goes through
+    token dropout at that rate; at 0 nothing is dropped."""
+    from selftrain.core import classify
+
+    cfg = tiny_config("finetune.epochs=1", "finetune.student_epochs=2", f"pseudo_label.noise={noise}")
+    val = _prepare(cfg)
+    teacher = stages.finetune_stage(cfg, val["clean"], None, "teacher")
+    pl = stages.pseudo_label_stage(cfg, val["clean"], teacher["model"])
+    seen = []
+
+    def spy(ids, rate, rng):
+        out = classify.drop_tokens.__wrapped__(ids, rate, rng)
+        seen.append((tuple(ids), rate, len(out) <= len(ids)))
+        return out
+
+    spy.__wrapped__ = classify.drop_tokens
+    monkeypatch.setattr(classify, "drop_tokens", spy)
+    res = stages.finetune_stage(cfg, val["clean"], None, "student", pl["pseudo_labels"])
+    n_pseudo = res["train_pseudo"]
+    assert n_pseudo > 0 and res["train_gold"] > 0
+    if noise == 0:
+        assert seen == []
+        return
+    assert len(seen) == 2 * n_pseudo, "each pseudo row is noised once per epoch, gold rows never"
+    assert {r for _, r, _ in seen} == {noise} and all(shorter for *_, shorter in seen)
+    from transformers import AutoTokenizer
+
+    df = pd.read_parquet(val["clean"])
+    tok = AutoTokenizer.from_pretrained(stages.backbone(cfg, val["clean"])[0])
+    gold_ids = {tuple(x) for x in tok(df.loc[df["split"] == "train", "text"].astype(str).tolist(), truncation=True,
+                                      max_length=cfg.model.max_length)["input_ids"]}
+    pseudo_ids = {tuple(x) for x in tok(pd.read_parquet(pl["pseudo_labels"])["text"].astype(str).tolist(),
+                                        truncation=True, max_length=cfg.model.max_length)["input_ids"]}
+    noised = {ids for ids, *_ in seen}
+    assert noised <= pseudo_ids and not (noised & (gold_ids - pseudo_ids))

@@ -31,6 +31,8 @@ class TrainSet:
     texts: list[str]
     targets: np.ndarray  # (N, C) float32, rows sum to 1
     weights: np.ndarray  # (N,) float32
+    noisy: np.ndarray | None = None  # (N,) bool: rows whose tokens get dropped (``token_dropout``)
+    token_dropout: float = 0.0  # per-token deletion probability on noisy rows, redrawn every epoch
 
 
 @dataclass
@@ -102,6 +104,19 @@ def predict_logits(model, tok, texts: list[str], max_length: int, batch_size: in
     return out
 
 
+def drop_tokens(ids: list[int], rate: float, rng: np.random.Generator) -> list[int]:
+    """Input noise for a student (Noisy Student, Xie et al. 2020; word dropout): (T,) token ids ->
+    a shorter list. Each token between the first and the last (BERT's [CLS] and [SEP]) is deleted
+    with probability ``rate``; at least one of them stays, so no text becomes empty."""
+    inner = ids[1:-1]
+    if len(inner) < 2:
+        return ids
+    keep = rng.random(len(inner)) >= rate
+    if not keep.any():
+        keep[rng.integers(len(inner))] = True
+    return [ids[0], *(t for t, k in zip(inner, keep) if k), ids[-1]]
+
+
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """(B, C) logits, (B, C) target distributions, (B,) weights -> weighted mean loss."""
     per_row = -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1)  # (B,)
@@ -129,6 +144,7 @@ def fit(
     lengths = np.array([len(x) for x in ids])
     targets = torch.as_tensor(train.targets, dtype=torch.float32)
     weights = torch.as_tensor(train.weights, dtype=torch.float32)
+    noisy = train.noisy if train.noisy is not None and train.token_dropout > 0 else np.zeros(len(ids), bool)
     steps_per_epoch = int(np.ceil(len(ids) / cfg.batch_size))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused_adamw(ctx.device))
     total = steps_per_epoch * max_epochs
@@ -142,7 +158,8 @@ def fit(
         rng = np.random.default_rng([ctx.seed, epoch])
         losses = []
         for idx in length_buckets(lengths, cfg.batch_size, rng, chunk=8):
-            x, m = pad_batch([ids[i] for i in idx], tok.pad_token_id)
+            x, m = pad_batch([drop_tokens(ids[i], train.token_dropout, rng) if noisy[i] else ids[i] for i in idx],
+                             tok.pad_token_id)
             with autocast(ctx):
                 logits = model(input_ids=x.to(ctx.device), attention_mask=m.to(ctx.device)).logits  # (B, C)
             loss = soft_cross_entropy(logits, targets[idx].to(ctx.device), weights[idx].to(ctx.device))
