@@ -206,13 +206,13 @@ def speed_classifier(backbone: str, labels: list[str], where: str) -> str:
 
 # --------------------------------------------------------------------------- quality
 def test_quality_peers_tiny():
-    from benchmarks import quality
+    from benchmarks import peers as peer_module
     from selftrain.config import DataConfig
     from selftrain.core.data import ingest_frame
 
     df = ingest_frame(DataConfig(labels_per_class=4, val_per_class=4, test_per_class=10, unlabeled_size=100))
-    peers = quality.peer_methods(df, LABELS, svd_dim=20)
-    assert set(peers) == set(quality.PEER_METHODS)
+    peers = peer_module.peer_methods(df, LABELS, svd_dim=20)
+    assert set(peers) == set(peer_module.PEER_METHODS)
     for name in ("tfidf+logreg", "self-training", "label-spreading"):
         assert 0.0 <= peers[name]["macro_f1"] <= 1.0 and 0.0 <= peers[name]["accuracy"] <= 1.0
     assert "macro_f1" in peers["setfit"] or peers["setfit"]["status"] == "not installed" \

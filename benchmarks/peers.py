@@ -1,0 +1,152 @@
+"""Peers of the quality benchmark: the methods selftrain is compared against.
+
+Every peer sees exactly the same rows as the selftrain runs: ``benchmarks/quality.py`` hands
+each one the full run's ``data/clean.parquet`` (train / val / test / unlabeled splits), and
+every peer is scored on the same test split.
+
+  - ``tfidf+logreg``      TF-IDF (word 1-2 grams) + LogisticRegression on the gold labels
+                          (C picked on the validation split, as selftrain uses validation)
+  - ``self-training``     ``SelfTrainingClassifier(LogisticRegression)`` on the gold labels + the
+                          unlabeled pool (same TF-IDF; C and threshold picked on validation)
+  - ``label-spreading``   ``LabelSpreading(kernel="knn")`` on TF-IDF reduced by TruncatedSVD
+                          (100 dims, L2-normalised), gold labels + unlabeled pool
+  - ``setfit``            SetFit on the local MiniLM, if the ``setfit`` package is installed
+                          (otherwise recorded as not installed)
+
+The TF-IDF vocabulary and idf are fit on every non-test text (no labels involved).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks.common import log
+
+PEER_METHODS = ("tfidf+logreg", "self-training", "label-spreading", "setfit")
+
+
+def _metrics(y_true, y_pred, n_classes: int) -> dict:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {"accuracy": float(accuracy_score(y_true, y_pred)),
+            "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=list(range(n_classes)), zero_division=0))}
+
+
+def splits_of(df, labels: list[str]) -> dict:
+    """texts and int labels of train / val / test and the unlabeled texts of a clean frame."""
+    idx = {n: i for i, n in enumerate(labels)}
+    out = {}
+    for sp in ("train", "val", "test", "unlabeled"):
+        part = df[df["split"] == sp]
+        out[sp] = part["text"].astype(str).tolist()
+        if sp != "unlabeled":
+            out[sp + "_y"] = part["label"].astype(str).map(idx).to_numpy(dtype=np.int64)
+    return out
+
+
+def peer_methods(df, labels: list[str], seed: int = 0, svd_dim: int = 100, n_neighbors: int = 7,
+                 setfit_model: str | None = None, setfit_iterations: int = 20,
+                 log_fn=log) -> dict[str, dict]:
+    """Every peer on one clean frame (train / val / test / unlabeled). Method -> scores
+    (or {"status": "not installed" | "error: ..."})."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import normalize
+    from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
+
+    s = splits_of(df, labels)
+    C = len(labels)
+    out: dict[str, dict] = {}
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
+    vec.fit(s["train"] + s["val"] + s["unlabeled"])  # every non-test text, labels not used
+    Xtr, Xva, Xte, Xun = (vec.transform(s[k]) for k in ("train", "val", "test", "unlabeled"))
+
+    # supervised: LR, C picked on validation macro-F1
+    t0 = time.perf_counter()
+    best = None
+    for c in (0.1, 1.0, 10.0, 100.0):
+        lr = LogisticRegression(C=c, max_iter=2000)
+        lr.fit(Xtr, s["train_y"])
+        f1 = _metrics(s["val_y"], lr.predict(Xva), C)["macro_f1"]
+        if best is None or f1 > best[0]:
+            best = (f1, c, lr)
+    _, c_best, lr = best
+    out["tfidf+logreg"] = {**_metrics(s["test_y"], lr.predict(Xte), C), "C": c_best,
+                           "seconds": time.perf_counter() - t0}
+
+    # self-training over the pool
+    import scipy.sparse as sp
+
+    t0 = time.perf_counter()
+    X = sp.vstack([Xtr, Xun]).tocsr()
+    y = np.concatenate([s["train_y"], -np.ones(Xun.shape[0], dtype=np.int64)])
+    best_st = None
+    # sklearn's default threshold (0.75) adds nothing when the few-shot LR is unsure, which
+    # would make this peer a copy of tfidf+logreg: pick C and threshold on validation instead
+    for c in sorted({c_best, 10.0}):
+        for th in (0.6, 0.8):
+            st = SelfTrainingClassifier(LogisticRegression(C=c, max_iter=2000), threshold=th)
+            st.fit(X, y)
+            f1 = _metrics(s["val_y"], st.predict(Xva), C)["macro_f1"]
+            if best_st is None or f1 > best_st[0]:
+                best_st = (f1, c, th, st)
+    _, c_st, th_st, st = best_st
+    added = int((st.labeled_iter_ > 0).sum())
+    out["self-training"] = {**_metrics(s["test_y"], st.predict(Xte), C), "C": c_st, "threshold": th_st,
+                            "pseudo_labeled": added, "iterations": int(st.n_iter_),
+                            "seconds": time.perf_counter() - t0}
+
+    # label spreading on an SVD embedding (kNN graph)
+    t0 = time.perf_counter()
+    dim = max(2, min(svd_dim, X.shape[1] - 1, X.shape[0] - 1))
+    svd = TruncatedSVD(n_components=dim, random_state=seed)
+    Z = normalize(svd.fit_transform(X))
+    Zte = normalize(svd.transform(Xte))
+    ls = LabelSpreading(kernel="knn", n_neighbors=min(n_neighbors, len(Z) - 1), max_iter=1000)
+    ls.fit(Z, y)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        proba = ls.predict_proba(Zte)
+    # a test row whose neighbours got no label mass (a graph component without gold labels)
+    # has no prediction: give it the most frequent gold label, and count such rows
+    unreached = ~np.isfinite(proba).all(1) | (np.nan_to_num(proba).sum(1) == 0)
+    pred = np.nan_to_num(proba).argmax(1)
+    pred[unreached] = np.bincount(s["train_y"], minlength=C).argmax()
+    out["label-spreading"] = {**_metrics(s["test_y"], pred, C), "svd_dim": dim, "n_neighbors": ls.n_neighbors,
+                              "unreached_test_rows": int(unreached.sum()), "seconds": time.perf_counter() - t0}
+
+    out["setfit"] = run_setfit(s, C, setfit_model, seed, setfit_iterations, log_fn)
+    return out
+
+
+def run_setfit(s: dict, n_classes: int, model_dir: str | None, seed: int, iterations: int, log_fn=log) -> dict:
+    """SetFit (contrastive finetuning of the sentence encoder + a logistic head) on the gold labels."""
+    from importlib.util import find_spec
+
+    if find_spec("setfit") is None:
+        return {"status": "not installed"}
+    if model_dir is None:
+        from selftrain.plugins.models.hf import DEFAULT_MODEL, resolve_model_path
+
+        model_dir = resolve_model_path(DEFAULT_MODEL)
+    t0 = time.perf_counter()
+    try:
+        from datasets import Dataset
+        from setfit import SetFitModel, Trainer, TrainingArguments
+
+        model = SetFitModel.from_pretrained(model_dir)
+        with tempfile.TemporaryDirectory(prefix="setfit-") as tmp:  # SetFit writes checkpoints/ into the cwd by default
+            args = TrainingArguments(batch_size=16, num_epochs=1, num_iterations=iterations, seed=seed,
+                                     output_dir=tmp, save_strategy="no", report_to="none")
+            trainer = Trainer(model=model, args=args,
+                              train_dataset=Dataset.from_dict({"text": s["train"], "label": s["train_y"].tolist()}))
+            trainer.train()
+        pred = np.asarray([int(p) for p in model.predict(s["test"])])
+    except Exception as exc:  # noqa: BLE001 - a peer failing must not end the benchmark
+        log_fn(f"    setfit failed: {type(exc).__name__}: {exc}")
+        return {"status": f"error: {type(exc).__name__}: {exc}"}
+    return {**_metrics(s["test_y"], pred, n_classes), "iterations": iterations, "seconds": time.perf_counter() - t0}
+
