@@ -15,16 +15,9 @@ selftrain, every number from ``run_stages`` (plain functions) with config overri
                       its ``final`` (chosen on validation). Its teacher is the same finetune
                       as the full run's baseline, so that model is reused, not trained again
   - ``full``          the full run's ``final`` (chosen on validation, never on test)
-peers (``benchmarks/peers.py``), on exactly the same rows (read from the run's ``data/clean.parquet``):
-  - ``tfidf+logreg``      TF-IDF (word 1-2 grams) + LogisticRegression on the gold labels
-                          (C picked on the validation split, as selftrain uses validation)
-  - ``self-training``     ``SelfTrainingClassifier(LogisticRegression)`` on the gold labels + the
-                          unlabeled pool (same TF-IDF; C and threshold picked on validation)
-  - ``label-spreading``   ``LabelSpreading(kernel="knn")`` on TF-IDF reduced by TruncatedSVD
-                          (100 dims, L2-normalised), gold labels + unlabeled pool
-  - ``setfit``            SetFit on the local MiniLM, if the ``setfit`` package is installed
-                          (otherwise recorded as not installed)
-The TF-IDF vocabulary and idf are fit on every non-test text (no labels involved).
+peers: TF-IDF + LogisticRegression, scikit-learn's SelfTrainingClassifier and LabelSpreading,
+and SetFit when installed, on exactly the same rows (see ``benchmarks/peers.py`` for each one's
+setup).
 
 Reports mean ± std over seeds of test accuracy and macro-F1 per method and k; writes
 ``quality.json``, ``quality.png`` (macro-F1 vs labels per class, error bars = std) and prints

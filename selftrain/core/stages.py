@@ -146,7 +146,6 @@ def finetune_stage(cfg: PipelineConfig, clean: str, base_model: str | None, name
     labels = label_names(cfg, df)
     texts, y = _gold(df, "train", labels)
     targets, weights = one_hot(y, len(labels)), np.ones(len(y), np.float32)
-    noisy = np.zeros(len(y), bool)
     n_pseudo = 0
     if pseudo_labels is not None:
         pl = io.read_parquet(pseudo_labels)
@@ -154,7 +153,6 @@ def finetune_stage(cfg: PipelineConfig, clean: str, base_model: str | None, name
         texts = texts + pl["text"].astype(str).tolist()
         targets = np.concatenate([targets, np.stack(pl["target"].to_numpy()).astype(np.float32).reshape(-1, len(labels))])
         weights = np.concatenate([weights, pl["weight"].to_numpy(np.float32) * cfg.pseudo_label.weight])
-        noisy = np.concatenate([noisy, np.ones(len(pl), bool)])
     val_texts, val_y = _gold(df, "val", labels)
     model_dir = io.local_dir(base_model) if base_model else backbone(cfg, clean)[0]
     ctx = runtime(cfg.device, cfg.seed)
@@ -163,10 +161,12 @@ def finetune_stage(cfg: PipelineConfig, clean: str, base_model: str | None, name
     def on_log(rec: dict) -> None:
         log.info("finetune[%s] epoch %d loss %.4f val macro-F1 %.4f", name, rec["epoch"], rec["train_loss"], rec["val_macro_f1"])
 
+    noisy = np.arange(len(texts)) >= len(y)  # (N,) the pseudo-labelled rows (they follow the gold ones)
+    train = TrainSet(texts, targets, weights, noisy, cfg.pseudo_label.noise)
     out = _uri(cfg, "models", name)
     with io.output_dir(out) as tmp:
-        res = fit(model_dir, labels, TrainSet(texts, targets, weights, noisy, cfg.pseudo_label.noise), val_texts, val_y, cfg.finetune, epochs,
-                  cfg.model.max_length, ctx, tmp, log=on_log)
+        res = fit(model_dir, labels, train, val_texts, val_y, cfg.finetune, epochs, cfg.model.max_length, ctx, tmp,
+                  log=on_log)
     return {"model": out, "name": name, "val_macro_f1": res.val_macro_f1, "val_loss": res.val_loss,
             "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds": res.seconds, "temperature": res.temperature,
             "train_gold": len(y), "train_pseudo": n_pseudo, "val_pred": res.val_pred, "val_true": val_y.tolist()}
