@@ -171,3 +171,109 @@ def clear_cache() -> None:
 def plugin_versions() -> dict[str, str]:
     """{distribution: version} of every distribution providing a working plugin (for cache keys and model cards)."""
     return {r.dist: r.version for r in all_plugins() if r.status == "ok"}
+
+
+# ---------------------------------------------------------------- `selftrain plugins show`
+_BOUNDS = ("gt", "ge", "lt", "le", "multiple_of", "min_length", "max_length")
+
+
+def find(name: str, group: str | None = None) -> list[PluginRecord]:
+    """Every record called ``name`` (in ``group``, or in any group), working ones first;
+    a PluginError naming the installed plugins if there is none."""
+    if group and group not in GROUPS and f"selftrain.{group}" in GROUPS:
+        group = f"selftrain.{group}"  # --group objectives
+    if group and group not in GROUPS:
+        raise PluginError(f"unknown plugin group {group!r}; groups: {', '.join(GROUPS)}")
+    groups = [group] if group else list(GROUPS)
+    recs = [r for g in groups for r in discover(g) if r.name == name]
+    if not recs:
+        installed = sorted({r.name for g in groups for r in discover(g) if r.status == "ok"})
+        where = f" in {group}" if group else ""
+        raise PluginError(f"Unknown plugin {name!r}{where}; installed: {', '.join(installed) or 'none'}. "
+                          "Fix: one of these names (selftrain plugins list shows them by group)")
+    return recs
+
+
+def _type_name(annotation) -> str:
+    if isinstance(annotation, type) and not getattr(annotation, "__args__", None):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "").replace("NoneType", "None")
+
+
+def describe_options(config_cls: type) -> list[dict]:
+    """One dict per field of a plugin's pydantic ``Config``: name, type, default (or
+    required), bounds (ge/gt/le/lt... from the field's metadata), description."""
+    from pydantic_core import PydanticUndefined
+
+    rows = []
+    for fname, f in config_cls.model_fields.items():
+        bounds = {}
+        for m in f.metadata:
+            for b in _BOUNDS:
+                if getattr(m, b, None) is not None:
+                    bounds[b] = getattr(m, b)
+        required = f.is_required()
+        if f.default_factory is not None:
+            default = f.default_factory()
+        else:
+            default = None if f.default is PydanticUndefined else f.default
+        rows.append({"name": f.alias or fname, "type": _type_name(f.annotation), "required": required,
+                     "default": default, "bounds": bounds, "description": f.description or ""})
+    return rows
+
+
+def describe(rec: PluginRecord) -> dict:
+    """``rec`` for `selftrain plugins show`: its record plus API version, summary, config key
+    and options (a broken plugin has no class: no options)."""
+    cls = rec.cls
+    out = rec.as_dict() | {"config_key": CONFIG_KEYS.get(rec.group, ""),
+                           "options_key": CONFIG_KEYS.get(rec.group, "").rsplit(".", 1)[0] + ".options",
+                           "plugin_api": PLUGIN_API_VERSION}
+    if cls is None:
+        return out | {"api_version": None, "options": []}
+    out |= {"api_version": getattr(cls, "api_version", ""), "options": describe_options(cls.Config)}
+    if isinstance(getattr(cls, "requires", None), frozenset):
+        out["requires"] = sorted(cls.requires)
+    return out
+
+
+def _bounds_text(b: dict) -> str:
+    low = next(((v, "<" if k == "gt" else "<=") for k, v in b.items() if k in ("gt", "ge")), None)
+    high = next(((v, "<" if k == "lt" else "<=") for k, v in b.items() if k in ("lt", "le")), None)
+    if low and high:
+        parts = [f"{low[0]} {low[1]} x {high[1]} {high[0]}"]
+    elif low:
+        parts = [f"x {low[1].replace('<', '>')} {low[0]}"]
+    else:
+        parts = [f"x {high[1]} {high[0]}"] if high else []
+    parts += [f"{k}={v}" for k, v in b.items() if k not in ("gt", "ge", "lt", "le")]
+    return ", ".join(parts)
+
+
+def format_description(d: dict) -> str:
+    """The human-readable page of one plugin (``describe``'s dict)."""
+    import json
+
+    lines = [f"{d['name']}  ({d['group']}; {d['config_key']}: {d['name']})",
+             f"  distribution: {d['dist']} {d['version']}",
+             f"  entry point:  {d['value']}",
+             f"  status:       {d['status']}" + (f": {d['error']}" if d["error"] else "")]
+    if d["api_version"] is not None:
+        lines.append(f"  plugin API:   {d['api_version'] or '(no check)'}  (this selftrain provides {d['plugin_api']})")
+    if d["summary"]:
+        lines.append(f"  summary:      {d['summary']}")
+    if d.get("requires"):
+        lines.append(f"  backbones:    {', '.join(d['requires'])}")
+    if d["status"] != "ok":
+        return "\n".join(lines)
+    if not d["options"]:
+        lines.append(f"  options ({d['options_key']}): none")
+        return "\n".join(lines)
+    lines.append(f"  options ({d['options_key']}):")
+    for o in d["options"]:
+        default = "required" if o["required"] else f"default {json.dumps(o['default'], default=str)}"
+        bounds = _bounds_text(o["bounds"])
+        lines.append(f"    {o['name']}: {o['type']}, {default}" + (f", {bounds}" if bounds else ""))
+        if o["description"]:
+            lines.append(f"        {o['description']}")
+    return "\n".join(lines)

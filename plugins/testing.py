@@ -31,6 +31,7 @@ from selftrain.plugins import (
     RuntimeContext,
     Selection,
 )
+from selftrain.plugins.registry import check_api_version
 
 #: A small varied English corpus: tokenizers of the tiny presets are trained on it.
 SENTENCES: list[str] = [
@@ -77,10 +78,19 @@ SENTENCES: list[str] = [
 ]
 
 
+def check_api(plugin_cls: type) -> None:
+    """The gate of discovery: raise AssertionError with the message ``selftrain plugins list``
+    shows when ``plugin_cls.api_version`` does not admit this selftrain's plugin API."""
+    if err := check_api_version(plugin_cls):
+        raise AssertionError(f"{plugin_cls.__name__}: {err}")
+
+
 def _provider(model_provider: ModelProvider | type[ModelProvider]) -> ModelProvider:
     if isinstance(model_provider, ModelProvider):
+        check_api(type(model_provider))
         return model_provider
     if isinstance(model_provider, type) and issubclass(model_provider, ModelProvider):
+        check_api(model_provider)
         return model_provider(model_provider.Config())
     raise TypeError(f"model_provider must be a ModelProvider instance or subclass, got {model_provider!r}")
 
@@ -110,6 +120,7 @@ def build_objective(objective_cls: type[Objective], model_provider: ModelProvide
     with AutoModel/AutoTokenizer, build the objective on CPU. Returns (objective, token ids)."""
     from transformers import AutoModel, AutoTokenizer
 
+    check_api(objective_cls)
     provider = _provider(model_provider)
     name = objective_cls.__name__
     kind = provider.info().kind
@@ -221,6 +232,7 @@ def check_labeler(labeler_cls: type[Labeler], options: dict | None = None, *, se
     shapes and distributions (``Selection.validate``), integer index into the pool without
     repeats, finite non-negative weights, finite targets. Returns the Selection."""
     name = labeler_cls.__name__
+    check_api(labeler_cls)
     inputs = inputs or labeler_inputs(seed=seed)
     n, c = inputs.probs.shape
     labeler = labeler_cls(labeler_cls.Config(**(options or {})))
@@ -243,4 +255,4 @@ def check_labeler(labeler_cls: type[Labeler], options: dict | None = None, *, se
     return sel
 
 
-__all__ = ["SENTENCES", "build_objective", "check_labeler", "check_objective", "labeler_inputs"]
+__all__ = ["SENTENCES", "build_objective", "check_api", "check_labeler", "check_objective", "labeler_inputs"]

@@ -1,4 +1,7 @@
-"""Command line: ``selftrain run | config | plugins list | models list|show|promote|rollback``."""
+"""Command line: selftrain run | retrain | config | plugins list|show | models list|show|promote|rollback.
+
+Run "selftrain COMMAND --help" for a command's options.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +22,19 @@ def _prefect_env() -> None:
 
 def cmd_run(args) -> int:
     _prefect_env()
-    from selftrain.config import ConfigError, load_config
 
     overrides = list(args.set or [])
     if args.output:
         overrides.append(f"output_dir={args.output}")
+    # the data's obvious errors first: before load_config (whose plugin checks import torch) and any write
+    from selftrain.core.preflight import check_run
+
+    problem = check_run(args.config, overrides)
+    if problem:
+        print(f"selftrain: {problem}", file=sys.stderr)
+        return 2
+    from selftrain.config import ConfigError, load_config
+
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as exc:
@@ -48,6 +59,9 @@ def cmd_run(args) -> int:
 def cmd_config(args) -> int:
     from selftrain.config import ConfigError, PipelineConfig, load_config
 
+    if args.schema and args.show:
+        print("selftrain: config: --show and --schema exclude each other. Fix: pass one of them", file=sys.stderr)
+        return 2
     if args.schema:
         print(json.dumps(PipelineConfig.model_json_schema(by_alias=True), indent=2))
         return 0
@@ -78,6 +92,22 @@ def cmd_plugins(args) -> int:
         summary = f"  - {r.cls.summary}" if r.cls is not None and r.cls.summary else ""
         print(f"  {r.name:<12} {r.dist} {r.version}  [{status}]{summary}")
     return 1 if args.strict and any(r.status == "error" for r in recs) else 0
+
+
+def cmd_plugins_show(args) -> int:
+    from selftrain.plugins.registry import PluginError, describe, find, format_description
+
+    try:
+        recs = find(args.name, args.group)
+    except PluginError as exc:
+        print(f"selftrain: {exc}", file=sys.stderr)
+        return 2
+    pages = [describe(r) for r in recs]
+    if args.json:
+        print(json.dumps(pages, indent=2, default=str))
+    else:
+        print("\n\n".join(format_description(d) for d in pages))
+    return 0
 
 
 def _registry(args):
@@ -179,7 +209,8 @@ def cmd_retrain(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="selftrain", description=__doc__)
+    p = argparse.ArgumentParser(prog="selftrain", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run the whole pipeline (a Prefect flow)")
@@ -198,8 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     rt.set_defaults(func=cmd_retrain)
 
     c = sub.add_parser("config", help="print the resolved config (or its JSON schema)")
-    c.add_argument("--config", "-c")
-    c.add_argument("--set", "-s", action="append", metavar="KEY=VALUE")
+    c.add_argument("--config", "-c", help="YAML config (default: the built-in demo config)")
+    c.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override, e.g. --set pretrain.epochs=2")
+    c.add_argument("--show", action="store_true",
+                   help="print the resolved config as YAML (the default; accepted for clarity in scripts)")
     c.add_argument("--schema", action="store_true", help="print the JSON schema with every field's help text")
     c.set_defaults(func=cmd_config)
 
@@ -209,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.add_argument("--strict", action="store_true", help="exit 1 if any plugin is broken")
     ls.set_defaults(func=cmd_plugins)
+    sh = psub.add_parser("show", help="one plugin: distribution, API version, summary and every option of its "
+                         "Config (type, default, bounds, description)")
+    sh.add_argument("name", help="the entry-point name, e.g. mlm, tiny-bert, threshold")
+    sh.add_argument("--group", "-g", help="only this entry-point group, e.g. selftrain.objectives "
+                    "(default: every group that has NAME)")
+    sh.add_argument("--json", action="store_true", help="machine-readable output (a list: one record per group)")
+    sh.set_defaults(func=cmd_plugins_show)
 
     m = sub.add_parser("models", help="the model registry of the retrain flow: list, show, promote, rollback")
     msub = m.add_subparsers(dest="models_command", required=True)

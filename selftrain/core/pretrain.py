@@ -69,14 +69,50 @@ def _read_losses(pending: list[torch.Tensor], losses: list[float], done: int) ->
     losses.extend(values)
 
 
+def _checkpoint_key(p: Path) -> str | None:
+    try:
+        return json.loads((p / "state.json").read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _latest_checkpoint(ckpt_dir: Path, key: str) -> Path | None:
     best = None
     for p in ckpt_dir.glob("step-*"):
-        meta = p / "state.json"
-        if p.is_dir() and meta.exists() and json.loads(meta.read_text()).get("key") == key:
+        if p.is_dir() and _checkpoint_key(p) == key:
             if best is None or int(p.name[5:]) > int(best.name[5:]):
                 best = p
     return best
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed safely (not tensors and numbers only, or unreadable)."""
+
+
+def load_optim_state(path: Path, device) -> dict:
+    """The optimizer and scheduler state of a checkpoint, loaded with ``weights_only=True``.
+
+    Optimizer and scheduler states are tensors, numbers, strings, lists, tuples and dicts,
+    all of which the weights-only unpickler accepts; anything else in the file (a pickled
+    class, a function, an ``os.system`` call) is refused instead of being executed.
+    """
+    import pickle
+
+    try:
+        st = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        # torch's message is a page long (and suggests weights_only=False); keep the line naming the global
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = next((ln.rstrip(".") for ln in lines if "GLOBAL" in ln or "global" in ln),
+                   lines[-1][:200] if lines else type(exc).__name__)
+        raise CheckpointError(
+            f"refusing to resume from {path}: it holds more than tensors and numbers ({why}). "
+            f"Fix: delete {path.parent} (or the whole checkpoints folder) to start this stage over, "
+            "and only resume from checkpoints you wrote yourself") from None
+    if not isinstance(st, dict) or not {"optimizer", "scheduler"} <= set(st):
+        raise CheckpointError(f"refusing to resume from {path}: expected a dict with 'optimizer' and 'scheduler'. "
+                              f"Fix: delete {path.parent} to start this stage over")
+    return st
 
 
 def _save_checkpoint(ckpt_dir: Path, step: int, key: str, backbone, objective, opt, sched, keep: int = 2) -> None:
@@ -92,8 +128,13 @@ def _save_checkpoint(ckpt_dir: Path, step: int, key: str, backbone, objective, o
     (tmp / "state.json").write_text(json.dumps({"step": step, "key": key}))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)  # a checkpoint exists whole or not at all
-    steps = sorted((int(p.name[5:]), p) for p in ckpt_dir.glob("step-*") if p.is_dir())
-    for _, p in steps[:-keep]:
+    # keep this job's last ``keep``; another job's checkpoints (an earlier config in the same
+    # run directory) would otherwise count among the kept ones and push this job's out
+    mine, others = [], []
+    for p in ckpt_dir.glob("step-*"):
+        if p.is_dir():
+            (mine if _checkpoint_key(p) == key else others).append((int(p.name[5:]), p))
+    for _, p in others + sorted(mine)[:-keep]:
         shutil.rmtree(p, ignore_errors=True)
 
 
@@ -144,7 +185,7 @@ def pretrain(
         model.load_state_dict(load_file(last / "model.safetensors", device=str(ctx.device)), strict=False)
         if heads is not None and (last / "heads.safetensors").exists():
             heads.load_state_dict(load_file(last / "heads.safetensors", device=str(ctx.device)))
-        st = torch.load(last / "optim.pt", map_location=ctx.device, weights_only=False)
+        st = load_optim_state(last / "optim.pt", ctx.device)
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         start = json.loads((last / "state.json").read_text())["step"]
@@ -182,9 +223,10 @@ def pretrain(
             log({"event": "step", "step": done, "total": total, "loss": float(np.mean(result.losses[-10:])),
                  "tokens_per_s": window_tokens / max(now - window_t, 1e-9), "lr": sched.get_last_lr()[0]})
             window_tokens, window_t = 0, now
-        if done % cfg.checkpoint_every == 0 and done < total:
+        if done % cfg.checkpoint_every == 0 or done == total:
+            # the final step is checkpointed too, so the last two kept include it
             _save_checkpoint(ckpt, done, key, backbone, objective, opt, sched)
-            if stop_after is not None and done >= stop_after:
+            if stop_after is not None and done >= stop_after and done < total:
                 result.seconds = time.perf_counter() - t0
                 raise InterruptedError(f"stopped after step {done} (stop_after)")
     result.seconds = time.perf_counter() - t0

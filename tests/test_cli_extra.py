@@ -1,0 +1,127 @@
+"""CLI items of a first hour: `plugins show`, `config --show`, a readable `--help`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from selftrain.cli import build_parser, main
+from selftrain.plugins import registry
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "examples" / "configs" / "tiny.yaml"
+
+
+def _cli(args, tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.run([sys.executable, "-m", "selftrain.cli", *args], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=ROOT)
+
+
+# ---------------------------------------------------------------- plugins show
+def test_plugins_show_prints_group_dist_api_summary_and_every_option(capsys):
+    from selftrain import __version__
+    from selftrain.plugins.objectives.mlm import MaskedLM
+
+    assert main(["plugins", "show", "mlm"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mlm  (selftrain.objectives; pretrain.objective: mlm)")
+    assert f"distribution: selftrain {__version__}" in out
+    assert f"plugin API:   {MaskedLM.api_version}  (this selftrain provides 1.0)" in out
+    assert f"summary:      {MaskedLM.summary}" in out
+    assert "options (pretrain.options):" in out
+    assert "    mask_rate: float, default 0.15, 0 < x < 1\n        Fraction of non-special tokens" in out
+    for name in MaskedLM.Config.model_fields:
+        assert f"    {name}: " in out, name
+
+
+def test_plugins_show_bounds_optional_types_and_json(capsys):
+    assert main(["plugins", "show", "threshold", "--json"]) == 0
+    [page] = json.loads(capsys.readouterr().out)
+    assert page["group"] == "selftrain.labelers" and page["dist"] == "selftrain" and page["api_version"] == ">=1,<2"
+    opts = {o["name"]: o for o in page["options"]}
+    assert opts["threshold"] == {"name": "threshold", "type": "float", "required": False, "default": 0.9,
+                                 "bounds": {"ge": 0, "le": 1}, "description": opts["threshold"]["description"]}
+    assert opts["threshold"]["description"]
+    assert opts["target_precision"]["type"] == "float | None" and opts["target_precision"]["default"] is None
+    assert main(["plugins", "show", "tiny-bert", "--group", "models"]) == 0
+    assert "    vocab_size: int, default 2000, x >= 200\n" in capsys.readouterr().out
+
+
+def test_plugins_show_a_name_in_several_groups_shows_each(monkeypatch, capsys):
+    real = registry.discover
+    from selftrain.plugins.labelers.threshold import ConfidenceThreshold
+
+    twin = registry.PluginRecord(group="selftrain.labelers", name="mlm", value="acme:MlmLabeler", dist="acme",
+                                 version="0.2", status="ok", cls=ConfidenceThreshold)
+
+    def fake(group):
+        return real(group) + ((twin,) if group == "selftrain.labelers" else ())
+
+    monkeypatch.setattr(registry, "discover", fake)
+    assert main(["plugins", "show", "mlm"]) == 0
+    out = capsys.readouterr().out
+    assert "mlm  (selftrain.objectives;" in out and "mlm  (selftrain.labelers;" in out
+    assert "distribution: acme 0.2" in out
+    assert main(["plugins", "show", "mlm", "--group", "selftrain.labelers", "--json"]) == 0
+    assert [p["group"] for p in json.loads(capsys.readouterr().out)] == ["selftrain.labelers"]
+
+
+def test_plugins_show_a_broken_plugin_shows_its_error(monkeypatch, capsys):
+    real = registry.discover
+    broken = registry.PluginRecord(group="selftrain.objectives", name="future", value="acme:Future", dist="acme",
+                                   version="0.3", status="error", error="written for plugin API >=2, but ...")
+    monkeypatch.setattr(registry, "discover", lambda g: real(g) + ((broken,) if g == "selftrain.objectives" else ()))
+    assert main(["plugins", "show", "future"]) == 0
+    out = capsys.readouterr().out
+    assert "status:       error: written for plugin API >=2" in out and "options" not in out
+
+
+def test_plugins_show_unknown_name_is_one_line_rc2(tmp_path):
+    out = _cli(["plugins", "show", "mlmm"], tmp_path)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("selftrain: Unknown plugin 'mlmm'; installed: clm, hf, mlm,")
+    for name in ["simcse", "soft", "threshold", "tiny-bert", "topk", "tsdae"]:
+        assert name in lines[0]
+
+
+# ---------------------------------------------------------------- config --show
+def test_config_show_prints_the_resolved_yaml(capsys):
+    assert main(["config", "--show", "-c", str(TINY), "--set", "pretrain.epochs=3"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["run_name"] == "tiny" and shown["pretrain"]["epochs"] == 3 and shown["data"]["source"] == "builtin:bbc"
+    assert main(["config", "-c", str(TINY)]) == 0, "without --show it still prints the config"
+    assert yaml.safe_load(capsys.readouterr().out)["run_name"] == "tiny"
+
+
+def test_config_show_and_schema_together_is_an_error(capsys):
+    assert main(["config", "--show", "--schema"]) == 2
+    assert "--show and --schema" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- --help
+def test_top_level_help_is_plain_text_and_lists_every_command():
+    text = build_parser().format_help()
+    assert "``" not in text
+    for cmd in ["run", "retrain", "config", "plugins", "models"]:
+        assert cmd in text
+    assert "retrain" in text.split("positional arguments")[0], "the description names retrain too"
+    assert "plugins list|show" in text
+
+
+@pytest.mark.parametrize("argv", [["plugins", "show", "--help"], ["config", "--help"]])
+def test_subcommand_help_mentions_the_new_options(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert ("--group" in out and "--json" in out) if "show" in argv else "--show" in out
