@@ -198,10 +198,10 @@ def finetune_flow(config: PipelineConfig, clean: str, base_model: str | None, na
 
 @flow(name="pseudo-label")
 def pseudo_label_flow(config: PipelineConfig, clean: str, teacher: str, round_: int = 1,
-                      also: list[str] | None = None) -> dict:
-    """The teacher (averaged with ``also``) scores the unlabeled pool; the labeler keeps a subset
-    (a heavy stage: the gpu pool's work)."""
-    return _record(config, task_stages(config).pseudo_label(config, clean, teacher, round_, also))
+                      also: list[str] | None = None, previous: str | None = None) -> dict:
+    """The teacher (averaged with ``also``) scores the unlabeled pool; the labeler keeps a subset,
+    growing ``previous`` (the round before's pseudo-labels) if it does (a heavy stage: the gpu pool's work)."""
+    return _record(config, task_stages(config).pseudo_label(config, clean, teacher, round_, also, previous))
 
 
 # the heavy stages (Stages field -> stage flow) that execution.heavy_stages=deployments sends away
@@ -209,7 +209,7 @@ HEAVY = {"pretrain": pretrain_flow, "finetune": finetune_flow, "pseudo_label": p
 
 
 @flow(name="evaluate")
-def evaluate_flow(config: PipelineConfig, clean: str, models: dict[str, str], val_scores: dict[str, float],
+def evaluate_flow(config: PipelineConfig, clean: str, models: dict[str, str], val_scores: dict[str, float | None],
                   baseline: str | None, final: str) -> dict:
     res = task_stages(config).evaluate(config, clean, models, val_scores, baseline, final)
     publish(config)("markdown", "metrics", res["markdown"])

@@ -8,6 +8,7 @@ group                  base class                             chosen in config b
 selftrain.objectives   :class:`Objective` (pretext task)      ``pretrain.objective``
 selftrain.models       :class:`ModelProvider` (backbones)     ``model.name``
 selftrain.labelers     :class:`Labeler` (pseudo-label pick)   ``pseudo_label.labeler``
+selftrain.classifiers  :class:`Classifier` (fit/predict/save) ``classifier.name``
 =====================  =====================================  ==========================
 
 The built-ins register through selftrain's own ``pyproject.toml`` entry points, the same
@@ -29,8 +30,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-PLUGIN_API_VERSION = "1.0"
-"""Version of this API. Bumped in the major part on breaking changes."""
+PLUGIN_API_VERSION = "1.1"
+"""Version of this API. Bumped in the major part on breaking changes (1.1 added the
+classifiers group and the embedding fields of :class:`LabelerInputs`)."""
 
 BackboneKind = Literal["encoder", "decoder"]
 
@@ -52,6 +54,7 @@ class RuntimeContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16 on CUDA, None on CPU
     seed: int = 0
+    cache_dir: str | None = None  # where a plugin may cache derived arrays (e.g. embeddings); None: no cache
 
 
 @dataclass
@@ -198,8 +201,16 @@ class LabelerInputs:
 
     probs: (N, C) calibrated teacher probabilities on the unlabeled pool.
     val_probs: (V, C) the same on the validation split, val_labels: (V,) its gold labels,
-    so a labeler can set thresholds from measured precision rather than guesses.
+    so a labeler can set thresholds from measured precision rather than guesses (V may be 0:
+    a run without validation labels).
     train_counts: (C,) gold labels per class in the labeled train split.
+
+    Filled only for labelers with ``needs_embeddings = True`` (else None):
+    pool_embeddings: (N, H) the teacher's sentence embeddings of the pool (L2-normalised);
+    train_embeddings: (G, H) those of the gold train rows, train_labels: (G,) their labels.
+    Always filled: round / rounds (1-based round of self-training, and how many are planned);
+    previous: what this labeler kept in the round before (None in round 1), so a labeler can
+    grow its selection over rounds.
     """
 
     probs: np.ndarray
@@ -207,16 +218,111 @@ class LabelerInputs:
     val_labels: np.ndarray
     train_counts: np.ndarray
     label_names: list[str]
+    pool_embeddings: np.ndarray | None = None
+    train_embeddings: np.ndarray | None = None
+    train_labels: np.ndarray | None = None
+    round: int = 1
+    rounds: int = 1
+    previous: Selection | None = None
+    seed: int = 0
 
 
 class Labeler(_Plugin):
-    """A pseudo-label selection strategy."""
+    """A pseudo-label selection strategy. An empty selection (M = 0) is valid: the run then
+    trains no student for that round and says why (put the reason in ``Selection.notes``)."""
+
+    #: True: the stage hands over sentence embeddings of the pool and the gold rows.
+    needs_embeddings: ClassVar[bool] = False
 
     def __init__(self, config: PluginConfig):
         self.config = config
 
     @abstractmethod
     def select(self, inputs: LabelerInputs) -> Selection: ...
+
+
+# ---------------------------------------------------------------- classifiers
+@dataclass
+class LabeledRows:
+    """Rows a classifier trains on. texts: (N,); targets: (N, C) distributions (one-hot for gold
+    rows and hard pseudo-labels); weights: (N,) loss weights; the first ``n_gold`` rows are gold
+    labels, the rest pseudo-labels. noisy: (N,) bool, rows whose tokens a classifier that
+    ``supports_token_noise`` drops with probability ``token_dropout`` (Noisy Student)."""
+
+    texts: list[str]
+    targets: np.ndarray
+    weights: np.ndarray
+    n_gold: int
+    noisy: np.ndarray | None = None
+    token_dropout: float = 0.0
+
+
+@dataclass
+class FitReport:
+    """What ``Classifier.fit`` returns. Validation fields are None / empty when the run has no
+    validation rows. ``val_pred``: (V,) predictions of the saved model, for paired comparisons."""
+
+    val_macro_f1: float | None
+    val_loss: float | None
+    val_pred: list[int]
+    best_epoch: int = 0
+    epochs_run: int = 0
+    seconds: float = 0.0
+    temperature: float = 1.0
+    notes: list[str] = field(default_factory=list)
+
+
+class TrainedClassifier(ABC):
+    """A saved classifier, loaded: probabilities and (optionally) sentence embeddings."""
+
+    label_names: list[str]
+
+    @abstractmethod
+    def predict_proba(self, texts: list[str], batch_size: int = 128, progress=None) -> np.ndarray:
+        """(N,) texts -> (N, C) float32 class probabilities (calibrated where the plugin calibrates)."""
+
+    def embed(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        """(N,) texts -> (N, H) L2-normalised sentence embeddings of the classifier's body."""
+        raise NotImplementedError(f"{type(self).__name__} has no sentence embeddings")
+
+
+class Classifier(_Plugin):
+    """How a classifier is trained from a backbone and labelled rows, saved and loaded.
+
+    The baseline, the teacher and every student are trained by the configured classifier
+    (``classifier.name``); pseudo-labelling, evaluation and the retrain flow's frozen-set
+    scoring load saved models through :meth:`load`. Capabilities are declared so that
+    impossible combinations are refused when the config is validated, before any work.
+    """
+
+    #: trains on soft target distributions (else targets are reduced to their argmax).
+    supports_soft_targets: ClassVar[bool] = True
+    #: honours per-row loss weights.
+    supports_sample_weights: ClassVar[bool] = True
+    #: honours LabeledRows.noisy / token_dropout (pseudo_label.noise).
+    supports_token_noise: ClassVar[bool] = False
+    #: a saved model can be the starting point of a further fit (student_init: teacher, refit_on_gold).
+    supports_warm_start: ClassVar[bool] = False
+    #: needs validation rows (e.g. early stopping): refused with data.val_per_class: 0.
+    needs_validation: ClassVar[bool] = False
+    #: which plain libraries load a saved model (written into the model card).
+    loadable_with: ClassVar[str] = ""
+
+    def __init__(self, config: PluginConfig, ctx: RuntimeContext, max_length: int, settings: dict | None = None):
+        """``settings``: the run's ``finetune`` section as a dict (epochs, lr, batch_size, ...)."""
+        self.config = config
+        self.ctx = ctx
+        self.max_length = max_length
+        self.settings = settings or {}
+
+    @abstractmethod
+    def fit(self, init_dir: str, label_names: list[str], train: LabeledRows, val_texts: list[str],
+            val_labels: np.ndarray, out_dir: str, max_epochs: int | None = None, log=lambda rec: None) -> FitReport:
+        """Train from ``init_dir`` (a backbone, or a model this plugin saved when it
+        ``supports_warm_start``) and save into ``out_dir``, which :meth:`load` must accept."""
+
+    @abstractmethod
+    def load(self, model_dir: str, label_names: list[str]) -> TrainedClassifier: ...
 
 
 def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -230,6 +336,10 @@ __all__ = [
     "PLUGIN_API_VERSION",
     "Backbone",
     "BackboneKind",
+    "Classifier",
+    "FitReport",
+    "LabeledRows",
+    "TrainedClassifier",
     "Labeler",
     "LabelerInputs",
     "ModelInfo",

@@ -22,18 +22,20 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from selftrain.plugins import PLUGIN_API_VERSION, Labeler, ModelProvider, Objective
+from selftrain.plugins import PLUGIN_API_VERSION, Classifier, Labeler, ModelProvider, Objective
 
 GROUPS: dict[str, type] = {
     "selftrain.objectives": Objective,
     "selftrain.models": ModelProvider,
     "selftrain.labelers": Labeler,
+    "selftrain.classifiers": Classifier,
 }
 #: config key that names the plugin of each group, for error messages.
 CONFIG_KEYS = {
     "selftrain.objectives": "pretrain.objective",
     "selftrain.models": "model.name",
     "selftrain.labelers": "pseudo_label.labeler",
+    "selftrain.classifiers": "classifier.name",
 }
 OWN_DIST = "selftrain"
 

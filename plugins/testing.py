@@ -1,6 +1,6 @@
 """Contract checks for plugin authors, usable from pytest (or any script).
 
-    from selftrain.plugins.testing import check_objective, check_labeler
+    from selftrain.plugins.testing import check_classifier, check_labeler, check_objective
     from selftrain.plugins.models.presets import TinyBert
 
     def test_my_objective(tmp_path):
@@ -9,7 +9,10 @@
     def test_my_labeler():
         check_labeler(MyLabeler)
 
-Both raise ``AssertionError`` with a message that says what broke. They run on CPU with
+    def test_my_classifier(tmp_path):
+        check_classifier(MyClassifier, TinyBert, tmp_path)
+
+All raise ``AssertionError`` with a message that says what broke. They run on CPU with
 tiny models in a few seconds. This module imports neither pytest nor selftrain's core.
 """
 
@@ -24,6 +27,9 @@ import torch
 
 from selftrain.plugins import (
     Backbone,
+    Classifier,
+    FitReport,
+    LabeledRows,
     Labeler,
     LabelerInputs,
     ModelProvider,
@@ -212,18 +218,33 @@ def check_objective(objective_cls: type[Objective], model_provider: ModelProvide
     return {"losses": losses, "overfit": overfit}
 
 
-def labeler_inputs(n: int = 200, n_classes: int = 3, n_val: int = 90, seed: int = 0) -> LabelerInputs:
-    """Random but plausible teacher outputs: Dirichlet pool probabilities, and validation
-    probabilities that lean towards the gold label (so precision thresholds are meaningful)."""
+def _clusters(labels: np.ndarray, n_classes: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """(M,) labels -> (M, dim) L2-normalised points around one random centre per class."""
+    centres = np.random.default_rng(12345).normal(size=(n_classes, dim))
+    x = centres[labels] + 0.5 * rng.normal(size=(len(labels), dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def labeler_inputs(n: int = 200, n_classes: int = 3, n_val: int = 90, seed: int = 0, dim: int = 16,
+                   n_train: int = 30) -> LabelerInputs:
+    """Random but plausible teacher outputs: Dirichlet pool probabilities that lean towards each
+    pool row's hidden class, validation probabilities that lean towards the gold label (so
+    precision thresholds are meaningful), and clustered (N, dim) / (n_train, dim) embeddings for
+    labelers that ``needs_embeddings``. ``n_val=0``: a run without validation rows."""
     rng = np.random.default_rng(seed)
-    probs = rng.dirichlet(np.full(n_classes, 0.7), size=n).astype(np.float32)
+    hidden = rng.integers(0, n_classes, size=n)
+    probs = (0.4 * np.eye(n_classes)[hidden] + 0.6 * rng.dirichlet(np.full(n_classes, 0.7), size=n)).astype(np.float32)
     val_labels = rng.integers(0, n_classes, size=n_val)
     noise = rng.dirichlet(np.full(n_classes, 0.7), size=n_val)
     gold = np.eye(n_classes)[val_labels]
-    val_probs = (0.5 * gold + 0.5 * noise).astype(np.float32)
-    train_counts = np.bincount(rng.integers(0, n_classes, size=30), minlength=n_classes)
+    val_probs = (0.5 * gold + 0.5 * noise).astype(np.float32).reshape(n_val, n_classes)
+    train_labels = np.concatenate([np.arange(n_classes), rng.integers(0, n_classes, size=max(n_train - n_classes, 0))])
     return LabelerInputs(probs=probs, val_probs=val_probs, val_labels=val_labels,
-                         train_counts=train_counts, label_names=[f"class{c}" for c in range(n_classes)])
+                         train_counts=np.bincount(train_labels, minlength=n_classes),
+                         label_names=[f"class{c}" for c in range(n_classes)],
+                         pool_embeddings=_clusters(hidden, n_classes, dim, rng),
+                         train_embeddings=_clusters(train_labels, n_classes, dim, rng),
+                         train_labels=train_labels.astype(np.int64), seed=seed)
 
 
 def check_labeler(labeler_cls: type[Labeler], options: dict | None = None, *, seed: int = 0,
@@ -255,4 +276,83 @@ def check_labeler(labeler_cls: type[Labeler], options: dict | None = None, *, se
     return sel
 
 
-__all__ = ["SENTENCES", "build_objective", "check_api", "check_labeler", "check_objective", "labeler_inputs"]
+#: Two topics the tiny presets' tokenizers know, for classifier checks: (text, class id).
+TOPIC_ROWS: list[tuple[str, int]] = [
+    ("Stock markets fell sharply after the announcement.", 0),
+    ("The startup raised ten million dollars in its first round.", 0),
+    ("Electric cars are becoming cheaper every year.", 0),
+    ("He apologised for the misunderstanding and offered a refund.", 0),
+    ("The delivery arrived late and the box was damaged.", 0),
+    ("Our team finally shipped the feature after weeks of testing.", 0),
+    ("A violinist performed on the corner of the busy street.", 1),
+    ("The orchestra's performance received a standing ovation.", 1),
+    ("I can't believe how expensive concert tickets have become!", 1),
+    ("Birds gathered on the wires before flying south.", 1),
+    ("Volunteers planted hundreds of trees along the river.", 1),
+    ("Snow covered the village overnight, closing every school.", 1),
+]
+
+
+def check_classifier(classifier_cls: type[Classifier], model_provider: ModelProvider | type[ModelProvider],
+                     tmp_path: str | Path, options: dict | None = None, settings: dict | None = None,
+                     seed: int = 0) -> FitReport:
+    """Fit ``classifier_cls`` from the provider's backbone on 12 labelled rows (two classes, one
+    soft and one down-weighted pseudo row among them when the plugin declares support), with and
+    without validation rows, and check: capabilities are bools, ``fit`` returns a FitReport,
+    ``load`` of the saved directory gives (N, C) finite probabilities that sum to 1 and equal
+    across two loads, ``embed`` (where implemented) gives (N, H) finite rows, and a warm start
+    from the saved model works where ``supports_warm_start``. Returns the first FitReport."""
+    check_api(classifier_cls)
+    name = classifier_cls.__name__
+    for flag in ("supports_soft_targets", "supports_sample_weights", "supports_token_noise",
+                 "supports_warm_start", "needs_validation"):
+        if not isinstance(getattr(classifier_cls, flag, None), bool):
+            raise AssertionError(f"{name}.{flag} must be a bool class attribute")
+    tmp = Path(tmp_path)
+    provider = _provider(model_provider)
+    init = provider.materialize(SENTENCES, str(tmp / "backbone"), seed=seed)
+    texts = [t for t, _ in TOPIC_ROWS]
+    y = np.array([c for _, c in TOPIC_ROWS])
+    targets = np.eye(2, dtype=np.float32)[y]
+    weights = np.ones(len(y), np.float32)
+    if classifier_cls.supports_soft_targets:
+        targets[-1] = [0.3, 0.7]
+    if classifier_cls.supports_sample_weights:
+        weights[-2:] = 0.5
+    rows = LabeledRows(texts=texts, targets=targets, weights=weights, n_gold=len(y) - 2)
+    labels = ["business", "culture"]
+    ctx = RuntimeContext(device=torch.device("cpu"), seed=seed)
+    clf = classifier_cls(classifier_cls.Config(**(options or {})), ctx, 32, settings or {"epochs": 2, "batch_size": 4})
+    val_texts, val_labels = texts[:4], y[:4]
+    if not classifier_cls.needs_validation:
+        rep0 = clf.fit(init, labels, rows, [], np.zeros(0, np.int64), str(tmp / "noval"))
+        if not isinstance(rep0, FitReport):
+            raise AssertionError(f"{name}.fit must return a selftrain.plugins.FitReport, got {type(rep0).__name__}")
+    report = clf.fit(init, labels, rows, val_texts, val_labels, str(tmp / "model"))
+    if not isinstance(report, FitReport):
+        raise AssertionError(f"{name}.fit must return a selftrain.plugins.FitReport, got {type(report).__name__}")
+    if report.val_macro_f1 is not None and not 0.0 <= report.val_macro_f1 <= 1.0:
+        raise AssertionError(f"{name}.fit: val_macro_f1 {report.val_macro_f1} is outside [0, 1]")
+    p1 = np.asarray(clf.load(str(tmp / "model"), labels).predict_proba(texts))
+    p2 = np.asarray(classifier_cls(clf.config, ctx, 32, clf.settings).load(str(tmp / "model"), labels).predict_proba(texts))
+    if p1.shape != (len(texts), 2):
+        raise AssertionError(f"{name}: predict_proba returned shape {p1.shape}, expected {(len(texts), 2)}")
+    if not np.isfinite(p1).all() or not np.allclose(p1.sum(1), 1.0, atol=1e-4):
+        raise AssertionError(f"{name}: predict_proba rows must be finite distributions (sum to 1)")
+    if not np.allclose(p1, p2, atol=1e-5):
+        raise AssertionError(f"{name}: two loads of the same saved model predict differently (max diff {np.abs(p1 - p2).max():.2e})")
+    trained = clf.load(str(tmp / "model"), labels)
+    try:
+        emb = np.asarray(trained.embed(texts[:3]))
+    except NotImplementedError:
+        emb = None
+    if emb is not None and (emb.ndim != 2 or len(emb) != 3 or not np.isfinite(emb).all()):
+        raise AssertionError(f"{name}: embed returned {emb.shape if hasattr(emb, 'shape') else emb}, expected (3, H) finite")
+    if classifier_cls.supports_warm_start:
+        clf.fit(str(tmp / "model"), labels, rows, val_texts, val_labels, str(tmp / "warm"), max_epochs=1)
+        clf.load(str(tmp / "warm"), labels).predict_proba(texts[:2])
+    return report
+
+
+__all__ = ["SENTENCES", "TOPIC_ROWS", "build_objective", "check_api", "check_classifier", "check_labeler",
+           "check_objective", "labeler_inputs"]

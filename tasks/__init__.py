@@ -20,10 +20,10 @@ ingest = task(stages.ingest, name="ingest", **RETRY)
 validate = task(stages.validate, name="validate", cache_key_fn=stage_key("validate_", "data"), **RETRY, **PERSIST)
 pretrain = task(stages.pretrain_stage, name="pretrain", cache_key_fn=stage_key("pretrain", "model"), **RETRY, **PERSIST)
 finetune = task(stages.finetune_stage, name="finetune", task_run_name="finetune-{name}",
-                cache_key_fn=stage_key("finetune", "model", "pseudo_label"), **RETRY, **PERSIST)
+                cache_key_fn=stage_key("finetune", "model", "classifier", "pseudo_label"), **RETRY, **PERSIST)
 pseudo_label = task(stages.pseudo_label_stage, name="pseudo-label", task_run_name="pseudo-label-r{round_}",
-                    cache_key_fn=stage_key("pseudo_label", "model"), **RETRY, **PERSIST)
-evaluate = task(stages.evaluate_stage, name="evaluate", cache_key_fn=stage_key("evaluate", "model"), **RETRY, **PERSIST)
+                    cache_key_fn=stage_key("pseudo_label", "model", "classifier"), **RETRY, **PERSIST)
+evaluate = task(stages.evaluate_stage, name="evaluate", cache_key_fn=stage_key("evaluate", "model", "classifier"), **RETRY, **PERSIST)
 
 ALL = {"ingest": ingest, "validate": validate, "pretrain": pretrain, "finetune": finetune,
        "pseudo_label": pseudo_label, "evaluate": evaluate}

@@ -31,7 +31,7 @@ def test_plugins_list_shows_builtins(tmp_path):
 
 
 def test_bad_config_fails_before_work_with_the_fix(tmp_path):
-    out = _run(["run", "--set", "pretrain.objective=mlmm", "-o", str(tmp_path / "r")], tmp_path)
+    out = _run(["run", "--set", "pretrain.enabled=true", "--set", "pretrain.objective=mlmm", "-o", str(tmp_path / "r")], tmp_path)
     assert out.returncode == 2
     assert "Unknown objective 'mlmm'; installed:" in out.stderr and "Fix pretrain.objective" in out.stderr
     assert not (tmp_path / "r").exists(), "no work may start on a bad config"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from selftrain.cli import build_parser, main
-from selftrain.plugins import registry
+from selftrain.plugins import PLUGIN_API_VERSION, registry
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "examples" / "configs" / "tiny.yaml"
@@ -34,7 +34,7 @@ def test_plugins_show_prints_group_dist_api_summary_and_every_option(capsys):
     out = capsys.readouterr().out
     assert out.startswith("mlm  (selftrain.objectives; pretrain.objective: mlm)")
     assert f"distribution: selftrain {__version__}" in out
-    assert f"plugin API:   {MaskedLM.api_version}  (this selftrain provides 1.0)" in out
+    assert f"plugin API:   {MaskedLM.api_version}  (this selftrain provides {PLUGIN_API_VERSION})" in out
     assert f"summary:      {MaskedLM.summary}" in out
     assert "options (pretrain.options):" in out
     assert "    mask_rate: float, default 0.15, 0 < x < 1\n        Fraction of non-special tokens" in out
@@ -89,7 +89,7 @@ def test_plugins_show_unknown_name_is_one_line_rc2(tmp_path):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
-    assert lines[0].startswith("selftrain: Unknown plugin 'mlmm'; installed: clm, hf, mlm,")
+    assert lines[0].startswith("selftrain: Unknown plugin 'mlmm'; installed: agree, clm, finetune, hf, mlm,")
     for name in ["simcse", "soft", "threshold", "tiny-bert", "topk", "tsdae"]:
         assert name in lines[0]
 

@@ -14,8 +14,9 @@ SHIPPED = sorted((ROOT / "examples" / "configs").glob("*.yaml"))
 
 def test_defaults_are_the_demo():
     cfg = load_config()
-    assert cfg.data.source == "builtin:tweets"
-    assert cfg.model.name == "hf" and cfg.pretrain.objective == "simcse"
+    assert cfg.data.source == "builtin:bbc" and cfg.data.labels_per_class == 4 and cfg.data.val_per_class == 0
+    assert cfg.model.name == "hf" and cfg.classifier.name == "probe" and cfg.pseudo_label.labeler == "agree"
+    assert not cfg.pretrain.enabled and cfg.pretrain.objective == "simcse"  # available, off: not measured to pay
     assert cfg.run_dir.endswith("demo")
 
 
@@ -30,8 +31,8 @@ def test_there_are_shipped_configs():
 
 
 def test_overrides_are_typed_and_nested():
-    cfg = load_config(None, ["pretrain.epochs=2.5", "data.labels=[a, b]", "pseudo_label.options={k_per_class: 7}",
-                             "model.max_length=32"])
+    cfg = load_config(None, ["pretrain.epochs=2.5", "data.labels=[a, b]", "pseudo_label.labeler=soft",
+                             "pseudo_label.options={k_per_class: 7}", "model.max_length=32"])
     assert cfg.pretrain.epochs == 2.5
     assert cfg.data.labels == ["a", "b"]
     assert cfg.pseudo_label.options == {"k_per_class": 7}
@@ -54,23 +55,23 @@ def test_bad_value_names_the_key():
 
 def test_unknown_objective_lists_installed():
     with pytest.raises(ConfigError) as exc:
-        load_config(None, ["pretrain.objective=mlmm"])
+        load_config(None, ["pretrain.enabled=true", "pretrain.objective=mlmm"])
     msg = str(exc.value)
     assert "Unknown objective 'mlmm'" in msg and "mlm" in msg and "Fix pretrain.objective" in msg
 
 
 def test_plugin_options_are_validated_by_the_plugin():
     with pytest.raises(ConfigError, match=r"pretrain\.options\.mask_rate"):
-        load_config(None, ["pretrain.options={mask_rate: 3}"])
+        load_config(None, ["pretrain.enabled=true", "pretrain.objective=mlm", "pretrain.options={mask_rate: 3}"])
     with pytest.raises(ConfigError, match=r"pseudo_label\.options\.nope"):
         load_config(None, ["pseudo_label.options={nope: 1}"])
 
 
 def test_objective_must_fit_backbone():
     with pytest.raises(ConfigError) as exc:
-        load_config(None, ["model.name=tiny-gpt2", "pretrain.objective=mlm"])
+        load_config(None, ["pretrain.enabled=true", "model.name=tiny-gpt2", "pretrain.objective=mlm"])
     assert "needs a backbone of kind encoder" in str(exc.value) and "clm" in str(exc.value)
-    load_config(None, ["model.name=tiny-gpt2", "pretrain.objective=clm"])  # the fix works
+    load_config(None, ["pretrain.enabled=true", "model.name=tiny-gpt2", "pretrain.objective=clm"])  # the fix works
 
 
 def test_override_syntax_error():
@@ -85,5 +86,5 @@ def test_missing_file():
 
 def test_sentence_objectives_refuse_packing():
     with pytest.raises(ConfigError, match="batching: bucket"):
-        load_config(None, ["pretrain.objective=simcse", "pretrain.batching=pack"])
-    load_config(None, ["pretrain.objective=mlm", "pretrain.batching=pack"])
+        load_config(None, ["pretrain.enabled=true", "pretrain.objective=simcse", "pretrain.batching=pack"])
+    load_config(None, ["pretrain.enabled=true", "pretrain.objective=mlm", "pretrain.batching=pack"])

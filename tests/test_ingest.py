@@ -11,7 +11,8 @@ from selftrain.core.text import normalize_text
 
 
 def test_builtin_tweets_split_is_balanced_and_leak_free():
-    cfg = DataConfig(labels_per_class=16, val_per_class=32, test_per_class=100, unlabeled_size=1000, seed=3)
+    cfg = DataConfig(source="builtin:tweets", labels_per_class=16, val_per_class=32, test_per_class=100,
+                     unlabeled_size=1000, seed=3)
     df = ingest_frame(cfg)
     counts = df.groupby("split")["label"].value_counts()
     for lab in ("negative", "neutral", "positive"):

@@ -249,12 +249,12 @@ def test_config_validation_uses_the_plugin_and_its_options(install):
     from selftrain.config import ConfigError, validate_config
 
     install(ep("good", f"{MOD}:GoodObjective"))
-    raw = {"model": {"name": "tiny-bert"}, "pretrain": {"objective": "good", "options": {"rate": 0.1}}}
+    raw = {"model": {"name": "tiny-bert"}, "pretrain": {"enabled": True, "objective": "good", "options": {"rate": 0.1}}}
     assert validate_config(raw).pretrain.objective == "good"
     raw["pretrain"]["options"] = {"rat": 0.1}
     with pytest.raises(ConfigError, match=r"pretrain\.options\.rat: Extra inputs are not permitted.*Fields of 'good': rate"):
         validate_config(raw)
-    raw["pretrain"] = {"objective": "gone"}
+    raw["pretrain"] = {"enabled": True, "objective": "gone"}
     with pytest.raises(ConfigError, match="Unknown objective 'gone'"):
         validate_config(raw)
 

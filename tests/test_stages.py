@@ -159,7 +159,7 @@ def test_ece_known_values():
 def test_baseline_is_recommended_when_it_validates_best(tiny_config):
     from selftrain.core.pipeline import Stages, run_stages
 
-    cfg = tiny_config("pretrain.enabled=false", "pseudo_label.enabled=false", "finetune.epochs=2")
+    cfg = tiny_config("pseudo_label.enabled=false", "finetune.epochs=2")  # pretrained: teacher != baseline
     real = Stages()
 
     def finetune(cfg_, clean, base, name, pseudo=None):
@@ -181,7 +181,7 @@ def test_small_validation_dip_keeps_the_self_trained_model(tiny_config):
     """One validation row of difference is noise: the teacher stays the pick, with a note."""
     from selftrain.core.pipeline import Stages, run_stages
 
-    cfg = tiny_config("pretrain.enabled=false", "pseudo_label.enabled=false", "finetune.epochs=1")
+    cfg = tiny_config("pseudo_label.enabled=false", "finetune.epochs=1")  # pretrained: teacher != baseline
     real = Stages()
 
     def finetune(cfg_, clean, base, name, pseudo=None):

@@ -22,7 +22,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_
 
 from selftrain.config import FinetuneConfig
 from selftrain.core.runtime import autocast, fused_adamw, length_buckets, seed_everything, tokenize
-from selftrain.plugins import RuntimeContext
+from selftrain.plugins import Classifier, FitReport, LabeledRows, RuntimeContext, TrainedClassifier
 from selftrain.plugins.objectives.common import pad_batch
 
 
@@ -225,3 +225,61 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = z - z.max(1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(1, keepdims=True)
+
+
+# ---------------------------------------------------------------- the `finetune` classifier plugin
+class TrainedFinetune(TrainedClassifier):
+    """A saved ``AutoModelForSequenceClassification`` (temperature already folded in)."""
+
+    def __init__(self, model_dir: str, label_names: list[str], max_length: int, ctx: RuntimeContext):
+        self.model_dir, self.label_names, self.max_length, self.ctx = model_dir, list(label_names), max_length, ctx
+        self.model, self.tok = load_classifier(model_dir, label_names)
+
+    def predict_proba(self, texts, batch_size=128, progress=None):
+        return softmax(predict_logits(self.model, self.tok, texts, self.max_length, batch_size, self.ctx, progress))
+
+    @torch.inference_mode()
+    def embed(self, texts, batch_size=128):
+        """(N, H) mean-pooled, L2-normalised last hidden states of the finetuned encoder."""
+        from selftrain.plugins.objectives.common import mean_pool
+
+        body = self.model.base_model.eval().to(self.ctx.device)
+        ids = tokenize(self.tok, texts, self.max_length)
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        out = np.zeros((len(texts), self.model.config.hidden_size), np.float32)
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            x, m = pad_batch([ids[i] for i in idx], self.tok.pad_token_id)
+            with autocast(self.ctx):
+                h = body(input_ids=x.to(self.ctx.device), attention_mask=m.to(self.ctx.device)).last_hidden_state
+            out[idx] = F.normalize(mean_pool(h.float(), m.to(h.device)), dim=-1).cpu().numpy()
+        return out
+
+
+class Finetune(Classifier):
+    """Full finetuning of ``AutoModelForSequenceClassification`` (:func:`fit`), hyperparameters
+    from the run's ``finetune`` section; early stopping and calibration on validation."""
+
+    summary = "full finetuning of AutoModelForSequenceClassification, early stopping on validation"
+    supports_soft_targets = True
+    supports_sample_weights = True
+    supports_token_noise = True
+    supports_warm_start = True
+    needs_validation = True
+    loadable_with = "transformers (AutoModelForSequenceClassification, AutoTokenizer)"
+
+    def fit(self, init_dir, label_names, train: LabeledRows, val_texts, val_labels, out_dir, max_epochs=None,
+            log=lambda rec: None) -> FitReport:
+        cfg = FinetuneConfig(**self.settings)
+        ts = TrainSet(train.texts, train.targets, train.weights, train.noisy, train.token_dropout)
+        res = fit(init_dir, label_names, ts, val_texts, np.asarray(val_labels), cfg, max_epochs or cfg.epochs,
+                  self.max_length, self.ctx, out_dir, log=log)
+        notes = []
+        if len(set(res.val_pred)) == 1 and len(set(np.asarray(val_labels).tolist())) > 1:
+            notes.append("the finetuned model predicts one class for every validation row: collapsed")
+        return FitReport(val_macro_f1=res.val_macro_f1, val_loss=res.val_loss, val_pred=res.val_pred,
+                         best_epoch=res.best_epoch, epochs_run=res.epochs_run, seconds=res.seconds,
+                         temperature=res.temperature, notes=notes)
+
+    def load(self, model_dir, label_names) -> TrainedFinetune:
+        return TrainedFinetune(model_dir, label_names, self.max_length, self.ctx)

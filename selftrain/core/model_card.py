@@ -10,15 +10,30 @@ def _f(x) -> str:
     return "" if x is None else f"{x:.3f}"
 
 
-def load_snippet(reg: Registry, version: str) -> str:
+PROBE_SNIPPET = (
+    "from safetensors.numpy import load_file\n"
+    "from sentence_transformers import SentenceTransformer  # pip install sentence-transformers\n\n"
+    "body = SentenceTransformer(path)  # pooling from the saved modules.json\n"
+    "head = load_file(f\"{path}/head.safetensors\")\n"
+    "logits = body.encode(texts) @ head[\"weight\"].T + head[\"bias\"]  # (N, C); labels: selftrain_classifier.json\n")
+FINETUNE_SNIPPET = (
+    "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
+    "model = AutoModelForSequenceClassification.from_pretrained(path)\n"
+    "tokenizer = AutoTokenizer.from_pretrained(path)\n")
+
+
+def load_snippet(reg: Registry, version: str, classifier: str = "finetune") -> str:
+    """How to load a version with plain libraries (which ones depends on the classifier plugin that
+    trained it), or with selftrain for any plugin."""
     if "://" in reg.root:
         get = (f'from selftrain.core.registry import Registry\n'
                f'path = Registry("{reg.root}").local_model("{version}")  # downloaded once into ~/.cache/selftrain\n')
     else:
         get = f'path = "{reg.uri("versions", version, "model")}"\n'
-    return ("```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n" + get +
-            "model = AutoModelForSequenceClassification.from_pretrained(path)\n"
-            "tokenizer = AutoTokenizer.from_pretrained(path)\n```\n\n"
+    plain = {"probe": PROBE_SNIPPET, "finetune": FINETUNE_SNIPPET}.get(classifier)
+    body = ("```python\n" + get + plain + "```\n\n") if plain else ""
+    return (f"Trained by the `{classifier}` classifier plugin. " + ("With plain libraries:\n\n" + body if body else "\n\n") +
+            "With selftrain, for any classifier plugin: `selftrain.core.classifiers.load_trained(cfg, path).predict_proba(texts)`.\n\n"
             f'The champion, whichever version it is: `Registry("{reg.root}").local_model("champion")`.')
 
 
@@ -63,7 +78,7 @@ Whether it is the champion now: `champion.json` in the registry (`selftrain mode
 
 ## How to load it
 
-{load_snippet(reg, version)}
+{load_snippet(reg, version, meta.get('classifier', 'finetune'))}
 
 ## Data
 

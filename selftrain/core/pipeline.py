@@ -50,30 +50,49 @@ def run_stages(cfg: PipelineConfig, S: Stages | None = None, publish: Callable[[
     if cfg.evaluate.baseline:
         finetune(None, "baseline")
         baseline = "baseline"
-    final, current = "teacher", finetune(base, "teacher")
-    pseudo_reports = []
+    if pre is None and baseline:  # no pretraining: the teacher would be the baseline trained again
+        final, current = "baseline", done["baseline"]
+    else:
+        final, current = "teacher", finetune(base, "teacher")
+    pseudo_reports, previous = [], None
     if cfg.pseudo_label.enabled:
         for r in range(1, cfg.pseudo_label.rounds + 1):
             # round 1 may average the teacher with the baseline (see pseudo_label.ensemble_baseline)
-            also = [done["baseline"]["model"]] if r == 1 and cfg.pseudo_label.ensemble_baseline and baseline else None
-            pl = S.pseudo_label(cfg, clean, current["model"], r, also)
+            also = ([done["baseline"]["model"]] if r == 1 and cfg.pseudo_label.ensemble_baseline and baseline
+                    and final != "baseline" else None)
+            pl = S.pseudo_label(cfg, clean, current["model"], r, also, previous)
             pseudo_reports.append(pl["report"])
+            if pl["report"]["kept"] == 0:
+                reason = pl["report"].get("empty_reason", "the labeler kept no row")
+                notes.append(f"round {r}: no pseudo-label kept ({reason}); no student trained, {final} stays")
+                break
+            if pl["report"]["notes"].get("stop"):  # e.g. agree's drift stop: nothing new to learn from
+                notes.append(f"round {r}: the labeler added no row ({pl['report']['notes'].get('reason', 'nothing new')}); "
+                             f"stopping self-training with {final}")
+                break
+            previous = pl["pseudo_labels"]
             init = current["model"] if cfg.pseudo_label.student_init == "teacher" else base
             if cfg.pseudo_label.refit_on_gold:  # distil on pool + gold, then the gold labels alone have the last word
                 distilled = finetune(init, f"student-{r}-distilled", pl["pseudo_labels"])
                 s = finetune(distilled["model"], f"student-{r}")
             else:
                 s = finetune(init, f"student-{r}", pl["pseudo_labels"])
-            if s["val_macro_f1"] < current["val_macro_f1"] and cfg.pseudo_label.keep_teacher_if_worse:
+            if (s["val_macro_f1"] is not None and current["val_macro_f1"] is not None
+                    and s["val_macro_f1"] < current["val_macro_f1"] and cfg.pseudo_label.keep_teacher_if_worse):
                 notes.append(f"{s['name']} is worse than {final} on validation macro-F1 "
                              f"({s['val_macro_f1']:.4f} < {current['val_macro_f1']:.4f}): keeping {final} and stopping "
                              "self-training (pseudo-labels hurt here; try more labels, a stricter labeler or pretraining)")
                 break
             final, current = s["name"], s
     vals = {name: res["val_macro_f1"] for name, res in done.items()}
+    for name, res in done.items():
+        notes.extend(f"{name}: {n}" for n in res.get("notes", []))
     fallback = None
     if baseline is None:
         baseline = "teacher"
+    elif not done[final].get("val_true"):
+        notes.append(f"no validation split (data.val_per_class: 0): {final} is the last self-trained model the "
+                     "labeler's guards let through; no validation-based fallback")
     else:
         final, fallback = _fallback(cfg, final, baseline, vals, done, len(val["labels"]), notes)
     extra = {"notes": notes, "fallback": fallback, "pseudo_labels": pseudo_reports, "validation": val["report"],

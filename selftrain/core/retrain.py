@@ -35,12 +35,11 @@ import yaml
 from selftrain import __version__
 from selftrain.config import PipelineConfig, validate_config
 from selftrain.core import io
-from selftrain.core.classify import load_classifier, predict_logits, softmax
+from selftrain.core.classifiers import load_trained, saved_info
 from selftrain.core.data import normalize_columns, read_source
 from selftrain.core.evaluate import classification_metrics
 from selftrain.core.model_card import model_card, registry_rows, retrain_markdown
 from selftrain.core.registry import Registry, RegistryError, now
-from selftrain.core.runtime import runtime
 from selftrain.core.text import normalize_text
 from selftrain.plugins.registry import plugin_versions
 
@@ -184,15 +183,12 @@ def plan(cfg: PipelineConfig, force: bool = False) -> dict:
 def frozen_metrics(cfg: PipelineConfig, model_uri: str, frozen: pd.DataFrame, labels: list[str]) -> dict:
     """Metrics of the model at ``model_uri`` on the frozen evaluation set (classes matched by name)."""
     local = io.local_dir(model_uri)
-    id2label = io.read_json(str(Path(local) / "config.json")).get("id2label", {})
-    names = [id2label[k] for k in sorted(id2label, key=int)]
+    _, names = saved_info(local)
     if sorted(names) != sorted(labels):
         raise RetrainError(f"the model at {model_uri} predicts {names}, but the registry's frozen evaluation set has "
                            f"labels {labels}: models with another label set cannot be compared. Fix: keep data.labels "
                            "as they were, or start a new registry (another retrain.model_name).")
-    model, tok = load_classifier(local, names)
-    probs = softmax(predict_logits(model, tok, frozen["text"].astype(str).tolist(), cfg.model.max_length,
-                                   cfg.pseudo_label.batch_size, runtime(cfg.device, cfg.seed)))
+    probs = load_trained(cfg, local, names).predict_proba(frozen["text"].astype(str).tolist(), cfg.pseudo_label.batch_size)
     probs = probs[:, [names.index(n) for n in labels]]  # columns in the registry's label order
     y = frozen["label"].astype(str).map({n: i for i, n in enumerate(labels)}).to_numpy(np.int64)
     return classification_metrics(y, probs, labels, cfg.evaluate.ece_bins)
@@ -252,6 +248,7 @@ def register_challenger(cfg: PipelineConfig, plan_: dict, run_dir: str, final: s
               for r in run_metrics.get("pseudo_labels", [])]
     meta = {
         "created": now(), "run_key": plan_["run_key"], "run_dir": run_dir, "stage": final, "labels": labels,
+        "classifier": saved_info(io.local_dir(io.join(run_dir, "models", final)))[0],
         "data": {"sources": plan_["fingerprints"], "rows": plan_["rows"], "frozen_eval_rows_excluded": plan_["excluded"],
                  "gold_per_class": gold, "pseudo_labels": pseudo, "retrain_reason": plan_["reason"]},
         "frozen_eval": {"rows": evals["rows"], "fingerprint": reg.info()["eval"]["fingerprint"],

