@@ -4,10 +4,13 @@ Every peer sees exactly the same rows as the selftrain runs: ``benchmarks/qualit
 each one the full run's ``data/clean.parquet`` (train / val / test / unlabeled splits), and
 every peer is scored on the same test split.
 
+  - ``probe``             LogisticRegression (scikit-learn defaults) on the frozen MiniLM's
+                          sentence embeddings (pooled as its checkpoint says), gold labels only
   - ``tfidf+logreg``      TF-IDF (word 1-2 grams) + LogisticRegression on the gold labels
-                          (C picked on the validation split, as selftrain uses validation)
+                          (C picked on the validation split when there is one, else C=10)
   - ``self-training``     ``SelfTrainingClassifier(LogisticRegression)`` on the gold labels + the
-                          unlabeled pool (same TF-IDF; C and threshold picked on validation)
+                          unlabeled pool (same TF-IDF; C and threshold picked on validation when
+                          there is one, else C=10, threshold 0.6)
   - ``label-spreading``   ``LabelSpreading(kernel="knn")`` on TF-IDF reduced by TruncatedSVD
                           (100 dims, L2-normalised), gold labels + unlabeled pool
   - ``setfit``            SetFit on the local MiniLM, if the ``setfit`` package is installed
@@ -25,7 +28,7 @@ import numpy as np
 
 from benchmarks.common import log
 
-PEER_METHODS = ("tfidf+logreg", "self-training", "label-spreading", "setfit")
+PEER_METHODS = ("probe", "setfit", "tfidf+logreg", "self-training", "label-spreading")
 
 
 def _metrics(y_true, y_pred, n_classes: int) -> dict:
@@ -49,7 +52,7 @@ def splits_of(df, labels: list[str]) -> dict:
 
 def peer_methods(df, labels: list[str], seed: int = 0, svd_dim: int = 100, n_neighbors: int = 7,
                  setfit_model: str | None = None, setfit_iterations: int = 20,
-                 log_fn=log) -> dict[str, dict]:
+                 log_fn=log, max_length: int | None = None) -> dict[str, dict]:
     """Every peer on one clean frame (train / val / test / unlabeled). Method -> scores
     (or {"status": "not installed" | "error: ..."})."""
     from sklearn.decomposition import TruncatedSVD
@@ -63,15 +66,19 @@ def peer_methods(df, labels: list[str], seed: int = 0, svd_dim: int = 100, n_nei
     out: dict[str, dict] = {}
     vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
     vec.fit(s["train"] + s["val"] + s["unlabeled"])  # every non-test text, labels not used
-    Xtr, Xva, Xte, Xun = (vec.transform(s[k]) for k in ("train", "val", "test", "unlabeled"))
+    Xtr, Xte, Xun = (vec.transform(s[k]) for k in ("train", "test", "unlabeled"))
+    Xva = vec.transform(s["val"]) if s["val"] else None
 
-    # supervised: LR, C picked on validation macro-F1
+    has_val = len(s["val_y"]) > 0
+    out["probe"] = run_probe(s, C, setfit_model, max_length or 128)
+
+    # supervised: LR, C picked on validation macro-F1 (no validation rows: C=10)
     t0 = time.perf_counter()
     best = None
-    for c in (0.1, 1.0, 10.0, 100.0):
+    for c in ((0.1, 1.0, 10.0, 100.0) if has_val else (10.0,)):
         lr = LogisticRegression(C=c, max_iter=2000)
         lr.fit(Xtr, s["train_y"])
-        f1 = _metrics(s["val_y"], lr.predict(Xva), C)["macro_f1"]
+        f1 = _metrics(s["val_y"], lr.predict(Xva), C)["macro_f1"] if has_val else 0.0
         if best is None or f1 > best[0]:
             best = (f1, c, lr)
     _, c_best, lr = best
@@ -87,11 +94,11 @@ def peer_methods(df, labels: list[str], seed: int = 0, svd_dim: int = 100, n_nei
     best_st = None
     # sklearn's default threshold (0.75) adds nothing when the few-shot LR is unsure, which
     # would make this peer a copy of tfidf+logreg: pick C and threshold on validation instead
-    for c in sorted({c_best, 10.0}):
-        for th in (0.6, 0.8):
+    for c in sorted({c_best, 10.0}) if has_val else (10.0,):
+        for th in (0.6, 0.8) if has_val else (0.6,):
             st = SelfTrainingClassifier(LogisticRegression(C=c, max_iter=2000), threshold=th)
             st.fit(X, y)
-            f1 = _metrics(s["val_y"], st.predict(Xva), C)["macro_f1"]
+            f1 = _metrics(s["val_y"], st.predict(Xva), C)["macro_f1"] if has_val else 0.0
             if best_st is None or f1 > best_st[0]:
                 best_st = (f1, c, th, st)
     _, c_st, th_st, st = best_st
@@ -118,26 +125,48 @@ def peer_methods(df, labels: list[str], seed: int = 0, svd_dim: int = 100, n_nei
     out["label-spreading"] = {**_metrics(s["test_y"], pred, C), "svd_dim": dim, "n_neighbors": ls.n_neighbors,
                               "unreached_test_rows": int(unreached.sum()), "seconds": time.perf_counter() - t0}
 
-    out["setfit"] = run_setfit(s, C, setfit_model, seed, setfit_iterations, log_fn)
-    return out
+    out["setfit"] = run_setfit(s, C, setfit_model, seed, setfit_iterations, log_fn, max_length)
+    return {m: out[m] for m in PEER_METHODS}
 
 
-def run_setfit(s: dict, n_classes: int, model_dir: str | None, seed: int, iterations: int, log_fn=log) -> dict:
+def _model_dir(model_dir: str | None) -> str:
+    if model_dir is None:
+        from selftrain.plugins.models.hf import DEFAULT_MODEL, resolve_model_path
+
+        model_dir = resolve_model_path(DEFAULT_MODEL)
+    return model_dir
+
+
+def run_probe(s: dict, n_classes: int, model_dir: str | None, max_length: int) -> dict:
+    """LogisticRegression on the frozen encoder's sentence embeddings (disk-cached per text)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from selftrain.core import io
+    from selftrain.plugins import RuntimeContext
+    from selftrain.plugins.classifiers.embed import Embedder
+
+    t0 = time.perf_counter()
+    emb = Embedder(_model_dir(model_dir), max_length, RuntimeContext(cache_dir=str(io.cache_root() / "embeddings")))
+    lr = LogisticRegression(max_iter=2000).fit(emb(s["train"]), s["train_y"])
+    return {**_metrics(s["test_y"], lr.predict(emb(s["test"])), n_classes), "seconds": time.perf_counter() - t0}
+
+
+def run_setfit(s: dict, n_classes: int, model_dir: str | None, seed: int, iterations: int, log_fn=log,
+               max_length: int | None = None) -> dict:
     """SetFit (contrastive finetuning of the sentence encoder + a logistic head) on the gold labels."""
     from importlib.util import find_spec
 
     if find_spec("setfit") is None:
         return {"status": "not installed"}
-    if model_dir is None:
-        from selftrain.plugins.models.hf import DEFAULT_MODEL, resolve_model_path
-
-        model_dir = resolve_model_path(DEFAULT_MODEL)
+    model_dir = _model_dir(model_dir)
     t0 = time.perf_counter()
     try:
         from datasets import Dataset
         from setfit import SetFitModel, Trainer, TrainingArguments
 
         model = SetFitModel.from_pretrained(model_dir)
+        if max_length:  # the same truncation as the selftrain runs
+            model.model_body.max_seq_length = max_length
         with tempfile.TemporaryDirectory(prefix="setfit-") as tmp:  # SetFit writes checkpoints/ into the cwd by default
             args = TrainingArguments(batch_size=16, num_epochs=1, num_iterations=iterations, seed=seed,
                                      output_dir=tmp, save_strategy="no", report_to="none")

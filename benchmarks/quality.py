@@ -1,36 +1,32 @@
-"""Quality: what pretraining and pseudo-labels buy over the labels alone, and against peers.
+"""Quality: what the unlabeled pool buys over the labels alone, across datasets, against peers.
 
-    python -m benchmarks.quality [--quick] [--k 4 16 64] [--seeds 0 1 2] [--out benchmarks/results]
+    python -m benchmarks.quality [--quick] [--datasets bbc tweets] [--k 4 16] [--seeds 0 1 2 3 4]
+                                 [--out benchmarks/results] [--merge]
 
-On the tweets (negative / neutral / positive), for each k (gold labels per class) and seed
-(the seed of the split and of training: each seed draws other labeled rows):
+For each dataset (``bbc``: BBC news, 5 topics, ``examples/configs/bbc.yaml``; ``tweets``:
+negative / neutral / positive, ``examples/configs/tweets.yaml``), each k (gold labels per class:
+every gold label any method sees; selftrain's recipe holds none out for validation) and each seed
+(the seed of the split and of training: each seed draws other gold rows, pool and test):
 
 selftrain, every number from ``run_stages`` (plain functions) with config overrides:
-  - ``supervised``    the run's ``baseline``: the same MiniLM finetuned on the gold labels only
-  - ``+pretraining``  the full run's ``teacher``: finetuned from the pretrained backbone (the
-                      config's ``pretrain.objective``, SimCSE by default),
-                      no pseudo-labels. Identical to a run with ``pseudo_label.enabled=false``
-                      (same seed and config sections), so it is read from the full run
-  - ``+pseudo-labels`` a second run with ``pretrain.enabled=false evaluate.baseline=false``;
-                      its ``final`` (chosen on validation). Its teacher is the same finetune
-                      as the full run's baseline, so that model is reused, not trained again
-  - ``full``          the full run's ``final`` (chosen on validation, never on test)
-peers: TF-IDF + LogisticRegression, scikit-learn's SelfTrainingClassifier and LabelSpreading,
-and SetFit when installed, on exactly the same rows (see ``benchmarks/peers.py`` for each one's
-setup).
+  - ``supervised``   the run's ``baseline``: the classifier plugin on the gold rows only (the
+                     frozen MiniLM probe by default: our best few-shot core without the pool)
+  - ``full``         the run's ``final``: self-training with the agree labeler and its guards
+  - ``no-guard``     the same run with the labeler's cross-validation guard off: the pool step
+                     alone, to show what the guard saves where the pool does not pay
+peers, on exactly the same rows (``benchmarks/peers.py``): ``probe`` (scikit-learn logistic
+regression on the frozen mean-pooled MiniLM embeddings, scikit-learn's defaults, computed here
+outside the plugin: a check that ``supervised`` is the probe it claims to be), TF-IDF + LogisticRegression, scikit-learn's SelfTrainingClassifier and LabelSpreading,
+and SetFit (same MiniLM, same k rows) when installed.
 
-Reports mean ± std over seeds of test accuracy and macro-F1 per method and k; writes
-``quality.json``, ``quality.png`` (macro-F1 vs labels per class, error bars = std) and prints
-a markdown table.
+Writes ``quality.json`` (one record per (dataset, k, seed, method) with ``macro_f1`` and
+``accuracy``, so every table can be recomputed from it; ``--merge`` replaces only the cells this
+invocation ran, so the grid can be run in parts), ``quality.png`` (macro-F1 vs k per dataset) and
+prints a markdown table with mean ± std over seeds and, per cell, on how many seeds ``full``
+beats ``supervised`` (paired: the same rows).
 
-``--quick``: k=16, seed 0 (one run: no spread; ``--seeds 0 1`` doubles the time), unlabeled
-pool 1000, 150 test rows per class, pretraining capped at 20 steps, finetuning at 20 epochs
-(early stopping as usual; most runs stop before), one self-training round keeping the 150 most
-confident pseudo-labels per class, students distilled for one epoch and refit on gold (the
-defaults). Measured on 2 CPU cores: ~4 min for the full run, ~1.3 min for the pseudo-labels-only
-run (whose teacher is the full run's baseline: the same finetune, same seed, config sections and
-rows) and ~3 min of peers (SetFit, 20 pair iterations, most of it): ~8 min. Progress lines show
-the elapsed time and an estimate of what is left.
+``--quick``: BBC, k=4, seeds 0 and 1, SetFit with 5 pair iterations: < 15 min on 2 CPU cores
+(most of it SetFit and the first embedding of the texts; embeddings are cached on disk after).
 """
 
 from __future__ import annotations
@@ -58,14 +54,10 @@ from benchmarks.peers import PEER_METHODS, peer_methods
 
 bench_env()
 
-SELFTRAIN_METHODS = ("supervised", "+pretraining", "+pseudo-labels", "full")
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = {"bbc": ROOT / "examples" / "configs" / "bbc.yaml", "tweets": ROOT / "examples" / "configs" / "tweets.yaml"}
+SELFTRAIN_METHODS = ("supervised", "full", "no-guard")
 METHODS = SELFTRAIN_METHODS + PEER_METHODS
-
-# --quick: every knob that scales the run time on 2 CPU cores, kept small (see the module docstring)
-QUICK_OVERRIDES = [
-    "data.unlabeled_size=1000", "data.test_per_class=150", "pretrain.max_steps=20", "finetune.epochs=20",
-    "pseudo_label.rounds=1", "pseudo_label.options={k_per_class: 150}", "finetune.student_epochs=1",
-]
 
 
 def log(msg: str) -> None:
@@ -92,72 +84,34 @@ def _score(metrics: dict, model: str) -> dict:
 
 
 def selftrain_runs(k: int | None, seed: int, work_dir: Path, config: str | None = None,
-                   overrides: list[str] | None = None) -> tuple[dict, Path, dict]:
-    """The two pipeline runs of one (k, seed). Returns (method -> scores, the full run's
+                   overrides: list[str] | None = None, no_guard: bool = True) -> tuple[dict, Path, dict]:
+    """The pipeline runs of one (k, seed). Returns (method -> scores, the full run's
     clean.parquet, info about the runs). ``k`` None keeps the config's labels_per_class."""
-    base = [f"seed={seed}", f"data.seed={seed}", *(overrides or [])]
+    base = [f"seed={seed}", f"data.seed={seed}", "evaluate.baseline=true", *(overrides or [])]
     if k is not None:
         base.append(f"data.labels_per_class={k}")
     out: dict[str, dict] = {}
     info: dict = {}
-
     full_dir = work_dir / f"k{k}-s{seed}-full"
-    log(f"  [selftrain] full pipeline (baseline + pretraining + pseudo-labels) -> {full_dir.name}")
-    finetunes: dict[str, dict] = {}
-    _, _, metrics, secs = run_config(config, [*base, "evaluate.baseline=true"], full_dir, _recording(finetunes))
+    cfg, _, metrics, secs = run_config(config, base, full_dir)
+    info["max_length"] = cfg.model.max_length
     out["supervised"] = _score(metrics, "baseline")
-    out["+pretraining"] = _score(metrics, "teacher")
     out["full"] = _score(metrics, metrics["final"])
     info["full"] = {"seconds": secs, "final": metrics["final"], "notes": metrics.get("notes", []),
-                    "pseudo_labels": [{k_: p.get(k_) for k_ in ("kept", "pool", "accuracy_vs_hidden_gold")}
+                    "pseudo_labels": [{k_: p.get(k_) for k_ in ("round", "kept", "pool", "accuracy_vs_hidden_gold")}
                                       for p in metrics.get("pseudo_labels", [])],
+                    "guard": next((p.get("notes", {}).get("guard") for p in metrics.get("pseudo_labels", [])), None),
                     "test_size": metrics.get("test_size")}
-    log(f"    {secs:.0f} s; final={metrics['final']} " + _brief(out, ("supervised", "+pretraining", "full")))
-
-    pl_dir = work_dir / f"k{k}-s{seed}-pseudo"
-    log(f"  [selftrain] pseudo-labels only (no pretraining) -> {pl_dir.name}")
-    reused: list[str] = []
-    _, _, metrics2, secs2 = run_config(
-        config, [*base, "pretrain.enabled=false", "evaluate.baseline=false"], pl_dir,
-        _reusing_baseline(finetunes, full_dir / "data" / "clean.parquet", reused))
-    out["+pseudo-labels"] = _score(metrics2, metrics2["final"])
-    info["pseudo"] = {"seconds": secs2, "final": metrics2["final"], "notes": metrics2.get("notes", []),
-                      "teacher_is_the_full_runs_baseline": bool(reused)}
-    log(f"    {secs2:.0f} s; final={metrics2['final']} " + _brief(out, ("+pseudo-labels",)))
-    same = _same_rows(full_dir / "data" / "clean.parquet", pl_dir / "data" / "clean.parquet")
-    info["same_split_in_both_runs"] = same
-    if not same:
-        log("    WARNING: the two runs did not see the same rows")
+    log(f"  [selftrain] {secs:.0f} s; final={metrics['final']} " + _brief(out, ("supervised", "full")))
+    if no_guard and cfg.pseudo_label.labeler == "agree":
+        ng_dir = work_dir / f"k{k}-s{seed}-noguard"
+        _, _, m2, secs2 = run_config(config, [*base, "pseudo_label.options={guard: false}"], ng_dir)
+        out["no-guard"] = _score(m2, m2["final"])
+        info["no-guard"] = {"seconds": secs2, "final": m2["final"]}
+        if not _same_rows(full_dir / "data" / "clean.parquet", ng_dir / "data" / "clean.parquet"):
+            raise RuntimeError(f"k={k} seed={seed}: the no-guard run saw other rows than the full run")
+        log(f"  [selftrain] no-guard {secs2:.0f} s; " + _brief(out, ("no-guard",)))
     return out, full_dir / "data" / "clean.parquet", info
-
-
-def _recording(finetunes: dict):
-    """Stages whose finetune keeps each result by model name in ``finetunes``."""
-    from selftrain.core import stages
-    from selftrain.core.pipeline import Stages
-
-    def finetune(cfg, clean, base, name, pseudo_labels=None):
-        finetunes[name] = stages.finetune_stage(cfg, clean, base, name, pseudo_labels)
-        return finetunes[name]
-
-    return Stages(finetune=finetune)
-
-
-def _reusing_baseline(finetunes: dict, full_clean: Path, reused: list):
-    """Stages for the pseudo-labels-only run: its teacher (no pretraining, gold rows only) is
-    the same finetune as the full run's baseline (same seed, config sections and rows, checked
-    here), so the full run's baseline model and result are used instead of training it again."""
-    from selftrain.core import stages
-    from selftrain.core.pipeline import Stages
-
-    def finetune(cfg, clean, base, name, pseudo_labels=None):
-        if (name == "teacher" and base is None and pseudo_labels is None and "baseline" in finetunes
-                and _same_rows(full_clean, Path(clean))):
-            reused.append(name)
-            return {**finetunes["baseline"], "name": name}
-        return stages.finetune_stage(cfg, clean, base, name, pseudo_labels)
-
-    return Stages(finetune=finetune)
 
 
 def _same_rows(a: Path, b: Path) -> bool:
@@ -172,64 +126,88 @@ def _brief(scores: dict, names) -> str:
 
 
 # ============================================================================ aggregation
+def _cells(records: list[dict]) -> list[tuple[str, int]]:
+    return sorted({(r.get("dataset", "tweets"), r["k"]) for r in records}, key=lambda c: (c[0], c[1] is None, c[1]))
+
+
 def summarize(records: list[dict]) -> dict:
-    """records (k, seed, method, accuracy, macro_f1 | status) -> method -> k -> mean/std/n."""
+    """records (dataset, k, seed, method, macro_f1 | status) -> dataset -> method -> k -> mean/std/n,
+    plus ``wins``: on how many seeds full > supervised (paired, same rows)."""
     summary: dict = {}
-    for m in METHODS:
-        for k in sorted({r["k"] for r in records}, key=lambda x: (x is None, x)):
-            rs = [r for r in records if r["method"] == m and r["k"] == k and "macro_f1" in r]
+    for ds, k in _cells(records):
+        cell = [r for r in records if r.get("dataset", "tweets") == ds and r["k"] == k]
+        for m in METHODS:
+            rs = [r for r in cell if r["method"] == m and "macro_f1" in r]
             if not rs:
-                status = next((r.get("status") for r in records if r["method"] == m and r["k"] == k), None)
+                status = next((r.get("status") for r in cell if r["method"] == m), None)
                 if status:
-                    summary.setdefault(m, {})[str(k)] = {"status": status, "n": 0}
+                    summary.setdefault(ds, {}).setdefault(m, {})[str(k)] = {"status": status, "n": 0}
                 continue
             acc = np.array([r["accuracy"] for r in rs])
             f1 = np.array([r["macro_f1"] for r in rs])
-            summary.setdefault(m, {})[str(k)] = {
+            summary.setdefault(ds, {}).setdefault(m, {})[str(k)] = {
                 "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std(ddof=1)) if len(rs) > 1 else 0.0,
                 "macro_f1_mean": float(f1.mean()), "macro_f1_std": float(f1.std(ddof=1)) if len(rs) > 1 else 0.0,
                 "n": len(rs), "seeds": [r["seed"] for r in rs],
             }
+        by_seed = {(r["seed"], r["method"]): r.get("macro_f1") for r in cell}
+        seeds = sorted({r["seed"] for r in cell if (r["seed"], "full") in by_seed and (r["seed"], "supervised") in by_seed})
+        gains = [by_seed[(s_, "full")] - by_seed[(s_, "supervised")] for s_ in seeds]
+        if gains:
+            summary[ds].setdefault("_paired", {})[str(k)] = {
+                "full_beats_supervised": int(sum(g > 0 for g in gains)), "ties": int(sum(g == 0 for g in gains)),
+                "seeds": len(gains), "gain_mean": float(np.mean(gains)),
+                "gain_std": float(np.std(gains, ddof=1)) if len(gains) > 1 else 0.0}
     return summary
 
 
-def quality_table(summary: dict, ks: list) -> str:
-    header = ["method"]
-    for k in ks:
-        header += [f"macro-F1 (k={k})", f"accuracy (k={k})"]
+def quality_table(summary: dict) -> str:
+    """One row per (dataset, k), one column per method: macro-F1 mean ± std, and the paired wins."""
+    present = [m for m in METHODS if any(m in per for per in summary.values())]
+    header = ["dataset", "k", *present, "full > supervised (seeds)"]
     rows = []
-    for m in METHODS:
-        if m not in summary:
-            continue
-        row = [m]
+    for ds, per in sorted(summary.items()):
+        ks = sorted({k for m, e in per.items() if m != "_paired" for k in e}, key=lambda x: (x == "None", int(x) if x != "None" else 0))
         for k in ks:
-            e = summary[m].get(str(k))
-            if e is None:
-                row += ["—", "—"]
-            elif "status" in e:
-                row += [e["status"], "—"]
-            else:
-                row += [f"{e['macro_f1_mean']:.3f} ± {e['macro_f1_std']:.3f}",
-                        f"{e['accuracy_mean']:.3f} ± {e['accuracy_std']:.3f}"]
-        rows.append(row)
+            row = [ds, k]
+            for m in present:
+                e = per.get(m, {}).get(k)
+                row.append("—" if e is None else e["status"] if "status" in e else
+                           f"{e['macro_f1_mean']:.3f} ± {e['macro_f1_std']:.3f}")
+            p = per.get("_paired", {}).get(k)
+            row.append(f"{p['full_beats_supervised']}/{p['seeds']} (ties {p['ties']}), gain {p['gain_mean']:+.3f} ± {p['gain_std']:.3f}"
+                       if p else "—")
+            rows.append(row)
     return markdown_table(header, rows)
 
 
 def plot(summary: dict, path: Path, title: str = "") -> Path | None:
     series = {}
-    for m, per_k in summary.items():
-        pts = sorted((int(k), e) for k, e in per_k.items() if "macro_f1_mean" in e and k != "None")
-        if pts:
-            series[m] = ([p[0] for p in pts], [p[1]["macro_f1_mean"] for p in pts], [p[1]["macro_f1_std"] for p in pts])
+    for ds, per in summary.items():
+        for m, per_k in per.items():
+            if m == "_paired":
+                continue
+            pts = sorted((int(k), e) for k, e in per_k.items() if "macro_f1_mean" in e and k != "None")
+            if pts:
+                series[f"{ds}: {m}"] = ([p[0] for p in pts], [p[1]["macro_f1_mean"] for p in pts],
+                                        [p[1]["macro_f1_std"] for p in pts])
     return line_chart(path, series, "gold labels per class (k)", "test macro-F1 (mean ± std over seeds)", title,
-                      dashed=PEER_METHODS)
+                      dashed=tuple(n for n in series if n.split(": ", 1)[1] in PEER_METHODS))
+
+
+def merge(old: list[dict], new: list[dict]) -> list[dict]:
+    """Records of ``old`` whose (dataset, k, seed, method) ``new`` does not hold, then ``new``."""
+    key = lambda r: (r.get("dataset", "tweets"), r["k"], r["seed"], r["method"])  # noqa: E731
+    fresh = {key(r) for r in new}
+    return [r for r in old if key(r) not in fresh] + list(new)
 
 
 # ============================================================================ main
 def run(ks: list[int | None], seeds: list[int], overrides: list[str], config: str | None = None,
         work_dir: Path | None = None, keep_runs: bool = False, setfit_iterations: int = 20,
-        log_fn=log) -> dict:
-    """Every (k, seed): the selftrain runs and the peers. Returns records, summary and run info."""
+        log_fn=log, datasets: list[str] | None = None, no_guard: bool = True) -> dict:
+    """Every (dataset, k, seed): the selftrain runs and the peers. Returns records, summary, run info.
+    ``datasets`` None: one dataset, the one ``config`` (or the defaults) names, recorded as ``config``."""
     import pandas as pd
 
     own = work_dir is None
@@ -238,49 +216,57 @@ def run(ks: list[int | None], seeds: list[int], overrides: list[str], config: st
     records: list[dict] = []
     runs: list[dict] = []
     t_start = time.perf_counter()
+    plan = [(ds, str(DATASETS[ds]) if config is None else config) for ds in datasets] if datasets else [("config", config)]
     try:
-        total = len(ks) * len(seeds)
-        for i, k in enumerate(ks):
-            for j, seed in enumerate(seeds):
-                n = i * len(seeds) + j + 1
-                elapsed = time.perf_counter() - t_start
-                eta = f", ~{elapsed / (n - 1) * (total - n + 1) / 60:.1f} min left" if n > 1 else ""
-                log_fn(f"[{n}/{total}] k={k} seed={seed} ({elapsed / 60:.1f} min elapsed{eta})")
-                scores, clean, info = selftrain_runs(k, seed, work, config, overrides)
-                df = pd.read_parquet(clean)
-                labels = json.loads((clean.parents[1] / "metrics.json").read_text())["labels"]
-                t0 = time.perf_counter()
-                peers = peer_methods(df, labels, seed=seed, setfit_iterations=setfit_iterations, log_fn=log_fn)
-                info["peers_seconds"] = time.perf_counter() - t0
-                log_fn("  [peers] " + " ".join(
-                    f"{m}: F1 {p['macro_f1']:.3f}" if "macro_f1" in p else f"{m}: {p.get('status')}"
-                    for m, p in peers.items()))
-                sizes = {sp: int((df["split"] == sp).sum()) for sp in ("train", "val", "test", "unlabeled")}
-                for m, sc in {**scores, **peers}.items():
-                    records.append({"k": k, "seed": seed, "method": m, **sc})
-                runs.append({"k": k, "seed": seed, "sizes": sizes, **info})
-                if not keep_runs:
-                    for d in work.glob(f"k{k}-s{seed}-*"):
-                        shutil.rmtree(d, ignore_errors=True)
+        total = len(plan) * len(ks) * len(seeds)
+        n = 0
+        for ds, ds_config in plan:
+            for k in ks:
+                for seed in seeds:
+                    n += 1
+                    elapsed = time.perf_counter() - t_start
+                    eta = f", ~{elapsed / (n - 1) * (total - n + 1) / 60:.1f} min left" if n > 1 else ""
+                    log_fn(f"[{n}/{total}] {ds} k={k} seed={seed} ({elapsed / 60:.1f} min elapsed{eta})")
+                    cell_dir = work / ds
+                    scores, clean, info = selftrain_runs(k, seed, cell_dir, ds_config, overrides, no_guard)
+                    df = pd.read_parquet(clean)
+                    run_metrics = json.loads((clean.parents[1] / "metrics.json").read_text())
+                    t0 = time.perf_counter()
+                    peers = peer_methods(df, run_metrics["labels"], seed=seed, setfit_iterations=setfit_iterations,
+                                         log_fn=log_fn, max_length=info["max_length"])
+                    info["peers_seconds"] = time.perf_counter() - t0
+                    log_fn("  [peers] " + " ".join(
+                        f"{m}: F1 {p['macro_f1']:.3f}" if "macro_f1" in p else f"{m}: {p.get('status')}"
+                        for m, p in peers.items()))
+                    sizes = {sp: int((df["split"] == sp).sum()) for sp in ("train", "val", "test", "unlabeled")}
+                    for m, sc in {**scores, **peers}.items():
+                        records.append({"dataset": ds, "k": k, "seed": seed, "method": m, **sc})
+                    runs.append({"dataset": ds, "k": k, "seed": seed, "sizes": sizes, **info})
+                    if not keep_runs:
+                        for d in cell_dir.glob(f"k{k}-s{seed}-*"):
+                            shutil.rmtree(d, ignore_errors=True)
     finally:
         if own and not keep_runs:
             shutil.rmtree(work, ignore_errors=True)
     summary = summarize(records)
     return {"records": records, "summary": summary, "runs": runs, "seconds": time.perf_counter() - t_start,
-            "table": quality_table(summary, ks)}
+            "table": quality_table(summary)}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="k=16, 2 seeds, smaller pool and test (< 10 min on 2 cores)")
-    ap.add_argument("--k", type=int, nargs="+", default=None, help="gold labels per class (default 4 16 64)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2)")
-    ap.add_argument("--config", default=None, help="base config file (default: the demo config)")
+    ap.add_argument("--quick", action="store_true", help="BBC, k=4, seeds 0 1, SetFit 5 iterations (< 15 min on 2 cores)")
+    ap.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=None, help="default: bbc tweets")
+    ap.add_argument("--k", type=int, nargs="+", default=None, help="gold labels per class (default 4 16)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2 3 4)")
+    ap.add_argument("--config", default=None, help="one config file instead of the datasets' shipped configs")
     ap.add_argument("--set", action="append", default=[], help="extra config override section.key=value")
     ap.add_argument("--out", default=str(RESULTS), help="folder for quality.json and quality.png")
+    ap.add_argument("--merge", action="store_true", help="keep quality.json's other cells; replace only those run now")
     ap.add_argument("--work-dir", default=None, help="where run directories go (default: a temp dir)")
     ap.add_argument("--keep-runs", action="store_true", help="keep the run directories")
-    ap.add_argument("--setfit-iterations", type=int, default=20, help="SetFit pair-generation iterations")
+    ap.add_argument("--setfit-iterations", type=int, default=None, help="SetFit pair-generation iterations (default 20)")
+    ap.add_argument("--no-guard-run", dest="no_guard", action="store_false", help="skip the no-guard run")
     ap.add_argument("--stage-log", action="store_true", help="print the pipeline's stage log lines (timestamps)")
     args = ap.parse_args(argv)
     if args.stage_log:
@@ -288,24 +274,35 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("    %(asctime)s %(message)s", "%H:%M:%S"))
         logging.getLogger("selftrain").addHandler(handler)
 
-    ks = args.k or ([16] if args.quick else [4, 16, 64])
-    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    overrides = (list(QUICK_OVERRIDES) if args.quick else []) + list(args.set)
+    datasets = None if args.config else (args.datasets or (["bbc"] if args.quick else ["bbc", "tweets"]))
+    ks = args.k or ([4] if args.quick else [4, 16])
+    seeds = args.seeds if args.seeds is not None else ([0, 1] if args.quick else [0, 1, 2, 3, 4])
+    iters = args.setfit_iterations or (5 if args.quick else 20)
     m = machine()
     log(f"machine: {machine_line(m)}")
-    log(f"k={ks} seeds={seeds} overrides={overrides}")
-    res = run(ks, seeds, overrides, args.config, Path(args.work_dir) if args.work_dir else None, args.keep_runs,
-              args.setfit_iterations)
+    log(f"datasets={datasets or args.config} k={ks} seeds={seeds} overrides={args.set}")
+    res = run(ks, seeds, list(args.set), args.config, Path(args.work_dir) if args.work_dir else None, args.keep_runs,
+              iters, datasets=datasets, no_guard=args.no_guard)
     out = Path(args.out)
-    payload = {"machine": m, "quick": args.quick, "k": ks, "seeds": seeds, "config": args.config or "defaults (demo)",
-               "overrides": overrides, **res}
+    records, runs = res["records"], res["runs"]
+    if args.merge and (out / "quality.json").exists():
+        old = json.loads((out / "quality.json").read_text())
+        if "dataset" in (old.get("records") or [{}])[0]:
+            records = merge(old["records"], records)
+            cells = {(r["dataset"], r["k"], r["seed"]) for r in res["runs"]}
+            runs = [r for r in old.get("runs", []) if (r.get("dataset"), r.get("k"), r.get("seed")) not in cells] + runs
+    summary = summarize(records)
+    table = quality_table(summary)
+    payload = {"machine": m, "quick": args.quick, "setfit_iterations": iters, "overrides": list(args.set),
+               "configs": {d: str(DATASETS[d].relative_to(ROOT)) for d in DATASETS} if not args.config else args.config,
+               "records": records, "summary": summary, "runs": runs, "table": table,
+               "seconds_this_invocation": res["seconds"]}
     write_json(out / "quality.json", payload)
-    png = plot(res["summary"], out / "quality.png",
-               title=f"tweets, {len(seeds)} seed(s): test macro-F1 vs gold labels per class")
+    png = plot(summary, out / "quality.png", title="test macro-F1 vs gold labels per class")
     print()
-    print(res["table"])
-    print("\nsupervised = the run's baseline; +pretraining = the full run's teacher; +pseudo-labels and full = the "
-          "final model chosen on validation. Peers see exactly the same rows.")
+    print(table)
+    print("\nsupervised = the run's baseline (the classifier plugin on the gold rows only); full = the run's final; "
+          "no-guard = the same run with the labeler's guard off. Peers see exactly the same rows.")
     print(f"\nwrote {out / 'quality.json'}" + (f" and {png}" if png else "") + f" in {res['seconds'] / 60:.1f} min")
     return 0
 

@@ -205,38 +205,52 @@ def speed_classifier(backbone: str, labels: list[str], where: str) -> str:
 
 
 # --------------------------------------------------------------------------- quality
-def test_quality_peers_tiny():
+@pytest.mark.parametrize("val", [4, 0])
+def test_quality_peers_tiny(val):
     from benchmarks import peers as peer_module
     from selftrain.config import DataConfig
     from selftrain.core.data import ingest_frame
 
-    df = ingest_frame(DataConfig(labels_per_class=4, val_per_class=4, test_per_class=10, unlabeled_size=100))
-    peers = peer_module.peer_methods(df, LABELS, svd_dim=20)
-    assert set(peers) == set(peer_module.PEER_METHODS)
-    for name in ("tfidf+logreg", "self-training", "label-spreading"):
+    df = ingest_frame(DataConfig(source="builtin:tweets", labels_per_class=4, val_per_class=val, test_per_class=10,
+                                 unlabeled_size=100))
+    peers = peer_module.peer_methods(df, LABELS, svd_dim=20, setfit_iterations=1, max_length=32)
+    assert list(peers) == list(peer_module.PEER_METHODS)
+    for name in ("probe", "tfidf+logreg", "self-training", "label-spreading"):
         assert 0.0 <= peers[name]["macro_f1"] <= 1.0 and 0.0 <= peers[name]["accuracy"] <= 1.0
     assert "macro_f1" in peers["setfit"] or peers["setfit"]["status"] == "not installed" \
         or peers["setfit"]["status"].startswith("error")
 
 
 def test_quality_run_tiny(tmp_path):
-    """One (k, seed) through both pipeline runs, the peers, the summary, table and plot."""
+    """One (k, seed) through the full and the no-guard run, the peers, the summary, table and plot."""
     from benchmarks import quality
 
     overrides = [
-        "model.name=tiny-bert", "model.options={vocab_size: 300, hidden_size: 16, layers: 1, heads: 2}",
-        "model.max_length=32", "data.val_per_class=4", "data.test_per_class=10", "data.unlabeled_size=60",
-        "pretrain.max_steps=2", "pretrain.batch_size=8", "finetune.epochs=1", "finetune.student_epochs=1",
-        "pseudo_label.rounds=1",
+        "data.source=builtin:tweets", "model.name=tiny-bert",
+        "model.options={vocab_size: 300, hidden_size: 16, layers: 1, heads: 2}", "model.max_length=32",
+        "data.test_per_class=10", "data.unlabeled_size=60", "pseudo_label.rounds=2",
     ]
-    res = quality.run([2], [0], overrides, work_dir=tmp_path / "work")
+    res = quality.run([3], [0], overrides, work_dir=tmp_path / "work", setfit_iterations=1)
     assert {"records", "summary", "runs", "table", "seconds"} <= set(res)
-    methods = {r["method"] for r in res["records"]}
-    assert set(quality.SELFTRAIN_METHODS) | {"tfidf+logreg", "self-training", "label-spreading", "setfit"} <= methods
+    recs = res["records"]
+    assert {"dataset", "k", "seed", "method", "macro_f1"} <= set(recs[0])
+    methods = {r["method"] for r in recs}
+    assert set(quality.SELFTRAIN_METHODS) | {"probe", "tfidf+logreg", "self-training", "label-spreading", "setfit"} <= methods
     for m in quality.SELFTRAIN_METHODS:
-        e = res["summary"][m]["2"]
+        e = res["summary"]["config"][m]["3"]
         assert 0.0 <= e["macro_f1_mean"] <= 1.0 and e["n"] == 1
-    assert res["runs"][0]["same_split_in_both_runs"] and res["runs"][0]["pseudo"]["teacher_is_the_full_runs_baseline"]
-    assert not list((tmp_path / "work").glob("k2-s0-*"))  # run dirs removed unless --keep-runs
-    assert "| method |" in res["table"]
+    paired = res["summary"]["config"]["_paired"]["3"]
+    assert paired["seeds"] == 1 and paired["full_beats_supervised"] + paired["ties"] <= 1
+    assert res["runs"][0]["full"]["pseudo_labels"], "the full run recorded no pseudo-label round"
+    assert not list((tmp_path / "work").rglob("k3-s0-*"))  # run dirs removed unless --keep-runs
+    assert "| dataset | k |" in res["table"]
     assert quality.plot(res["summary"], tmp_path / "quality.png").exists()
+
+
+def test_quality_merge_replaces_only_the_cells_run_again():
+    from benchmarks.quality import merge
+
+    old = [{"dataset": "bbc", "k": 4, "seed": s, "method": "full", "macro_f1": 0.1} for s in (0, 1)]
+    new = [{"dataset": "bbc", "k": 4, "seed": 1, "method": "full", "macro_f1": 0.9}]
+    got = merge(old, new)
+    assert sorted((r["seed"], r["macro_f1"]) for r in got) == [(0, 0.1), (1, 0.9)]
