@@ -43,6 +43,7 @@ def cmd_run(args) -> int:
     if args.no_prefect:
         from selftrain.core.pipeline import run_stages
 
+        _stage_log_lines()
         result = run_stages(cfg)
     else:
         from selftrain.flows import pipeline
@@ -54,6 +55,20 @@ def cmd_run(args) -> int:
     for note in result.get("notes", []):
         print(f"note: {note}")
     return 0
+
+
+def _stage_log_lines() -> None:
+    """Without Prefect nothing prints the stages' progress: send selftrain's INFO lines to stderr,
+    timestamped as Prefect's are."""
+    import logging
+
+    logger = logging.getLogger("selftrain")
+    if not any(getattr(h, "_selftrain_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(message)s", "%H:%M:%S"))
+        handler._selftrain_cli = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def cmd_config(args) -> int:
@@ -198,6 +213,7 @@ def cmd_retrain(args) -> int:
     if args.no_prefect:
         from selftrain.core.retrain import run_retrain
 
+        _stage_log_lines()
         out = run_retrain(cfg, force=args.force)
     else:
         from selftrain.flows import retrain

@@ -51,6 +51,10 @@ class DataConfig(Section):
     )
     test_per_class: int | None = Field(100, ge=1, description="When selftrain splits: test rows per class (balanced); null uses test_fraction.")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="When selftrain splits and test_per_class is null: stratified test fraction.")
+    max_split_fraction: float = Field(
+        0.5, gt=0, lt=1, description="When selftrain splits a small labeled set: test (and then validation) take at most "
+        "this fraction of a class's labeled rows, so test_per_class / val_per_class never leave a class without training rows."
+    )
     unlabeled_size: int | None = Field(1500, ge=0, description="Cap on the unlabeled pool (random sample); null keeps it all.")
     max_rows: int | None = Field(None, ge=1, description="Read at most this many rows (quick trials).")
     seed: int = Field(0, description="Seed of the split.")
@@ -327,10 +331,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    for item in overrides or []:
-        k, v = parse_override(item)
+    parsed = [parse_override(item) for item in overrides or []]
+    set_keys = {k for k, _ in parsed}
+    for section, key in PLUGIN_KEYS:  # reset-on-switch: a plugin switched by an override drops the file's options
+        new = next((v for k, v in reversed(parsed) if k == f"{section}.{key}"), None)
+        old = (raw.get(section) or {}).get(key) if isinstance(raw.get(section), dict) else None
+        if new is not None and new != old and f"{section}.options" not in set_keys and isinstance(raw.get(section), dict):
+            raw[section].pop("options", None)
+    for k, v in parsed:
         _set_dotted(raw, k, v)
     return validate_config(raw, where)
+
+
+#: (section, key) naming a plugin whose ``options`` belong to it. Switching the plugin with
+#: ``--set section.key=other`` (CLI) starts ``other`` from its defaults: the file's options were
+#: written for the plugin it named, unless the same command also sets ``section.options``.
+PLUGIN_KEYS = (("model", "name"), ("classifier", "name"), ("pretrain", "objective"), ("pseudo_label", "labeler"))
 
 
 def validate_config(raw: dict, where: str = "config") -> PipelineConfig:

@@ -98,3 +98,19 @@ def test_s3_source_through_real_s3_api(s3_bucket):
     cfg = DataConfig(source=f"s3://{s3_bucket}/in/data.csv", columns={"id": "uid", "text": "body", "label": "tag", "split": "part"})
     out = ingest_frame(cfg)
     assert len(out) == len(df) and set(out["id"]) == set(df["uid"])
+
+
+def test_a_small_labeled_set_splits_with_default_sizes(tmp_path, caplog):
+    """README "Your own data": 10 labels per class and default split sizes (test_per_class 100)."""
+    rows = [{"ticket_id": f"{lab}{i}", "body": f"{lab} ticket number {i} about {lab} things {i * 13}",
+             "category": lab if i < 10 else None} for lab in ("billing", "bug", "feature") for i in range(20)]
+    path = tmp_path / "small.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    cfg = DataConfig(source=str(path), columns={"id": "ticket_id", "text": "body", "label": "category", "split": None},
+                     labels_per_class=None)
+    with caplog.at_level("WARNING", logger="selftrain"):
+        df = ingest_frame(cfg)
+    counts = df[df["label"].notna()].groupby(["split", "label"]).size()
+    for lab in ("billing", "bug", "feature"):
+        assert counts[("test", lab)] == 5 and counts[("train", lab)] == 5, counts
+    assert "data.test_per_class takes 5 of them, not 100" in caplog.text

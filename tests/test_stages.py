@@ -269,3 +269,43 @@ def test_student_noise_drops_tokens_of_pseudo_rows_only(tiny_config, monkeypatch
                                         truncation=True, max_length=cfg.model.max_length)["input_ids"]}
     noised = {ids for ids, *_ in seen}
     assert noised <= pseudo_ids and not (noised & (gold_ids - pseudo_ids))
+
+
+@pytest.mark.parametrize("labeler", [r.name for r in __import__("selftrain.plugins.registry", fromlist=["discover"])
+                                     .discover("selftrain.labelers") if r.status == "ok"])
+def test_every_labelers_empty_selection_goes_through_the_stages(tiny_config, monkeypatch, labeler):
+    """docs/plugins.md 2.8: an empty selection (M = 0) is valid. Whatever the labeler, the run
+    completes, trains no student on it, and metrics.json / report.md say no pseudo-label was kept."""
+    from selftrain.config import plugin_options
+    from selftrain.core.pipeline import run_stages
+    from selftrain.plugins import Selection
+
+    cfg = tiny_config("pretrain.enabled=false", "classifier.name=probe", "pseudo_label.refit_on_gold=false",
+                      f"pseudo_label.labeler={labeler}", "pseudo_label.rounds=2")
+    cls, _ = plugin_options("selftrain.labelers", labeler, {}, "pseudo_label")
+    real = cls.select
+
+    def empty(self, inputs):
+        sel = real(self, inputs)
+        return Selection(np.asarray(sel.index)[:0], np.asarray(sel.targets)[:0], np.asarray(sel.weights)[:0],
+                         dict(sel.notes or {}))
+
+    monkeypatch.setattr(cls, "select", empty)
+    out = run_stages(cfg)
+    metrics = json.loads((Path(cfg.run_dir) / "metrics.json").read_text())
+    assert out["final"] == metrics["final"] and not metrics["final"].startswith("student")
+    assert metrics["pseudo_labels"][0]["kept"] == 0
+    assert any("no pseudo-label kept" in n for n in metrics["notes"]), metrics["notes"]
+    assert "no pseudo-label kept" in (Path(cfg.run_dir) / "report.md").read_text()
+
+
+def test_switching_a_plugin_from_the_cli_drops_the_files_options():
+    from selftrain.config import load_config
+
+    from tests.conftest import TINY
+
+    cfg = load_config(TINY, ["pseudo_label.labeler=threshold"])  # tiny.yaml sets soft's k_per_class
+    assert cfg.pseudo_label.labeler == "threshold" and cfg.pseudo_label.options == {}
+    cfg = load_config(TINY, ["pseudo_label.labeler=threshold", "pseudo_label.options={threshold: 0.9}"])
+    assert cfg.pseudo_label.options == {"threshold": 0.9}
+    assert load_config(TINY, ["pseudo_label.labeler=soft"]).pseudo_label.options == {"k_per_class": 20}

@@ -131,7 +131,10 @@ class Probe(Classifier):
             pred = p.argmax(1).tolist()
             f1 = float(f1_score(val_labels, pred, average="macro", labels=list(range(len(label_names))), zero_division=0))
             loss = float(-np.log(np.clip(p[np.arange(len(val_labels)), val_labels], 1e-12, 1)).mean())
-        log({"epoch": 1, "train_loss": float("nan"), "val_macro_f1": f1 if f1 is not None else float("nan")})
+        p_tr = softmax(x @ W.T + b)  # (N, C): the weighted soft cross-entropy the head minimised (without L2)
+        w = np.asarray(train.weights, np.float64)
+        train_loss = float(-(w * (targets * np.log(np.clip(p_tr, 1e-12, 1))).sum(1)).sum() / max(w.sum(), 1e-12))
+        log({"epoch": 1, "train_loss": train_loss, "val_macro_f1": f1})
         return FitReport(val_macro_f1=f1, val_loss=loss, val_pred=pred, best_epoch=1, epochs_run=1,
                          seconds=time.perf_counter() - t0, notes=notes)
 

@@ -19,8 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import logging
+
 from selftrain.config import DataConfig
 from selftrain.core.text import normalize_text
+
+log = logging.getLogger("selftrain")
 
 SPLITS = ("train", "val", "test", "unlabeled")
 SPLIT_ALIASES = {
@@ -131,20 +135,31 @@ def normalize_columns(raw: pd.DataFrame, mapping: dict, source: str) -> pd.DataF
     return out.reset_index(drop=True)
 
 
-def _take_per_class(pool: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.Index:
-    """Indices of up to ``n`` rows per label, drawn by near-duplicate group (whole groups)."""
+def _take_per_class(pool: pd.DataFrame, n: int, rng: np.random.Generator, cap: float | None = None,
+                    what: str = "") -> pd.Index:
+    """Indices of up to ``n`` rows per label, drawn by near-duplicate group (whole groups).
+    ``cap``: at most floor(cap x the label's rows) (at least 1 where the label has 2 or more), so a
+    small labeled set keeps rows for the later splits; a capped label is logged."""
     picked: list = []
-    for _, rows in pool.groupby("label", sort=True):
+    for label, rows in pool.groupby("label", sort=True):
+        want = n
+        if cap is not None and n > 0:
+            limit = max(int(len(rows) * cap), 1 if len(rows) >= 2 else 0)
+            if limit < n:
+                log.warning("class %r has %d labeled rows: %s takes %d of them, not %d (data.max_split_fraction=%s)",
+                            label, len(rows), what, limit, n, cap)
+                want = limit
+        n_ = want
         groups = rows.groupby("_group").groups
         keys = list(groups)
         rng.shuffle(keys)
         taken = 0
         for k in keys:
-            if taken >= n:
+            if taken >= n_:
                 break
             idx = groups[k]
-            picked.extend(idx[: n - taken] if taken + len(idx) > n else idx)
-            taken += min(len(idx), n - taken)
+            picked.extend(idx[: n_ - taken] if taken + len(idx) > n_ else idx)
+            taken += min(len(idx), n_ - taken)
     return pd.Index(picked)
 
 
@@ -160,7 +175,7 @@ def assign_splits(df: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
         df.loc[(df["split"] == "train") & ~labeled, "split"] = "unlabeled"
         if not (df["split"] == "val").any():
             train = df[(df["split"] == "train") & labeled]
-            df.loc[_take_per_class(train, cfg.val_per_class, rng), "split"] = "val"
+            df.loc[_take_per_class(train, cfg.val_per_class, rng, cfg.max_split_fraction, "validation"), "split"] = "val"
         return df.drop(columns="_group")
     if df["split"].notna().any():
         raise DataSourceError("the split column is empty on some rows; fill it everywhere or set data.columns.split: null")
@@ -168,7 +183,7 @@ def assign_splits(df: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
     pool = df[labeled]
     # same group -> same decision: pick whole groups so near-duplicates never straddle splits
     if cfg.test_per_class is not None:
-        test_idx = _take_per_class(pool, cfg.test_per_class, rng)
+        test_idx = _take_per_class(pool, cfg.test_per_class, rng, cfg.max_split_fraction, "data.test_per_class")
     else:
         n_test = int(round(cfg.test_fraction * len(pool)))
         keys = pool["_group"].unique()
@@ -179,7 +194,7 @@ def assign_splits(df: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
     df.loc[test_idx, "split"] = "test"
     test_groups = set(df.loc[test_idx, "_group"])
     rest = pool[~pool.index.isin(test_idx) & ~pool["_group"].isin(test_groups)]
-    val_idx = _take_per_class(rest, cfg.val_per_class, rng)
+    val_idx = _take_per_class(rest, cfg.val_per_class, rng, cfg.max_split_fraction, "data.val_per_class")
     df.loc[val_idx, "split"] = "val"
     used = test_groups | set(df.loc[val_idx, "_group"])
     rest = rest[~rest.index.isin(val_idx) & ~rest["_group"].isin(used)]

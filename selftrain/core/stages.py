@@ -161,7 +161,10 @@ def finetune_stage(cfg: PipelineConfig, clean: str, base_model: str | None, name
     epochs = cfg.finetune.student_epochs if n_pseudo else cfg.finetune.epochs
 
     def on_log(rec: dict) -> None:
-        log.info("finetune[%s] epoch %d loss %.4f val macro-F1 %.4f", name, rec["epoch"], rec["train_loss"], rec["val_macro_f1"])
+        def f(x):
+            return "n/a" if x is None or x != x else f"{x:.4f}"  # x != x: NaN
+        log.info("finetune[%s] (%s) epoch %d loss %s val macro-F1 %s on %d rows (%d gold)", name, cfg.classifier.name,
+                 rec["epoch"], f(rec.get("train_loss")), f(rec.get("val_macro_f1")), len(texts), len(y))
 
     noisy = np.arange(len(texts)) >= len(y)  # (N,) the pseudo-labelled rows (they follow the gold ones)
     train = LabeledRows(texts, targets, weights, len(y), noisy, cfg.pseudo_label.noise)
