@@ -188,7 +188,7 @@ def test_agree_guard_keeps_nothing_when_the_loop_loses_on_held_out_gold(monkeypa
 def test_agree_guard_lets_a_clustered_pool_through():
     inp = _inputs()
     g = A.cv_guard(inp.train_embeddings, inp.train_labels, inp.pool_embeddings, 3, A.AgreeConfig(), 3)
-    assert g["use_pool"] and g["folds"] == 4, g
+    assert g["use_pool"] and g["folds"] == 10, g
     assert len(A.AgreementLabeler(A.AgreeConfig()).select(inp).index) > 0
 
 
@@ -230,3 +230,44 @@ def test_impossible_combinations_are_refused_up_front(overrides, match):
 
     with pytest.raises(ConfigError, match=match):
         load_config(None, overrides)
+
+
+# ------------------------------------------------------------------ SetFit-style pairs
+def test_pairs_are_one_positive_and_one_negative_per_row_and_iteration():
+    from selftrain.plugins.classifiers.setfit import make_pairs
+
+    y = np.array([0, 0, 1, 1, 2])  # class 2 has a single row: no positive partner for it
+    pairs, t = make_pairs(y, 3, np.random.default_rng(0))
+    assert len(pairs) == 3 * (4 * 2 + 1) and t.sum() == 3 * 4
+    same = y[pairs[:, 0]] == y[pairs[:, 1]]
+    assert np.array_equal(same, t == 1) and (pairs[:, 0] != pairs[:, 1]).all()
+    capped, _ = make_pairs(y, 3, np.random.default_rng(0), max_pairs=5)
+    assert len(capped) == 5
+
+
+def test_cosine_pair_loss_matches_sentence_transformers_formula():
+    from selftrain.plugins.classifiers.setfit import cosine_pair_loss
+
+    u, v = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert float(cosine_pair_loss(u, v, torch.tensor([1.0, 0.0]))) == pytest.approx(0.0)
+    assert float(cosine_pair_loss(u, v, torch.tensor([0.0, 1.0]))) == pytest.approx(1.0)
+
+
+def test_setfit_tunes_the_body_and_saves_a_probe_layout(tmp_path):
+    from safetensors.numpy import load_file
+
+    from selftrain.plugins import LabeledRows
+    from selftrain.plugins.classifiers.setfit import SetFit
+    from selftrain.plugins.testing import TOPIC_ROWS
+
+    body = TinyBert(TinyBert.Config()).materialize(SENTENCES, str(tmp_path / "body"), seed=0)
+    texts, y = [t for t, _ in TOPIC_ROWS], np.array([c for _, c in TOPIC_ROWS])
+    clf = SetFit(SetFit.Config(iterations=2, lr=1e-3), RuntimeContext(), 32)
+    rep = clf.fit(body, ["a", "b"], LabeledRows(texts, one_hot(y, 2), np.ones(len(y), np.float32), len(y)),
+                  [], np.zeros(0, np.int64), str(tmp_path / "m"))
+    before = load_file(str(tmp_path / "body" / "model.safetensors"))
+    after = load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert any(not np.allclose(before[k], after[k]) for k in before), "the encoder was not trained"
+    assert json.loads((tmp_path / "m" / "selftrain_classifier.json").read_text())["classifier"] == "setfit"
+    assert not (tmp_path / "m" / ".body").exists() and "steps over pairs of 12 rows" in rep.notes[-1]
+    assert clf.load(str(tmp_path / "m"), ["a", "b"]).predict_proba(texts).shape == (12, 2)
