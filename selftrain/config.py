@@ -254,7 +254,13 @@ def plugin_options(group: str, name: str, options: dict, where: str):
     try:
         return cls, cls.Config(**options)
     except ValidationError as exc:
-        errs = "; ".join(f"{where}.options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        def one(e) -> str:
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["loc"]:
+                return f"{where}.options.{'.'.join(map(str, e['loc']))}: {msg}"
+            # a model-level (cross-field) validator: no single field to blame
+            return f"{where}.options of {name!r} ({', '.join(sorted(options)) or 'defaults'}): {msg}"
+        errs = "; ".join(one(e) for e in exc.errors())
         raise ConfigError(f"{errs}. Fields of {name!r}: {', '.join(cls.Config.model_fields) or 'none'}.") from None
 
 

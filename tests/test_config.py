@@ -88,3 +88,31 @@ def test_sentence_objectives_refuse_packing():
     with pytest.raises(ConfigError, match="batching: bucket"):
         load_config(None, ["pretrain.enabled=true", "pretrain.objective=simcse", "pretrain.batching=pack"])
     load_config(None, ["pretrain.enabled=true", "pretrain.objective=mlm", "pretrain.batching=pack"])
+
+
+def test_a_plugins_cross_field_error_names_the_plugin_and_its_fields(monkeypatch):
+    from pydantic import model_validator
+
+    from selftrain.config import plugin_options
+    from selftrain.plugins import PluginConfig
+    from selftrain.plugins import registry
+
+    class RangeConfig(PluginConfig):
+        low: float = 0.1
+        high: float = 0.9
+
+        @model_validator(mode="after")
+        def ordered(self):
+            if self.low >= self.high:
+                raise ValueError("low must be below high")
+            return self
+
+    class Ranged:
+        Config = RangeConfig
+
+    monkeypatch.setattr(registry, "get", lambda group, name: Ranged)
+    with pytest.raises(ConfigError) as exc:
+        plugin_options("selftrain.labelers", "ranged", {"low": 0.8, "high": 0.2}, "pseudo_label")
+    msg = str(exc.value)
+    assert "pseudo_label.options of 'ranged' (high, low): low must be below high" in msg, msg
+    assert "options.:" not in msg and "Value error" not in msg

@@ -69,6 +69,8 @@ def test_pipeline_outputs(shared_tiny_run):
     assert rep["kept"] == len(pl) and sum(rep["per_class"].values()) == len(pl)
     assert "accuracy_vs_hidden_gold" in rep
     assert "| baseline" in (run / "report.md").read_text()
+    assert metrics["recipe"] == {"model": "tiny-bert", "classifier": "finetune", "pretrain_objective": cfg.pretrain.objective,
+                                 "labeler": "soft", "gold_labels_per_class": {"train": 8, "val": 8}}
 
 
 def test_student_worse_than_teacher_keeps_teacher(tiny_config):

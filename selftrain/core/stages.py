@@ -342,11 +342,16 @@ def evaluate_stage(cfg: PipelineConfig, clean: str, models: dict[str, str], val_
         extra["notes"] = [*extra.get("notes", []), msg]
     table = markdown_table(results, baseline, final)
     metrics = {"models": results, "baseline": baseline, "final": final, "labels": labels,
-               "test_size": len(y), "selftrain_version": __version__, "plugins": plugin_versions(), **extra}
+               "test_size": len(y), "selftrain_version": __version__, "plugins": plugin_versions(),
+               "recipe": {"model": cfg.model.name, "classifier": cfg.classifier.name,
+                          "pretrain_objective": cfg.pretrain.objective if cfg.pretrain.enabled else None,
+                          "labeler": cfg.pseudo_label.labeler if cfg.pseudo_label.enabled else None,
+                          "gold_labels_per_class": {"train": cfg.data.labels_per_class, "val": cfg.data.val_per_class}},
+               **extra}
     io.write_json(_uri(cfg, "metrics.json"), metrics)
     notes = "\n".join(f"- {n}" for n in extra.get("notes", []))
     report = (f"# selftrain run `{cfg.run_name}`\n\nTest split: {len(y)} rows, labels {', '.join(labels)}. "
-              f"`final` is chosen on validation macro-F1, never on test.\n\n{table}\n\n"
+              f"`final` is chosen on validation macro-F1 when there are validation rows, else it is the last model the labeler's guards let through; never on test.\n\n{table}\n\n"
               + (f"## Notes\n{notes}\n" if notes else ""))
     io.write_text(_uri(cfg, "report.md"), report)
     return {"metrics": _uri(cfg, "metrics.json"), "report": _uri(cfg, "report.md"), "markdown": report,
