@@ -125,3 +125,22 @@ def test_subcommand_help_mentions_the_new_options(argv, capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert ("--group" in out and "--json" in out) if "show" in argv else "--show" in out
+
+
+@pytest.mark.parametrize("api_url", [None, "http://127.0.0.1:4200/api"])
+def test_ephemeral_runs_switch_off_the_server_services_that_lock_sqlite(api_url, tmp_path):
+    code = ("import os\nfrom selftrain.cli import _prefect_env, EPHEMERAL_OFF_SERVICES\n_prefect_env()\n"
+            "from prefect.settings import Settings\nsv = Settings().server.services\n"
+            "print(sorted(s for s in EPHEMERAL_OFF_SERVICES if not getattr(sv, s.lower()).enabled), "
+            "sv.event_persister.enabled, sv.task_run_recorder.enabled)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path)
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    off, persister, recorder = out.stdout.strip().rsplit(" ", 2)
+    from selftrain.cli import EPHEMERAL_OFF_SERVICES
+
+    assert off == (str(sorted(EPHEMERAL_OFF_SERVICES)) if api_url is None else "[]")
+    assert persister == recorder == "True"
