@@ -271,3 +271,55 @@ def test_setfit_tunes_the_body_and_saves_a_probe_layout(tmp_path):
     assert json.loads((tmp_path / "m" / "selftrain_classifier.json").read_text())["classifier"] == "setfit"
     assert not (tmp_path / "m" / ".body").exists() and "steps over pairs of 12 rows" in rep.notes[-1]
     assert clf.load(str(tmp_path / "m"), ["a", "b"]).predict_proba(texts).shape == (12, 2)
+
+
+def _saved_probe(tmp_path):
+    from selftrain.plugins import LabeledRows
+    from selftrain.plugins.testing import TOPIC_ROWS
+
+    body = TinyBert(TinyBert.Config()).materialize(SENTENCES, str(tmp_path / "body"), seed=0)
+    texts, y = [t for t, _ in TOPIC_ROWS], np.array([c for _, c in TOPIC_ROWS])
+    probe = Probe(Probe.Config(), RuntimeContext(), 32)
+    probe.fit(body, ["a", "b"], LabeledRows(texts, one_hot(y, 2), np.ones(len(y), np.float32), len(y)),
+              [], np.zeros(0, np.int64), str(tmp_path / "m"))
+    return probe, texts, str(tmp_path / "m")
+
+
+def test_a_saved_probe_loads_with_plain_transformers_and_safetensors(tmp_path):
+    """The model card's promise, without selftrain: AutoModel + mean pooling + head.safetensors."""
+    from safetensors.numpy import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    probe, texts, path = _saved_probe(tmp_path)
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    enc = tok(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    with torch.no_grad():
+        h = model(**enc).last_hidden_state  # (N, T, H)
+    m = enc["attention_mask"].unsqueeze(-1).float()
+    e = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).numpy()  # (N, H)
+    head = load_file(f"{path}/head.safetensors")
+    plain = softmax(e @ head["weight"].T + head["bias"])
+    assert np.allclose(plain, probe.load(path, ["a", "b"]).predict_proba(texts), atol=1e-4)
+
+
+def test_a_saved_probe_loads_with_sentence_transformers(tmp_path):
+    st = pytest.importorskip("sentence_transformers", reason="pip install '.[bench]' brings sentence-transformers")
+    from safetensors.numpy import load_file
+
+    probe, texts, path = _saved_probe(tmp_path)
+    body = st.SentenceTransformer(path, device="cpu")
+    body.max_seq_length = 32
+    head = load_file(f"{path}/head.safetensors")
+    plain = softmax(body.encode(texts) @ head["weight"].T + head["bias"])
+    assert np.allclose(plain, probe.load(path, ["a", "b"]).predict_proba(texts), atol=1e-4)
+
+
+def test_the_model_card_says_how_each_classifier_loads():
+    from selftrain.core.model_card import load_snippet
+    from selftrain.core.registry import Registry
+
+    reg = Registry("/tmp/reg")
+    assert "SentenceTransformer(path)" in load_snippet(reg, "v1", "probe")
+    assert "SentenceTransformer(path)" in load_snippet(reg, "v1", "setfit")
+    assert "AutoModelForSequenceClassification" in load_snippet(reg, "v1", "finetune")
+    assert "load_trained" in load_snippet(reg, "v1", "someone-elses")

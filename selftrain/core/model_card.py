@@ -30,7 +30,7 @@ def load_snippet(reg: Registry, version: str, classifier: str = "finetune") -> s
                f'path = Registry("{reg.root}").local_model("{version}")  # downloaded once into ~/.cache/selftrain\n')
     else:
         get = f'path = "{reg.uri("versions", version, "model")}"\n'
-    plain = {"probe": PROBE_SNIPPET, "finetune": FINETUNE_SNIPPET}.get(classifier)
+    plain = {"probe": PROBE_SNIPPET, "setfit": PROBE_SNIPPET, "finetune": FINETUNE_SNIPPET}.get(classifier)
     body = ("```python\n" + get + plain + "```\n\n") if plain else ""
     return (f"Trained by the `{classifier}` classifier plugin. " + ("With plain libraries:\n\n" + body if body else "\n\n") +
             "With selftrain, for any classifier plugin: `selftrain.core.classifiers.load_trained(cfg, path).predict_proba(texts)`.\n\n"
