@@ -132,6 +132,12 @@ def test_prior_corrected_knn_vote_is_not_outvoted_by_count():
     assert A.knn_vote(q, keys, labels, 10, 2, prior=np.array([0.5, 0.5]))[0] == 1
 
 
+def test_prior_is_the_gold_mix_or_the_mean_prediction():
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.5, 0.5]])
+    assert np.allclose(A.estimate_prior("gold", probs, np.array([0, 0, 1, 1]), 2), [0.5, 0.5])
+    assert np.allclose(A.estimate_prior("predicted", probs, np.array([0, 0, 1, 1]), 2), [0.7667, 0.2333], atol=1e-3)
+
+
 def test_quotas_grow_to_the_prior_over_rounds():
     prior = np.array([0.5, 0.3, 0.2])
     q1 = A.quotas(prior, 100, 1, 5, 1.0, np.zeros(3, np.int64))
