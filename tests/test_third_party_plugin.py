@@ -175,8 +175,8 @@ def test_allowlist_and_autoload_switch(plugin_env):
     assert recs[("selftrain.objectives", "electra")]["status"] == "ok"
 
     # a config naming a disabled plugin fails at validation time, saying why
-    out = plugin_env.run("-m", "selftrain.cli", "config", "--set", "pretrain.objective=electra",
-                         SELFTRAIN_DISABLE_PLUGIN_AUTOLOAD="1")
+    out = plugin_env.run("-m", "selftrain.cli", "config", "--set", "pretrain.enabled=true",
+                         "--set", "pretrain.objective=electra", SELFTRAIN_DISABLE_PLUGIN_AUTOLOAD="1")
     assert out.returncode == 2
     assert "'electra'" in out.stderr and "cannot be used" in out.stderr and "SELFTRAIN_DISABLE_PLUGIN_AUTOLOAD" in out.stderr
 
@@ -190,5 +190,5 @@ def test_uninstall_removes_the_plugins(tmp_path):
     recs = env.plugins()
     assert ("selftrain.objectives", "electra") not in recs and ("selftrain.labelers", "margin") not in recs
     assert ("selftrain.objectives", "mlm") in recs
-    out = env.run("-m", "selftrain.cli", "config", "--set", "pretrain.objective=electra")
+    out = env.run("-m", "selftrain.cli", "config", "--set", "pretrain.enabled=true", "--set", "pretrain.objective=electra")
     assert out.returncode == 2 and "Unknown objective 'electra'" in out.stderr and "Fix pretrain.objective" in out.stderr
