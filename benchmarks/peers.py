@@ -156,6 +156,8 @@ def run_setfit(s: dict, n_classes: int, model_dir: str | None, seed: int, iterat
     """SetFit (contrastive finetuning of the sentence encoder + a logistic head) on the gold labels."""
     from importlib.util import find_spec
 
+    if iterations <= 0:
+        return {"status": "skipped"}
     if find_spec("setfit") is None:
         return {"status": "not installed"}
     model_dir = _model_dir(model_dir)

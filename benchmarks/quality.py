@@ -267,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-runs", action="store_true", help="keep the run directories")
     ap.add_argument("--setfit-iterations", type=int, default=None, help="SetFit pair-generation iterations (default 20)")
     ap.add_argument("--no-guard-run", dest="no_guard", action="store_false", help="skip the no-guard run")
+    ap.add_argument("--no-setfit", action="store_true", help="skip the SetFit peer (recorded as 'skipped')")
     ap.add_argument("--stage-log", action="store_true", help="print the pipeline's stage log lines (timestamps)")
     args = ap.parse_args(argv)
     if args.stage_log:
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     datasets = None if args.config else (args.datasets or (["bbc"] if args.quick else ["bbc", "tweets"]))
     ks = args.k or ([4] if args.quick else [4, 16])
     seeds = args.seeds if args.seeds is not None else ([0, 1] if args.quick else [0, 1, 2, 3, 4])
-    iters = args.setfit_iterations or (5 if args.quick else 20)
+    iters = 0 if args.no_setfit else (args.setfit_iterations or (5 if args.quick else 20))
     m = machine()
     log(f"machine: {machine_line(m)}")
     log(f"datasets={datasets or args.config} k={ks} seeds={seeds} overrides={args.set}")
