@@ -1,4 +1,4 @@
-"""Command line: selftrain run | retrain | config | plugins list|show | models list|show|promote|rollback.
+"""Command line: selftrain run | retrain | config | plugins list|show | models list|show|promote|rollback | deploy-schema.
 
 Run "selftrain COMMAND --help" for a command's options.
 """
@@ -237,6 +237,49 @@ def cmd_retrain(args) -> int:
     return 0
 
 
+def cmd_deploy_schema(args) -> int:
+    """After `prefect deploy`: type each plugin's options in the deployments' run forms."""
+    if not os.environ.get("PREFECT_API_URL"):
+        from prefect.settings import PREFECT_API_URL
+
+        if not PREFECT_API_URL.value():
+            print("selftrain: deploy-schema needs a Prefect server. Fix: export PREFECT_API_URL=http://<host>:4200/api",
+                  file=sys.stderr)
+            return 2
+    from selftrain.flows.schema import apply_typed_schemas
+
+    try:
+        report = apply_typed_schemas(args.deployment or None, dry_run=args.dry_run)
+    except LookupError as exc:  # an unknown deployment name
+        print(f"selftrain: deploy-schema: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # an unreachable server
+        from prefect.settings import PREFECT_API_URL
+
+        print(f"selftrain: deploy-schema: {type(exc).__name__}: {exc} (PREFECT_API_URL={PREFECT_API_URL.value()}). "
+              "Fix: start the server or point PREFECT_API_URL at it", file=sys.stderr)
+        return 1
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(report), indent=2))
+    else:
+        verb = "would type" if args.dry_run else "typed"
+        for a in report.applied:
+            print(f"{a.deployment}: {verb} " + "; ".join(f"{s} ({', '.join(n)})" for s, n in a.typed.items()))
+            for u in a.untyped:
+                print(f"  {u}: not installed here, its options stay untyped")
+        for d in report.not_config:
+            print(f"{d}: left as it is (its flow takes no selftrain config)")
+        for s in report.skipped_plugins:
+            print(f"skipped plugin {s}")
+    if not report.applied:
+        print("selftrain: deploy-schema: no deployment takes a selftrain config. Fix: run `prefect deploy "
+              "--prefect-file deployments/prefect.yaml --all` first, against the same PREFECT_API_URL", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selftrain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -297,6 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
     mrb = msub.add_parser("rollback", parents=[where], help="restore the champion before the current one")
     mrb.add_argument("--reason", help="recorded in champion.json's history")
     m.set_defaults(func=cmd_models)
+
+    ds = sub.add_parser("deploy-schema", help="after `prefect deploy`: type the plugin options in the run forms "
+                        "of the deployments (one form per installed plugin; bad values refused by the server)")
+    ds.add_argument("--deployment", "-d", action="append", metavar="FLOW/NAME",
+                    help="only this deployment (repeatable; default: every deployment whose flow takes a config)")
+    ds.add_argument("--dry-run", action="store_true", help="say what would be typed, change nothing")
+    ds.add_argument("--json", action="store_true", help="machine-readable output")
+    ds.set_defaults(func=cmd_deploy_schema)
     return p
 
 
