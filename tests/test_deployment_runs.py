@@ -2,7 +2,8 @@
 
 The slow tests start everything for real, on loopback: ``prefect server start`` (temporary
 PREFECT_HOME and sqlite DB), moto's S3 server, the work pools and limit from
-``deployments/setup.sh``, one process worker per pool, ``prefect deploy --all``; they trigger
+``deployments/setup.sh``, one process worker per pool, ``prefect deploy --all`` and
+``selftrain deploy-schema`` (typed plugin options, enforced by the server); they trigger
 the pipeline deployment through the REST API as the UI does and read the outcome back through
 the API and S3. Every process started here is stopped by its PID (process group) at the end.
 The deployment file itself and the stage placement logic are checked without a server in
@@ -234,6 +235,8 @@ def service(s3_server, tmp_path_factory):
         svc.start("worker-gpu", "worker", "start", "--pool", "gpu", "--name", "gpu-1", "--limit", "1")
         svc.run(PREFECT, "--no-prompt", "deploy", "--prefect-file", str(PREFECT_FILE.relative_to(ROOT)), "--all",
                 timeout=600)
+        # typed plugin options (docs/deployment.md): the runs below pass the typed, enforced schemas
+        svc.run(str(Path(sys.executable).with_name("selftrain")), "deploy-schema", timeout=300)
         svc.wait_workers(["cpu", "gpu"])
         print(f"\nservice up: server {t_server - t0:.0f} s, pools + deploy + workers {time.time() - t_server:.0f} s")
         yield svc
