@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,7 +51,45 @@ def _storage(cfg: PipelineConfig):
 def task_stages(cfg: PipelineConfig) -> Stages:
     storage = _storage(cfg)
     wrapped = {name: t.with_options(result_storage=storage) if name != "ingest" else t for name, t in tasks.ALL.items()}
-    return Stages(**wrapped)
+    return Stages(**wrapped, score_pool=score_pool)
+
+
+def dask_runner(cfg: PipelineConfig):
+    """The task runner of ``score_pool_flow``: the Dask cluster at ``execution.dask_address``,
+    or ``execution.pool_workers`` local worker processes started for the stage and closed after."""
+    from prefect_dask import DaskTaskRunner
+
+    ex = cfg.execution
+    if ex.dask_address:
+        return DaskTaskRunner(address=ex.dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": ex.pool_workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None})
+
+
+@flow(name="score-pool")
+def score_pool_flow(config: PipelineConfig, clean: str, members: list[str], labels: list[str]) -> dict:
+    """Score the unlabeled pool in shards: one ``score-shard`` task per (model, shard), mapped over
+    the flow's task runner (a Dask cluster); returns the shard outputs per model (URIs)."""
+    from prefect import unmapped
+
+    from selftrain.core.shards import outputs, shard_jobs
+
+    jobs = shard_jobs(config, clean, members, labels)
+    t0 = time.perf_counter()
+    futures = tasks.score_shard.map(unmapped(config), jobs, threads=unmapped(config.execution.threads_per_worker))
+    done = [f.result() for f in futures]
+    wall = time.perf_counter() - t0
+    fresh = [d for d in done if not d["skipped"]]
+    rows = sum(d["rows"] for d in fresh)
+    _logger().info("score-pool: %d shard jobs (%d already done) on %d worker process(es), %d rows in %.1f s (%.0f rows/s)",
+                   len(jobs), len(done) - len(fresh), len({d["pid"] for d in fresh}), rows, wall,
+                   rows / wall if wall > 0 else 0.0)
+    return outputs(jobs)
+
+
+def score_pool(cfg: PipelineConfig, clean: str, members: list[str], labels: list[str]) -> dict:
+    """``Stages.score_pool`` of the flow: ``score_pool_flow`` as a subflow on the Dask task runner."""
+    return score_pool_flow.with_options(task_runner=dask_runner(cfg))(cfg, clean, members, labels)
 
 
 def flow_stages(cfg: PipelineConfig) -> Stages:
@@ -198,10 +237,11 @@ def finetune_flow(config: PipelineConfig, clean: str, base_model: str | None, na
 
 @flow(name="pseudo-label")
 def pseudo_label_flow(config: PipelineConfig, clean: str, teacher: str, round_: int = 1,
-                      also: list[str] | None = None, previous: str | None = None) -> dict:
+                      also: list[str] | None = None, previous: str | None = None,
+                      scores: dict[str, list[str]] | None = None) -> dict:
     """The teacher (averaged with ``also``) scores the unlabeled pool; the labeler keeps a subset,
     growing ``previous`` (the round before's pseudo-labels) if it does (a heavy stage: the gpu pool's work)."""
-    return _record(config, task_stages(config).pseudo_label(config, clean, teacher, round_, also, previous))
+    return _record(config, task_stages(config).pseudo_label(config, clean, teacher, round_, also, previous, scores))
 
 
 # the heavy stages (Stages field -> stage flow) that execution.heavy_stages=deployments sends away

@@ -285,6 +285,14 @@ class TrainedClassifier(ABC):
         """(N,) texts -> (N, H) L2-normalised sentence embeddings of the classifier's body."""
         raise NotImplementedError(f"{type(self).__name__} has no sentence embeddings")
 
+    def score(self, texts: list[str], batch_size: int = 128, embeddings: bool = False,
+              progress=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N,) texts -> ((N, C) probabilities, (N, H) embeddings or None): what pseudo-labelling
+        needs of the pool, in one call. The default runs ``predict_proba`` then ``embed``; a
+        plugin whose head reads the embeddings (the probe) overrides it to encode once."""
+        probs = self.predict_proba(texts, batch_size, progress=progress)
+        return probs, (self.embed(texts, batch_size) if embeddings else None)
+
 
 class Classifier(_Plugin):
     """How a classifier is trained from a backbone and labelled rows, saved and loaded.

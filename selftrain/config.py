@@ -178,6 +178,18 @@ class ExecutionConfig(Section):
     )
     stage_timeout_s: float | None = Field(None, gt=0, description="Give up waiting for one stage run after this long; null waits.")
     poll_interval_s: float = Field(5.0, gt=0, description="Seconds between checks of a stage run's state.")
+    pool_workers: int = Field(
+        0, ge=0, description="0: the pseudo-label stage scores the unlabeled pool itself, in one process. N >= 1: the pool "
+        "is split into shards of pool_shard_rows rows (written under <run_dir>/pool/), each shard is scored by a Prefect "
+        "task on a Dask cluster (N local worker processes, or the cluster at dask_address), shard outputs are written "
+        "atomically under <run_dir>/scores/ and merged; a re-run skips finished shards, a lost worker loses only its shard.",
+    )
+    pool_shard_rows: int = Field(4096, ge=1, description="Unlabeled rows per shard when pool_workers >= 1.")
+    threads_per_worker: int = Field(
+        1, ge=1, description="torch threads of each local Dask worker (pool_workers x threads_per_worker <= cores).")
+    dask_address: str | None = Field(
+        None, description="tcp://host:8786 of an existing Dask scheduler to score shards on (its workers need selftrain "
+        "and access to the run dir); null starts pool_workers local worker processes for the stage.")
 
 
 class RetrainConfig(Section):

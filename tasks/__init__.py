@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.tasks import exponential_backoff
 
-from selftrain.core import stages
+from selftrain.core import shards, stages
 from selftrain.tasks.caching import stage_key
 
 RETRY = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=2), "retry_jitter_factor": 0.2}
@@ -24,6 +24,8 @@ finetune = task(stages.finetune_stage, name="finetune", task_run_name="finetune-
 pseudo_label = task(stages.pseudo_label_stage, name="pseudo-label", task_run_name="pseudo-label-r{round_}",
                     cache_key_fn=stage_key("pseudo_label", "model", "classifier"), **RETRY, **PERSIST)
 evaluate = task(stages.evaluate_stage, name="evaluate", cache_key_fn=stage_key("evaluate", "model", "classifier"), **RETRY, **PERSIST)
+# one shard of the pool scored by one model; never cached by Prefect: an existing output file is the cache
+score_shard = task(shards.score_job, name="score-shard", task_run_name="score-shard-{job[member]}-{job[index]}", **RETRY)
 
 ALL = {"ingest": ingest, "validate": validate, "pretrain": pretrain, "finetune": finetune,
        "pseudo_label": pseudo_label, "evaluate": evaluate}

@@ -87,7 +87,25 @@ def test_embedder_uses_the_cls_pooling_a_checkpoint_declares(tmp_path):
     assert mean.shape == cls.shape and not np.allclose(mean, cls), "the declared CLS pooling was not used"
     assert np.allclose(np.linalg.norm(cls, axis=1), 1.0, atol=1e-5)
     again = Embedder(body, 32, ctx)(SENTENCES[:4])  # from the disk cache, same key
-    assert np.array_equal(cls, again) and list((tmp_path / "cache").glob("*.npz"))
+    assert np.array_equal(cls, again) and list((tmp_path / "cache").glob("*/*.npz"))
+
+
+def test_embedding_cache_adds_segments_and_never_rewrites_them(tmp_path, monkeypatch):
+    from selftrain.plugins.classifiers import embed as embed_mod
+
+    body = TinyBert(TinyBert.Config()).materialize(SENTENCES, str(tmp_path / "body"), seed=0)
+    ctx = RuntimeContext(cache_dir=str(tmp_path / "cache"))
+    e = Embedder(body, 32, ctx)
+    first = e(SENTENCES[:3])
+    (seg,) = (tmp_path / "cache").glob("*/*.npz")
+    stamp = seg.stat().st_mtime_ns
+    both = e(SENTENCES[:5] + SENTENCES[:1])  # 2 new texts (one segment more), a repeat, the old 3 from the cache
+    segs = sorted((tmp_path / "cache").glob("*/*.npz"))
+    assert len(segs) == 2 and seg.stat().st_mtime_ns == stamp
+    assert np.array_equal(both[:3], first) and np.array_equal(both[5], first[0])
+    monkeypatch.setattr(embed_mod, "_SEGMENTS", {})  # a new process: read from disk, encode nothing
+    monkeypatch.setattr(Embedder, "_encode", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-encoded")))
+    assert np.array_equal(Embedder(body, 32, ctx)(SENTENCES[:5]), both[:5])
 
 
 # ------------------------------------------------------------------ the probe's head

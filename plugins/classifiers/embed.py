@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -87,8 +88,17 @@ def _text_keys(texts: list[str]) -> np.ndarray:
     return np.array([hashlib.sha1(t.encode("utf-8", "surrogatepass")).digest() for t in texts], dtype="S20")
 
 
+_SEGMENTS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+"""In-process memo of cache segment files (path -> (keys, x)); segments are immutable once written."""
+
+
 class Embedder:
-    """A frozen encoder -> (N, H) float32 embeddings, length-sorted batches, cached on disk."""
+    """A frozen encoder -> (N, H) float32 embeddings, length-sorted batches, cached on disk.
+
+    The cache of one body is a folder of immutable segments, ``<cache_dir>/<key>/<n>.npz``
+    ({keys: (n,) sha1 of each text, x: (n, H)}): a call that encodes new texts adds one
+    segment, it never rewrites old ones (a pool scored in chunks costs O(pool), not O(pool²)),
+    and segments already read in this process are not read again."""
 
     def __init__(self, model_dir: str, max_length: int, ctx: RuntimeContext):
         self.model_dir, self.max_length, self.ctx = model_dir, max_length, ctx
@@ -105,40 +115,54 @@ class Embedder:
             self._model = AutoModel.from_pretrained(self.model_dir).eval().to(self.ctx.device)
         return self._model, self._tok
 
-    def _cache_file(self) -> Path | None:
-        return Path(self.ctx.cache_dir) / f"{self.key}.npz" if self.ctx.cache_dir else None
+    def _cache_folder(self) -> Path | None:
+        return Path(self.ctx.cache_dir) / self.key if self.ctx.cache_dir else None
 
-    def __call__(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
-        keys = _text_keys(texts)
-        cached_keys, cached_x = np.zeros(0, "S20"), np.zeros((0, 0), np.float32)
-        f = self._cache_file()
-        if f is not None and f.exists():
-            with np.load(f) as z:
-                cached_keys, cached_x = z["keys"], z["x"]
-        lookup = {k: i for i, k in enumerate(cached_keys.tolist())}
-        missing = sorted({i for i, k in enumerate(keys.tolist()) if k not in lookup})
-        fresh = self._encode([texts[i] for i in missing], batch_size) if missing else None
-        if fresh is not None and f is not None:  # append and replace atomically
-            f.parent.mkdir(parents=True, exist_ok=True)
-            new_keys = np.concatenate([cached_keys, keys[missing]])
-            new_x = fresh if len(cached_x) == 0 else np.concatenate([cached_x, fresh])
-            tmp = f.with_suffix(f".{os.getpid()}.tmp.npz")
-            np.savez(tmp, keys=new_keys, x=new_x)
-            os.replace(tmp, f)
-            cached_keys, cached_x = new_keys, new_x
-            lookup = {k: i for i, k in enumerate(cached_keys.tolist())}
-        if fresh is not None and f is None:
-            out = np.zeros((len(texts), fresh.shape[1]), np.float32)
-            pos = {k: j for j, k in enumerate(keys[missing].tolist())}
-            for i, k in enumerate(keys.tolist()):
-                out[i] = fresh[pos[k]]
-            return out
+    def _cached(self, folder: Path) -> dict[bytes, tuple[np.ndarray, int]]:
+        """text key -> (segment's x, row) over every segment on disk."""
+        lookup: dict[bytes, tuple[np.ndarray, int]] = {}
+        for f in sorted(folder.glob("*.npz")) if folder.exists() else []:
+            seg = _SEGMENTS.get(str(f))
+            if seg is None:
+                try:
+                    with np.load(f) as z:
+                        seg = _SEGMENTS[str(f)] = (z["keys"], z["x"])
+                except (OSError, ValueError, KeyError):  # a torn or foreign file: ignore it, re-encode
+                    continue
+            for i, k in enumerate(seg[0].tolist()):
+                lookup[k] = (seg[1], i)
+        return lookup
+
+    def __call__(self, texts: list[str], batch_size: int = 128, progress=None) -> np.ndarray:
+        keys = _text_keys(texts).tolist()
+        folder = self._cache_folder()
+        lookup = self._cached(folder) if folder is not None else {}
+        missing = sorted({i for i, k in enumerate(keys) if k not in lookup})
+        if progress and len(texts) > len(missing):
+            progress(len(texts) - len(missing))
+        if missing:
+            uniq = list(dict.fromkeys(keys[i] for i in missing))  # a text repeated in the call is encoded once
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            fresh = self._encode([texts[first[k]] for k in uniq], batch_size, progress)  # (M, H)
+            for j, k in enumerate(uniq):
+                lookup[k] = (fresh, j)
+            if folder is not None:  # a new segment, written whole then renamed: never half a file
+                folder.mkdir(parents=True, exist_ok=True)
+                name = f"{time.time_ns()}-{os.getpid()}"
+                tmp = folder / f".{name}.tmp.npz"
+                np.savez(tmp, keys=np.array(uniq, dtype="S20"), x=fresh)
+                os.replace(tmp, folder / f"{name}.npz")
+                _SEGMENTS[str(folder / f"{name}.npz")] = (np.array(uniq, dtype="S20"), fresh)
+            if progress and len(missing) > len(uniq):
+                progress(len(missing) - len(uniq))
         if not texts:
-            return np.zeros((0, cached_x.shape[1] if cached_x.ndim == 2 and cached_x.shape[1] else 0), np.float32)
-        return cached_x[[lookup[k] for k in keys.tolist()]]
+            from transformers import AutoConfig
+
+            return np.zeros((0, AutoConfig.from_pretrained(self.model_dir).hidden_size), np.float32)
+        return np.stack([lookup[k][0][lookup[k][1]] for k in keys]).astype(np.float32, copy=False)  # (N, H)
 
     @torch.inference_mode()
-    def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+    def _encode(self, texts: list[str], batch_size: int, progress=None) -> np.ndarray:
         model, tok = self._load()
         ids = tok(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
         lengths = np.array([len(x) for x in ids])
@@ -161,4 +185,6 @@ class Embedder:
             if self.pooling["normalize"]:
                 e = torch.nn.functional.normalize(e, dim=-1)
             out[idx] = e.cpu().numpy()
+            if progress:
+                progress(len(idx))
         return out

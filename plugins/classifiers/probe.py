@@ -88,10 +88,11 @@ class TrainedProbe(TrainedClassifier):
         return self.embedder(texts, batch_size)
 
     def predict_proba(self, texts: list[str], batch_size: int = 128, progress=None) -> np.ndarray:
-        e = self.embed(texts, batch_size)  # (N, H)
-        if progress:
-            progress(len(texts))
-        return softmax(e @ self.W.T + self.b)  # (N, C)
+        return self.score(texts, batch_size, progress=progress)[0]
+
+    def score(self, texts, batch_size=128, embeddings=False, progress=None):
+        e = self.embedder(texts, batch_size, progress=progress)  # (N, H): one encoding for both
+        return softmax(e @ self.W.T + self.b), (e if embeddings else None)  # (N, C), (N, H)
 
 
 class Probe(Classifier):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from selftrain.config import PipelineConfig
-from selftrain.core import stages
+from selftrain.core import shards, stages
 from selftrain.core.evaluate import prob_worse
 
 
@@ -22,6 +22,7 @@ class Stages:
     pretrain: Callable = stages.pretrain_stage
     finetune: Callable = stages.finetune_stage
     pseudo_label: Callable = stages.pseudo_label_stage
+    score_pool: Callable = shards.score_pool  # only with execution.pool_workers >= 1
     evaluate: Callable = stages.evaluate_stage
 
 
@@ -60,7 +61,11 @@ def run_stages(cfg: PipelineConfig, S: Stages | None = None, publish: Callable[[
             # round 1 may average the teacher with the baseline (see pseudo_label.ensemble_baseline)
             also = ([done["baseline"]["model"]] if r == 1 and cfg.pseudo_label.ensemble_baseline and baseline
                     and final != "baseline" else None)
-            pl = S.pseudo_label(cfg, clean, current["model"], r, also, previous)
+            if cfg.execution.pool_workers:  # the pool scored in shards (on a Dask cluster under Prefect)
+                scores = S.score_pool(cfg, clean, [current["model"], *(also or [])], val["labels"])
+                pl = S.pseudo_label(cfg, clean, current["model"], r, also, previous, scores)
+            else:
+                pl = S.pseudo_label(cfg, clean, current["model"], r, also, previous)
             pseudo_reports.append(pl["report"])
             if pl["report"]["kept"] == 0:
                 reason = pl["report"].get("empty_reason", "the labeler kept no row")

@@ -244,7 +244,8 @@ def _previous(uri: str | None, n_classes: int) -> Selection | None:
 
 
 def pseudo_label_stage(cfg: PipelineConfig, clean: str, teacher: str, round_: int = 1,
-                       also: list[str] | None = None, previous: str | None = None) -> dict:
+                       also: list[str] | None = None, previous: str | None = None,
+                       scores: dict[str, list[str]] | None = None) -> dict:
     """Teacher scores the unlabeled pool; the labeler plugin keeps a subset -> ``pseudo_labels[-rN].parquet``.
 
     ``also``: more models (e.g. the baseline) whose calibrated probabilities are averaged with
@@ -253,7 +254,9 @@ def pseudo_label_stage(cfg: PipelineConfig, clean: str, teacher: str, round_: in
     Models are loaded through the classifier plugin that saved them.
 
     The pool is streamed from ``clean`` in chunks of ``POOL_CHUNK_ROWS`` rows: only its (N, C)
-    probabilities (and (N, H) embeddings for labelers that need them) stay in memory."""
+    probabilities (and (N, H) embeddings for labelers that need them) stay in memory, and each
+    chunk is encoded once for both. ``scores`` (model URI -> shard outputs, ``selftrain.core.shards``):
+    the pool was scored in shards elsewhere (``execution.pool_workers``); merge those instead."""
     plc = cfg.pseudo_label
     lcls, lopts = plugin_options("selftrain.labelers", plc.labeler, plc.options, "pseudo_label")
     df = pd.concat([rb.to_pandas() for rb in _scan_parquet(clean, ["text", "label", "split"], unlabeled=False)],
@@ -269,19 +272,29 @@ def pseudo_label_stage(cfg: PipelineConfig, clean: str, teacher: str, round_: in
     probs, val_probs, temps, pool_emb, train_emb = 0.0, np.zeros((len(val_y), len(labels))), [], None, None
     for i, uri in enumerate(members):  # each member calibrated on validation on its own, then averaged
         model = load_trained(cfg, uri, labels)
-        bar = tqdm(total=n_pool, desc=f"pseudo-label r{round_}", unit="ex", disable=None)
-        pool_p = np.concatenate([model.predict_proba(texts, plc.batch_size, progress=bar.update)
-                                 for texts in _pool_text_chunks(clean)])  # (N, C)
-        bar.close()
+        want_emb = i == 0 and lcls.needs_embeddings  # the teacher's own sentence embeddings
+        if scores is not None and uri in scores:
+            from selftrain.core.shards import merge
+
+            pool_p, emb = merge(scores[uri])  # (N, C), (N, H) | None
+            if len(pool_p) != n_pool or (want_emb and emb is None):
+                raise ValueError(f"the shard scores of {uri} cover {len(pool_p)} rows (embeddings: {emb is not None}), "
+                                 f"the pool has {n_pool}: re-run the pool scoring")
+        else:
+            bar = tqdm(total=n_pool, desc=f"pseudo-label r{round_}", unit="ex", disable=None)
+            parts = [model.score(texts, plc.batch_size, embeddings=want_emb, progress=bar.update)
+                     for texts in _pool_text_chunks(clean)]
+            bar.close()
+            pool_p = np.concatenate([p for p, _ in parts])  # (N, C)
+            emb = np.concatenate([e for _, e in parts]) if want_emb else None  # (N, H)
         val_p = model.predict_proba(val_texts, plc.batch_size) if val_texts else np.zeros((0, len(labels)))
         temp = fit_temperature(np.log(np.clip(val_p, 1e-12, 1)), val_y) if plc.calibrate and len(val_y) else 1.0
         temps.append(temp)
         probs = probs + softmax(np.log(np.clip(pool_p, 1e-12, 1)), temp) / len(members)  # (N, C)
         if len(val_y):
             val_probs = val_probs + softmax(np.log(np.clip(val_p, 1e-12, 1)), temp) / len(members)
-        if i == 0 and lcls.needs_embeddings:  # the teacher's own sentence embeddings
-            pool_emb = np.concatenate([model.embed(texts, plc.batch_size) for texts in _pool_text_chunks(clean)])  # (N, H)
-            train_emb = model.embed(train_texts, plc.batch_size)  # (G, H)
+        if want_emb:
+            pool_emb, train_emb = emb, model.embed(train_texts, plc.batch_size)  # (N, H), (G, H)
     secs = time.perf_counter() - t0
     sel = lcls(lopts).select(LabelerInputs(
         probs=probs, val_probs=val_probs, val_labels=val_y, train_counts=np.bincount(train_y, minlength=len(labels)),
@@ -301,7 +314,8 @@ def pseudo_label_stage(cfg: PipelineConfig, clean: str, teacher: str, round_: in
         "round": round_, "pool": n_pool, "kept": len(index), "kept_fraction": len(index) / n_pool,
         "per_class": {labels[c]: int((hard == c).sum()) for c in range(len(labels))},
         "temperature": temps[0], "temperatures": temps, "teachers": len(members),
-        "examples_per_s": n_pool * len(members) / secs if secs > 0 else None, "labeler": plc.labeler,
+        "examples_per_s": n_pool * len(members) / secs if secs > 0 and scores is None else None,
+        "scored_in_shards": scores is not None, "labeler": plc.labeler,
         "notes": sel.notes,
     }
     if len(index) == 0:
