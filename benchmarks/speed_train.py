@@ -275,14 +275,39 @@ def int8_available() -> bool:
     return bool(set(torch.backends.quantized.supported_engines) - {"none"})
 
 
-def bench_pseudo_label(texts: list[str], clf_dir: str, labels: list[str], batch_size: int, repeats: int,
-                       max_length: int = 64, int8: bool = False) -> dict:
-    """Alternating transformers.pipeline / predict_logits (/ predict_logits on the int8 teacher)
-    over the same texts; medians of examples/s."""
+def make_probe(backbone_dir: str, labels: list[str], out_dir: str, fit_on: tuple[list[str], list[str]],
+               max_length: int = 64) -> str:
+    """The pipeline's default teacher: a ``probe`` (frozen MiniLM + logistic regression) fit on ``fit_on``."""
     import numpy as np
+
+    from selftrain.plugins import LabeledRows, one_hot
+    from selftrain.plugins.classifiers.probe import Probe
+
+    y = np.array([labels.index(v) for v in fit_on[1]])
+    rows = LabeledRows(list(fit_on[0]), one_hot(y, len(labels)), np.ones(len(y), np.float32), len(y),
+                       np.zeros(len(y), bool), 0.0)
+    Probe(Probe.Config(), _cpu_ctx(), max_length).fit(backbone_dir, labels, rows, [], [], out_dir)
+    return out_dir
+
+
+def bench_pseudo_label(texts: list[str], clf_dir: str, labels: list[str], batch_size: int, repeats: int,
+                       max_length: int = 64, int8: bool = False, probe_dir: str | None = None) -> dict:
+    """Alternating contenders over the same texts; medians of examples/s.
+
+    - ``hf_pipeline``: ``transformers.pipeline("text-classification")`` on a MiniLM sequence classifier (fp32);
+    - ``selftrain``: what the pseudo-label stage runs by default: the ``probe`` teacher's ``score`` (its
+      probabilities and the embeddings the ``agree`` labeler needs, one encoding; embedding cache off);
+    - ``selftrain_bf16``: the same with ``cpu_bf16: true`` (where the CPU has AVX512-BF16 / AMX);
+    - ``selftrain_finetune``: ``predict_logits`` of the finetuned teacher (the ``finetune`` classifier);
+    - ``selftrain_int8`` (``int8``): ``predict_logits(int8=True)``, the dynamically quantised teacher.
+    """
+    import numpy as np
+    import torch
     from transformers import pipeline
 
     from selftrain.core.classify import load_classifier, predict_logits
+    from selftrain.plugins import RuntimeContext
+    from selftrain.plugins.classifiers.probe import Probe
 
     int8 = int8 and int8_available()
     log(f"[pseudo_label] {len(texts)} texts, batch {batch_size}, max_length {max_length}, {repeats} repeats"
@@ -299,35 +324,52 @@ def bench_pseudo_label(texts: list[str], clf_dir: str, labels: list[str], batch_
         s = time.perf_counter() - t0
         return {"seconds": s, "examples_per_s": len(texts) / s}
 
-    contenders = {
-        "hf_pipeline": lambda: timed_run("hf", lambda: pipe(texts)),
-        "selftrain": lambda: timed_run("ours", lambda: predict_logits(model, tok, texts, max_length, batch_size, ctx)),
-    }
+    contenders = {"hf_pipeline": lambda: timed_run("hf", lambda: pipe(texts))}
+    bf16 = "AVX512" in torch.backends.cpu.get_cpu_capability() or "AMX" in torch.backends.cpu.get_cpu_capability()
+    if probe_dir is not None:
+        probe = Probe(Probe.Config(), ctx, max_length).load(probe_dir, labels)  # ctx: no cache_dir, no embedding cache
+        contenders["selftrain"] = lambda: timed_run("ours", lambda: probe.score(texts, batch_size, embeddings=True)[0])
+        if bf16:
+            ctx16 = RuntimeContext(device=torch.device("cpu"), autocast_dtype=torch.bfloat16, seed=0)
+            probe16 = Probe(Probe.Config(), ctx16, max_length).load(probe_dir, labels)
+            probe16.embedder._model, probe16.embedder._tok = probe.embedder._load()  # same weights, loaded once
+            contenders["selftrain_bf16"] = lambda: timed_run(
+                "bf16", lambda: probe16.score(texts, batch_size, embeddings=True)[0])
+    contenders["selftrain_finetune"] = lambda: timed_run(
+        "finetune", lambda: predict_logits(model, tok, texts, max_length, batch_size, ctx))
     if int8:
         contenders["selftrain_int8"] = lambda: timed_run(
             "int8", lambda: predict_logits(model, tok, texts, max_length, batch_size, ctx, int8=True))
     runs = alternate(contenders, repeats, log)
-    # same model, same answers: argmax agreement is a sanity check, not a benchmark
+    # same model, same answers: argmax agreement of the finetune path with the pipeline is a sanity check
     hf_pred = [max(o, key=lambda d: d["score"])["label"] for o in outputs["hf"]]
-    ours = np.asarray(outputs["ours"])
-    ours_pred = [labels[i] for i in ours.argmax(1)]
-    agree = float(np.mean([a == b for a, b in zip(hf_pred, ours_pred)])) if texts else None
+    ft = np.asarray(outputs["finetune"])
+    agree = float(np.mean([a == labels[b] for a, b in zip(hf_pred, ft.argmax(1))])) if texts else None
     hf_probs = np.array([[{d["label"]: d["score"] for d in o}[n] for n in labels] for o in outputs["hf"]])
     res = {"texts": len(texts), "batch_size": batch_size, "max_length": max_length, "repeats": repeats,
-           "runs": runs, "argmax_agreement": agree,
-           "max_abs_prob_diff_vs_hf": float(np.abs(_softmax(ours) - hf_probs).max()) if texts else None}
+           "runs": runs, "argmax_agreement": agree, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "max_abs_prob_diff_vs_hf": float(np.abs(_softmax(ft) - hf_probs).max()) if texts else None}
     for name, rs in runs.items():
         res[name] = {"examples_per_s": spread([r["examples_per_s"] for r in rs])}
     base = res["hf_pipeline"]["examples_per_s"]["median"]
-    res["speedup"] = res["selftrain"]["examples_per_s"]["median"] / base
+    main = "selftrain" if "selftrain" in res else "selftrain_finetune"
+    res["speedup"] = res[main]["examples_per_s"]["median"] / base
+    res["speedup_spread"] = spread([r["examples_per_s"] / h["examples_per_s"] for r, h in zip(runs[main], runs["hf_pipeline"])])
+    res["speedup_finetune"] = res["selftrain_finetune"]["examples_per_s"]["median"] / base
+    if "selftrain_bf16" in res:
+        p32, p16 = np.asarray(outputs["ours"]), np.asarray(outputs["bf16"])
+        res["selftrain_bf16"].update({
+            "speedup_vs_hf": res["selftrain_bf16"]["examples_per_s"]["median"] / base,
+            "argmax_agreement_vs_fp32": float((p16.argmax(1) == p32.argmax(1)).mean()) if texts else None,
+            "max_abs_prob_diff_vs_fp32": float(np.abs(p16 - p32).max()) if texts else None})
     if int8:
         q = np.asarray(outputs["int8"])
         res["selftrain_int8"].update({
             "speedup_vs_hf": res["selftrain_int8"]["examples_per_s"]["median"] / base,
             "speedup_vs_fp32": res["selftrain_int8"]["examples_per_s"]["median"]
-            / res["selftrain"]["examples_per_s"]["median"],
-            "argmax_agreement_vs_fp32": float((q.argmax(1) == ours.argmax(1)).mean()) if texts else None,
-            "max_abs_prob_diff_vs_fp32": float(np.abs(_softmax(q) - _softmax(ours)).max()) if texts else None,
+            / res["selftrain_finetune"]["examples_per_s"]["median"],
+            "argmax_agreement_vs_fp32": float((q.argmax(1) == ft.argmax(1)).mean()) if texts else None,
+            "max_abs_prob_diff_vs_fp32": float(np.abs(_softmax(q) - _softmax(ft)).max()) if texts else None,
         })
     return res
 

@@ -105,6 +105,8 @@ class Embedder:
         self.pooling = read_pooling(model_dir)
         self._model = self._tok = None
         key = f"{weights_digest(model_dir)}|{self.pooling['mode']}|{self.pooling['normalize']}|{max_length}"
+        if ctx.autocast_dtype is not None:  # bf16 embeddings differ from fp32 ones in the last digits: own cache
+            key += f"|{ctx.device.type}:{ctx.autocast_dtype}"
         self.key = hashlib.sha256(key.encode()).hexdigest()[:32]
 
     def _load(self):

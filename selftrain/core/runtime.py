@@ -10,13 +10,16 @@ import torch
 from selftrain.plugins import RuntimeContext
 
 
-def runtime(device: str = "auto", seed: int = 0) -> RuntimeContext:
-    """cuda (with bf16 autocast when supported) > mps > cpu, unless ``device`` names one."""
+def runtime(device: str = "auto", seed: int = 0, cpu_bf16: bool = False) -> RuntimeContext:
+    """cuda (with bf16 autocast when supported) > mps > cpu, unless ``device`` names one;
+    ``cpu_bf16``: bf16 autocast on the CPU too (fast on CPUs with AMX / AVX512-BF16)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device: cuda was asked for but torch sees no GPU; set device: auto or cpu")
     dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else None
+    if device == "cpu" and cpu_bf16:
+        dtype = torch.bfloat16
     return RuntimeContext(device=torch.device(device), autocast_dtype=dtype, seed=seed)
 
 

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Every GPU measurement in one call (<= 8 min on an H100/H200), for a lent GPU machine:
+#
+#   benchmarks/gpu_check.sh [OUT]            # on the GPU host: writes OUT/speed.json (+ png), OUT/gpu_check.log
+#   benchmarks/gpu_check.sh --dry-run [OUT]  # anywhere: the same steps at tiny sizes on the CPU (checks the script)
+#
+# Steps: the machine and card; the speed benchmark's pretrain section (our loop vs HF Trainer, bf16 on CUDA,
+# tokens/s + MFU, see benchmarks/speed_train.py) and pseudo_label section; the sharded pool scoring (scale).
+# Each step has its own time limit, and a failed step does not stop the others: the JSON of those that ran
+# is written anyway.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DRY=0
+if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
+OUT=${1:-benchmarks/results/gpu}
+mkdir -p "$OUT"
+PY=${PY:-.venv/bin/python}
+[[ -x "$PY" ]] || PY=python3
+LOG="$OUT/gpu_check.log"
+: > "$LOG"
+step() {  # name, limit seconds, command...
+  local name=$1 limit=$2; shift 2
+  echo "== $name (limit ${limit}s): $*" | tee -a "$LOG"
+  local t0=$SECONDS
+  timeout "$limit" "$@" >> "$LOG" 2>&1
+  local rc=$?
+  echo "== $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$LOG"
+}
+step machine 60 "$PY" -c "import torch, os; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU', 'cores', os.cpu_count())"
+if [[ $DRY == 1 ]]; then
+  export CUDA_VISIBLE_DEVICES=""   # the CPU, whatever the host has
+  SIZES=(--quick --repeats 1 --size pretrain_steps=2 --size pl_texts=64 --size gpu_steps=2 --size scale_pool=256 --size scale_shard_rows=128)
+  LIMIT=600
+else
+  SIZES=(--size gpu_steps=60 --repeats 2 --size pl_texts=20000 --size scale_pool=20480)
+  LIMIT=420
+fi
+step speed "$LIMIT" "$PY" -m benchmarks.speed "${SIZES[@]}" --no-int8 --only pretrain,pseudo_label,scale --out "$OUT"
+ls -l "$OUT" | tee -a "$LOG"
+[[ -s "$OUT/speed.json" ]] || { echo "gpu_check: no speed.json written; see $LOG" >&2; exit 1; }
+echo "gpu_check: wrote $OUT/speed.json ($([[ $DRY == 1 ]] && echo dry run on the CPU || echo GPU run))"
