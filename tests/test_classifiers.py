@@ -347,3 +347,17 @@ def test_the_model_card_says_how_each_classifier_loads():
     assert "SentenceTransformer(path)" in load_snippet(reg, "v1", "setfit")
     assert "AutoModelForSequenceClassification" in load_snippet(reg, "v1", "finetune")
     assert "load_trained" in load_snippet(reg, "v1", "someone-elses")
+
+
+def test_cpu_bf16_embeddings_are_close_to_fp32_and_cached_apart(tmp_path):
+    import torch
+
+    from selftrain.core.runtime import runtime
+
+    assert runtime("cpu").autocast_dtype is None and runtime("cpu", cpu_bf16=True).autocast_dtype == torch.bfloat16
+    body = TinyBert(TinyBert.Config()).materialize(SENTENCES, str(tmp_path / "body"), seed=0)
+    f32 = Embedder(body, 32, RuntimeContext(cache_dir=str(tmp_path / "cache")))
+    b16 = Embedder(body, 32, RuntimeContext(autocast_dtype=torch.bfloat16, cache_dir=str(tmp_path / "cache")))
+    assert f32.key != b16.key  # bf16 vectors never stand in for fp32 ones
+    a, b = f32(SENTENCES[:4]), b16(SENTENCES[:4])
+    assert not np.array_equal(a, b) and (a * b).sum(1).min() > 0.99
