@@ -60,6 +60,8 @@ def bench_scale(pool: int, shard_rows: int, layouts: list[tuple[int, int]]) -> d
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp, prefect_test_harness(server_startup_timeout=180):
         clean, teacher, labels, make_cfg = _setup(Path(tmp), pool, shard_rows)
         for workers, threads in layouts:
+            # a fresh embedding cache per layout (inherited by its workers): no layout reads another's vectors
+            os.environ["SELFTRAIN_CACHE"] = str(Path(tmp) / f"cache-w{workers}t{threads}")
             cfg = make_cfg(workers, threads)
             jobs = shards.shard_jobs(cfg, clean, [teacher], labels)  # the plan is written here, outside the timing
             results: list[dict] = []
