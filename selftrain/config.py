@@ -106,6 +106,16 @@ class PretrainConfig(Section):
     max_texts: int | None = Field(
         1500, ge=1, description="Cap the pretraining corpus (a seeded random sample); null uses every text. The default keeps the demo within its CPU budget."
     )
+    nproc_per_node: int = Field(
+        1, ge=1, description="Processes (GPUs) on this worker for pretraining: >1 runs the stage under torchrun "
+        "(torch.distributed.run) with DistributedDataParallel, one process per GPU (on the CPU: gloo, for tests). "
+        "Every step's global batch is split among the processes, so the batch plan and the checkpoint/resume "
+        "contract are those of one process; the weights differ slightly from a 1-process run (per-process noise "
+        "and in-batch negatives) and checkpoints of another nproc_per_node are not resumed."
+    )
+    ddp_backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="torch.distributed backend when nproc_per_node > 1: auto = nccl on CUDA, gloo on the CPU."
+    )
 
 
 class FinetuneConfig(Section):
@@ -299,6 +309,14 @@ def check_plugins(cfg: PipelineConfig) -> None:
         if plc.student_init == "teacher" and not ccls.supports_warm_start:
             raise ConfigError(f"pseudo_label.student_init=teacher needs a classifier that can be trained further; "
                               f"{name!r} cannot. Fix: set pseudo_label.student_init: backbone.")
+    if cfg.pretrain.enabled and cfg.pretrain.nproc_per_node > 1:
+        n, backend = cfg.pretrain.nproc_per_node, cfg.pretrain.ddp_backend
+        if cfg.device == "mps":
+            raise ConfigError(f"pretrain.nproc_per_node={n} runs one process per GPU, which device=mps does not "
+                              "support. Fix: set pretrain.nproc_per_node: 1 or device: cuda/cpu.")
+        if backend == "nccl" and cfg.device == "cpu":
+            raise ConfigError(f"pretrain.ddp_backend=nccl needs CUDA GPUs, but device is cpu. Fix: set "
+                              "pretrain.ddp_backend: auto (gloo on the CPU) or device: cuda.")
     if cfg.pretrain.enabled:
         ocls, _ = plugin_options("selftrain.objectives", cfg.pretrain.objective, cfg.pretrain.options, "pretrain")
         try:

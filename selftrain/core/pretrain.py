@@ -5,6 +5,11 @@ resumed run continues at the same data position; the noise of step s is drawn fr
 generator seeded with (seed, s), so it is the same too. Checkpoints hold the backbone
 (safetensors, save_pretrained), the objective's heads (safetensors), optimizer and
 scheduler state and the step.
+
+Under ``torch.distributed`` (several processes, see :mod:`selftrain.core.ddp`) every rank
+takes its slice of each step's global batch, so the plan and the checkpoints are those of
+one process; gradients of the backbone and the heads are all-reduced by
+DistributedDataParallel, rank 0 alone writes checkpoints and the final model.
 """
 
 from __future__ import annotations
@@ -57,11 +62,46 @@ def plan_batches(ids: list[list[int]], cfg: PretrainConfig, seed: int, max_lengt
     return seqs, batches[:total]
 
 
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the process group, (0, 1) without one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _sum_ranks(t: torch.Tensor) -> torch.Tensor:
+    if _world()[1] > 1:
+        torch.distributed.all_reduce(t)  # SUM: the one reduction every backend has
+    return t
+
+
+def rank_slice(batch: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """Rank ``rank``'s part of a step's global batch (every rank gets at least one sequence)."""
+    if world == 1:
+        return batch
+    return batch[rank::world] if len(batch) >= world else batch[[rank % len(batch)]]
+
+
+class _Trainable(torch.nn.Module):
+    """Backbone + heads as one module whose forward is the objective's loss (for DDP)."""
+
+    def __init__(self, objective: Objective, model: torch.nn.Module, heads: torch.nn.Module | None):
+        super().__init__()
+        self.objective, self.model, self.heads = objective, model, heads
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.objective.loss(batch)
+
+
 def _read_losses(pending: list[torch.Tensor], losses: list[float], done: int) -> None:
-    """Move the pending step losses (of the steps up to ``done``) to ``losses``, one host sync."""
+    """Move the pending step losses (of the steps up to ``done``) to ``losses``, one host sync.
+    Under several processes: the mean over ranks (every rank gets the same values)."""
     if not pending:
         return
-    values = torch.stack(pending).float().cpu().tolist()
+    stacked = torch.stack(pending).float()
+    world = _world()[1]
+    values = (_sum_ranks(stacked) / world).cpu().tolist()
     pending.clear()
     for i, v in enumerate(values):
         if not math.isfinite(v):
@@ -158,6 +198,7 @@ def pretrain(
     ``key`` identifies this exact job (data + config); checkpoints of another key are
     ignored. ``stop_after`` ends the process early after that step's checkpoint (tests).
     """
+    rank, world = _world()
     seed_everything(ctx.seed)
     tok = AutoTokenizer.from_pretrained(model_dir)
     if tok.pad_token is None:
@@ -190,6 +231,16 @@ def pretrain(
         sched.load_state_dict(st["scheduler"])
         start = json.loads((last / "state.json").read_text())["step"]
         log({"event": "resumed", "step": start, "checkpoint": str(last)})
+    step_fn: Callable[[dict], torch.Tensor] = objective.loss
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # every parameter of backbone and heads in one module, so all their gradients are all-reduced;
+        # find_unused_parameters: an objective may skip some (e.g. BERT's pooler)
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        step_fn = DistributedDataParallel(_Trainable(objective, model, heads), device_ids=ids,
+                                          find_unused_parameters=True)
+        torch.distributed.barrier()  # every rank has read the checkpoint before rank 0 may write one
 
     model.train()
     if heads is not None:
@@ -200,13 +251,15 @@ def pretrain(
     pending: list[torch.Tensor] = []  # losses still on the device: read back once per log window, not per step
     for step in range(start, total):
         step_seed = ctx.seed * 1_000_003 + step
+        if world > 1:
+            step_seed = step_seed * 1024 + rank  # each rank its own noise, the same on resume
         torch.manual_seed(step_seed)  # dropout of step s is the same whether or not the run was resumed
         gen = torch.Generator().manual_seed(step_seed)
-        batch = objective.make_batch([seqs[i] for i in batches[step]], gen)
+        batch = objective.make_batch([seqs[i] for i in rank_slice(batches[step], rank, world)], gen)
         n_tok = objective.real_tokens(batch)
         batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
         with autocast(ctx):
-            loss = objective.loss(batch)
+            loss = step_fn(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -219,17 +272,25 @@ def pretrain(
         if done % 10 == 0 or done == total or done % cfg.checkpoint_every == 0:
             _read_losses(pending, result.losses, done)  # raises on a non-finite loss before anything is saved
         if done % 10 == 0 or done == total:
+            if world > 1:
+                window_tokens = int(_sum_ranks(torch.tensor(window_tokens)).item())
             now = time.perf_counter()
             log({"event": "step", "step": done, "total": total, "loss": float(np.mean(result.losses[-10:])),
                  "tokens_per_s": window_tokens / max(now - window_t, 1e-9), "lr": sched.get_last_lr()[0]})
             window_tokens, window_t = 0, now
         if done % cfg.checkpoint_every == 0 or done == total:
             # the final step is checkpointed too, so the last two kept include it
-            _save_checkpoint(ckpt, done, key, backbone, objective, opt, sched)
+            if rank == 0:
+                _save_checkpoint(ckpt, done, key, backbone, objective, opt, sched)
+            if world > 1:
+                torch.distributed.barrier()  # no rank runs ahead of (or stops before) a whole checkpoint
             if stop_after is not None and done >= stop_after and done < total:
                 result.seconds = time.perf_counter() - t0
                 raise InterruptedError(f"stopped after step {done} (stop_after)")
     result.seconds = time.perf_counter() - t0
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
+    if world > 1:
+        result.tokens = int(_sum_ranks(torch.tensor(result.tokens)).item())
+    if rank == 0:
+        model.save_pretrained(out_dir)
+        tok.save_pretrained(out_dir)
     return result

@@ -27,6 +27,7 @@ from selftrain.core import io
 from selftrain.core.classifiers import classifier, load_trained, write_meta
 from selftrain.core.classify import fit_temperature, softmax
 from selftrain.core.data import ingest_frame
+from selftrain.core.ddp import pretrain_ddp
 from selftrain.core.evaluate import classification_metrics, confusion_png, markdown_table
 from selftrain.core.pretrain import pretrain
 from selftrain.core.runtime import runtime
@@ -124,8 +125,10 @@ def pretrain_stage(cfg: PipelineConfig, clean: str, fingerprint: str, stop_after
     ckpt = io.local_dir(_uri(cfg, "checkpoints", "pretrain")) if not io.is_remote(cfg.run_dir) else str(
         io.cache_root() / "checkpoints" / key)
     with io.output_dir(out) as tmp:
-        res = pretrain(texts, model_dir, kind, ocls, oopts, pc, cfg.model.max_length, ctx, tmp, ckpt, key,
-                       log=on_log, stop_after=stop_after)
+        # nproc_per_node > 1: the same job in N torchrun processes (DDP), same checkpoints and result
+        run = pretrain if pc.nproc_per_node == 1 else pretrain_ddp
+        res = run(texts, model_dir, kind, ocls, oopts, pc, cfg.model.max_length, ctx, tmp, ckpt, key,
+                  log=on_log, stop_after=stop_after)
     bar.close()
     log.info("pretrained %d steps (resumed from %d) at %.0f tokens/s", res.steps, res.resumed_from, res.tokens_per_s)
     return {"model": out, "steps": res.steps, "resumed_from": res.resumed_from, "tokens_per_s": res.tokens_per_s,

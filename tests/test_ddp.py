@@ -1,0 +1,77 @@
+"""Several processes on one worker (pretrain.nproc_per_node): DDP under torchrun, gloo on the CPU."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from selftrain.config import ConfigError
+from selftrain.core import stages
+from selftrain.core.pretrain import rank_slice
+
+
+def _prepare(cfg):
+    ing = stages.ingest(cfg)
+    return stages.validate(cfg, ing["snapshot"], ing["fingerprint"])
+
+
+def _layout(step_dir: Path) -> dict:
+    """What a checkpoint holds: file names, tensor names and shapes, state fields (not values)."""
+    return {"files": sorted(p.name for p in step_dir.iterdir()),
+            "model": {k: tuple(v.shape) for k, v in load_file(step_dir / "model.safetensors").items()},
+            "heads": sorted(load_file(step_dir / "heads.safetensors")) if (step_dir / "heads.safetensors").exists() else None,
+            "optim": sorted(torch.load(step_dir / "optim.pt", weights_only=True)),
+            "state": sorted(json.loads((step_dir / "state.json").read_text()))}
+
+
+@pytest.mark.slow  # ~60 s: three torchrun launches of 2 processes (imports dominate)
+def test_two_process_resume_matches_uninterrupted_two_process_run(tiny_config):
+    over = ("device=cpu", "pretrain.max_steps=6", "pretrain.checkpoint_every=3")
+    one = tiny_config(*over)
+    val = _prepare(one)
+    run = Path(one.run_dir)
+    ckpt = run / "checkpoints" / "pretrain"
+    with pytest.raises(InterruptedError):
+        stages.pretrain_stage(one, val["clean"], val["fingerprint"], stop_after=3)
+    one_layout = _layout(ckpt / "step-3")
+    shutil.rmtree(ckpt)
+
+    cfg = tiny_config(*over, "pretrain.nproc_per_node=2", "pretrain.ddp_backend=gloo")
+    with pytest.raises(InterruptedError, match="stopped after step 3"):
+        stages.pretrain_stage(cfg, val["clean"], val["fingerprint"], stop_after=3)
+    assert sorted(p.name for p in ckpt.glob("step-*")) == ["step-3"]
+    assert _layout(ckpt / "step-3") == one_layout, "2 processes write the checkpoint of 1 process"
+    resumed = stages.pretrain_stage(cfg, val["clean"], val["fingerprint"])
+    assert resumed["resumed_from"] == 3 and resumed["steps"] == 6 and np.isfinite(resumed["final_loss"])
+    resumed_w = load_file(run / "models" / "pretrain" / "model.safetensors")
+
+    shutil.rmtree(ckpt)
+    straight = stages.pretrain_stage(cfg, val["clean"], val["fingerprint"])
+    assert straight["resumed_from"] == 0 and straight["tokens_per_s"] > 0
+    straight_w = load_file(run / "models" / "pretrain" / "model.safetensors")
+    assert resumed_w.keys() == straight_w.keys()
+    for k in resumed_w:
+        torch.testing.assert_close(resumed_w[k], straight_w[k], atol=1e-6, rtol=0, msg=k)
+
+    model_dir, _ = stages.backbone(cfg, val["clean"])
+    initial = load_file(Path(model_dir) / "model.safetensors")
+    assert any(not torch.equal(initial[k], straight_w[k]) for k in straight_w), "the 2-process run trained"
+
+
+def test_rank_slice_splits_every_global_batch():
+    b = np.arange(7)
+    parts = [rank_slice(b, r, 2) for r in range(2)]
+    assert sorted(np.concatenate(parts).tolist()) == b.tolist()
+    assert [rank_slice(np.array([5]), r, 2).tolist() for r in range(2)] == [[5], [5]]  # nobody gets an empty batch
+    assert rank_slice(b, 0, 1) is b
+
+
+def test_nccl_on_cpu_is_a_config_error(tiny_config):
+    with pytest.raises(ConfigError, match="ddp_backend=nccl needs CUDA"):
+        tiny_config("device=cpu", "pretrain.nproc_per_node=2", "pretrain.ddp_backend=nccl")
