@@ -5,6 +5,7 @@ guards, and the k accounting of the config."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -297,45 +298,70 @@ def test_setfit_tunes_the_body_and_saves_a_probe_layout(tmp_path):
     assert clf.load(str(tmp_path / "m"), ["a", "b"]).predict_proba(texts).shape == (12, 2)
 
 
-def _saved_probe(tmp_path):
+def _saved_probe(tmp_path, **options):
     from selftrain.plugins import LabeledRows
     from selftrain.plugins.testing import TOPIC_ROWS
 
     body = TinyBert(TinyBert.Config()).materialize(SENTENCES, str(tmp_path / "body"), seed=0)
     texts, y = [t for t, _ in TOPIC_ROWS], np.array([c for _, c in TOPIC_ROWS])
-    probe = Probe(Probe.Config(), RuntimeContext(), 32)
+    probe = Probe(Probe.Config(**options), RuntimeContext(), 32)
     probe.fit(body, ["a", "b"], LabeledRows(texts, one_hot(y, 2), np.ones(len(y), np.float32), len(y)),
               [], np.zeros(0, np.int64), str(tmp_path / "m"))
     return probe, texts, str(tmp_path / "m")
 
 
-def test_a_saved_probe_loads_with_plain_transformers_and_safetensors(tmp_path):
-    """The model card's promise, without selftrain: AutoModel + mean pooling + head.safetensors."""
-    from safetensors.numpy import load_file
-    from transformers import AutoModel, AutoTokenizer
+@pytest.mark.parametrize("extra_layer", ["middle", None])
+def test_the_model_cards_snippet_loads_a_saved_probe_without_selftrain(tmp_path, extra_layer):
+    """The model card's promise, run as written: AutoModel + pooling + head.safetensors."""
+    from selftrain.core.model_card import PROBE_SNIPPET
 
-    probe, texts, path = _saved_probe(tmp_path)
-    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-    enc = tok(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
-    with torch.no_grad():
-        h = model(**enc).last_hidden_state  # (N, T, H)
-    m = enc["attention_mask"].unsqueeze(-1).float()
-    e = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).numpy()  # (N, H)
-    head = load_file(f"{path}/head.safetensors")
-    plain = softmax(e @ head["weight"].T + head["bias"])
-    assert np.allclose(plain, probe.load(path, ["a", "b"]).predict_proba(texts), atol=1e-4)
+    probe, texts, path = _saved_probe(tmp_path, extra_layer=extra_layer)
+    meta = json.loads((Path(path) / "selftrain_classifier.json").read_text())
+    assert meta["extra_layer"] == (1 if extra_layer else None)  # the tiny body has 2 layers: the middle is 1
+    scope = {"path": path, "texts": texts}
+    exec(PROBE_SNIPPET, scope)
+    assert scope["logits"].shape == (len(texts), 2)
+    assert np.allclose(softmax(scope["logits"]), probe.load(path, ["a", "b"]).predict_proba(texts), atol=1e-4)
 
 
-def test_a_saved_probe_loads_with_sentence_transformers(tmp_path):
+def test_a_probe_without_the_extra_layer_loads_with_sentence_transformers(tmp_path):
     st = pytest.importorskip("sentence_transformers", reason="pip install '.[bench]' brings sentence-transformers")
     from safetensors.numpy import load_file
 
-    probe, texts, path = _saved_probe(tmp_path)
+    probe, texts, path = _saved_probe(tmp_path, extra_layer=None)
     body = st.SentenceTransformer(path, device="cpu")
     body.max_seq_length = 32
     head = load_file(f"{path}/head.safetensors")
     plain = softmax(body.encode(texts) @ head["weight"].T + head["bias"])
     assert np.allclose(plain, probe.load(path, ["a", "b"]).predict_proba(texts), atol=1e-4)
+
+
+def test_extra_layer_concatenates_a_unit_norm_middle_view(tmp_path):
+    from selftrain.plugins.classifiers.embed import resolve_layer
+
+    body = TinyBert(TinyBert.Config()).materialize(SENTENCES, str(tmp_path / "body"), seed=0)
+    one = Embedder(body, 32, RuntimeContext())(SENTENCES[:4])  # (4, H)
+    two = Embedder(body, 32, RuntimeContext(), extra_layer=resolve_layer("middle", body))(SENTENCES[:4])  # (4, 2H)
+    H = one.shape[1]
+    assert two.shape == (4, 2 * H) and np.allclose(np.linalg.norm(two, axis=1), 1, atol=1e-5)
+    assert np.allclose(two[:, :H] * np.sqrt(2), one, atol=1e-5)  # the first half is the checkpoint's own embedding
+    assert not np.allclose(two[:, H:], two[:, :H], atol=1e-3)
+    assert resolve_layer(None, body) is None and resolve_layer(0, body) == 0
+    with pytest.raises(ValueError, match="extra_layer=2 is outside"):
+        resolve_layer(2, body)
+
+
+def test_label_names_join_the_head_as_rows_of_their_class(tmp_path):
+    from selftrain.plugins.classifiers.probe import name_rows
+
+    assert name_rows(["very_negative", "0", "news-sport"]) == (["very negative", "news sport"], [0, 2])
+    from safetensors.numpy import load_file
+
+    _, _, on = _saved_probe(tmp_path)
+    assert json.loads((Path(on) / "selftrain_classifier.json").read_text())["label_name_rows"] == ["a", "b"]
+    _, _, off = _saved_probe(tmp_path / "off", label_names=False)
+    assert json.loads((Path(off) / "selftrain_classifier.json").read_text())["label_name_rows"] == []
+    assert not np.allclose(load_file(f"{on}/head.safetensors")["weight"], load_file(f"{off}/head.safetensors")["weight"])
 
 
 def test_the_model_card_says_how_each_classifier_loads():

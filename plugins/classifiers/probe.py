@@ -10,11 +10,17 @@ Soft targets and weights are exact: a row with target distribution t and weight 
 rows (one per class with t_c > 0) of weight w * t_c, whose summed log-loss is w * (-sum_c t_c
 log p_c), the soft cross-entropy.
 
-Saved layout (loads with plain sentence-transformers + safetensors, see the model card)::
+Features (``embed.py``): the checkpoint's own sentence embedding, by default concatenated with
+the mean-pooled middle layer (``extra_layer``); the label names join the training rows as one
+row per class (``label_names``). Both were picked on dev-eval, never on a test split.
+
+Saved layout (loads with plain transformers + safetensors; with ``extra_layer: null`` with plain
+sentence-transformers; the model card has the snippet)::
 
     <dir>/            the body: config.json, model.safetensors, tokenizer, modules.json, 1_Pooling/
-    <dir>/head.safetensors           weight (C, H), bias (C,): logits = embedding @ weight.T + bias
-    <dir>/selftrain_classifier.json  {"classifier": "probe", "labels": [...], "pooling": {...}, ...}
+    <dir>/head.safetensors           weight (C, F), bias (C,): logits = features @ weight.T + bias
+    <dir>/selftrain_classifier.json  {"classifier": "probe", "labels": [...], "pooling": {...},
+                                      "extra_layer": 3 | null, "features": "...", ...}
 """
 
 from __future__ import annotations
@@ -24,12 +30,13 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
 from selftrain.plugins import Classifier, FitReport, LabeledRows, PluginConfig, TrainedClassifier
-from selftrain.plugins.classifiers.embed import Embedder
+from selftrain.plugins.classifiers.embed import Embedder, resolve_layer
 
 HEAD_FILE, META_FILE = "head.safetensors", "selftrain_classifier.json"
 
@@ -37,6 +44,27 @@ HEAD_FILE, META_FILE = "head.safetensors", "selftrain_classifier.json"
 class ProbeConfig(PluginConfig):
     C: float = Field(1.0, gt=0, description="Inverse L2 strength of the logistic regression (scikit-learn's C).")
     max_iter: int = Field(2000, ge=10, description="L-BFGS iterations of the logistic regression.")
+    extra_layer: int | Literal["middle"] | None = Field(
+        "middle", description="A second view from the same forward pass, concatenated to the checkpoint's own sentence "
+        "embedding: the mean-pooled hidden states of this layer ('middle': num_hidden_layers // 2, layer 3 of MiniLM's 6; "
+        "an int: that hidden state, 0 = the embedding layer). null: the checkpoint's embedding alone (then the saved "
+        "model loads with plain sentence-transformers). Measured: +0.015 / +0.008 macro-F1 on BBC at 4 / 8 labels per "
+        "class, +0.006 / +0.017 on the tweets at 16 / 32 (dev-eval, 5 seeds).")
+    label_names: bool = Field(
+        True, description="Add each class's name (underscores and dashes read as spaces) as one more training row of "
+        "weight 1: the declared label set carries meaning a sentence encoder understands (zero-shot). Names without "
+        "a letter (e.g. '0', '1') are never used. Measured: +0.018 (BBC) / +0.011 (tweets) macro-F1 at 4 labels per "
+        "class, within +-0.001 from 16 on (dev-eval, 5 seeds). No labelled example is added: k is unchanged.")
+
+
+def name_rows(label_names: list[str]) -> tuple[list[str], list[int]]:
+    """The texts and class ids of the label names usable as training rows (those with a letter)."""
+    texts, ids = [], []
+    for c, name in enumerate(label_names):
+        if any(ch.isalpha() for ch in name):
+            texts.append(" ".join(name.replace("_", " ").replace("-", " ").split()))
+            ids.append(c)
+    return texts, ids
 
 
 def expand_soft(x: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -96,14 +124,16 @@ class TrainedProbe(TrainedClassifier):
 
 
 class Probe(Classifier):
-    summary = "frozen body: logistic regression on the checkpoint's own sentence embeddings (pooling from its config)"
+    summary = ("frozen body: logistic regression on the checkpoint's own sentence embedding (pooling from its config) "
+               "+ its middle layer, with the label names as extra rows")
     Config = ProbeConfig
     supports_soft_targets = True
     supports_sample_weights = True
     supports_token_noise = False
     supports_warm_start = False  # the body is frozen: a further fit would just be a new head
     needs_validation = False
-    loadable_with = "sentence-transformers (the body) + safetensors (head.safetensors: logits = emb @ weight.T + bias)"
+    loadable_with = ("transformers (AutoModel, hidden states) + safetensors (head.safetensors: logits = features @ "
+                     "weight.T + bias); with extra_layer: null, sentence-transformers' encode gives the features")
 
     @staticmethod
     def body_dir(init_dir: str) -> str:
@@ -113,12 +143,20 @@ class Probe(Classifier):
     def fit(self, init_dir, label_names, train: LabeledRows, val_texts, val_labels, out_dir, max_epochs=None,
             log=lambda rec: None) -> FitReport:
         t0 = time.perf_counter()
-        emb = Embedder(self.body_dir(init_dir), self.max_length, self.ctx)
-        x = emb(train.texts)  # (N, H)
+        body = self.body_dir(init_dir)
+        emb = Embedder(body, self.max_length, self.ctx, resolve_layer(self.config.extra_layer, body))
+        x = emb(train.texts)  # (N, F): F = H, or 2H with the extra layer
         targets = np.asarray(train.targets, np.float32)
-        W, b = fit_head(x, targets, np.asarray(train.weights, np.float32), len(label_names), self.config.C,
-                        self.config.max_iter)
-        self.save(init_dir, out_dir, label_names, W, b, emb.pooling)
+        weights = np.asarray(train.weights, np.float32)
+        names, name_ids = name_rows(label_names) if self.config.label_names else ([], [])
+        if names:  # (N + n, F): the label names as rows of their class, weight 1
+            hx = np.vstack([x, emb(names)])
+            ht = np.vstack([targets, np.eye(len(label_names), dtype=np.float32)[name_ids]])
+            hw = np.concatenate([weights, np.ones(len(names), np.float32)])
+        else:
+            hx, ht, hw = x, targets, weights
+        W, b = fit_head(hx, ht, hw, len(label_names), self.config.C, self.config.max_iter)
+        self.save(init_dir, out_dir, label_names, W, b, emb.pooling, emb.extra_layer, names)
         notes = []
         gold_pred = (x[: train.n_gold] @ W.T + b).argmax(1)
         if train.n_gold and len(np.unique(gold_pred)) == 1 and len(np.unique(targets[: train.n_gold].argmax(1))) > 1:
@@ -139,7 +177,8 @@ class Probe(Classifier):
         return FitReport(val_macro_f1=f1, val_loss=loss, val_pred=pred, best_epoch=1, epochs_run=1,
                          seconds=time.perf_counter() - t0, notes=notes)
 
-    def save(self, body: str, out_dir: str, label_names, W, b, pooling: dict) -> None:
+    def save(self, body: str, out_dir: str, label_names, W, b, pooling: dict, extra_layer: int | None = None,
+             name_texts: list[str] = ()) -> None:
         from safetensors.numpy import save_file
 
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -153,7 +192,7 @@ class Probe(Classifier):
         if not (Path(out_dir) / "modules.json").exists():  # a plain HF body: say how we pooled
             (Path(out_dir) / "1_Pooling").mkdir(exist_ok=True)
             (Path(out_dir) / "1_Pooling" / "config.json").write_text(json.dumps({
-                "word_embedding_dimension": int(W.shape[1]), "pooling_mode_cls_token": pooling["mode"] == "cls",
+                "word_embedding_dimension": int(W.shape[1]) // (1 if extra_layer is None else 2), "pooling_mode_cls_token": pooling["mode"] == "cls",
                 "pooling_mode_mean_tokens": pooling["mode"] == "mean", "pooling_mode_max_tokens": pooling["mode"] == "max",
                 "pooling_mode_mean_sqrt_len_tokens": pooling["mode"] == "mean_sqrt_len"}, indent=2))
             mods = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -164,7 +203,9 @@ class Probe(Classifier):
             (Path(out_dir) / "modules.json").write_text(json.dumps(mods, indent=2))
         save_file({"weight": W.astype(np.float32), "bias": b.astype(np.float32)}, str(Path(out_dir) / HEAD_FILE))
         meta = {"classifier": "probe", "labels": list(label_names), "pooling": pooling, "max_length": self.max_length,
-                "C": self.config.C}
+                "C": self.config.C, "extra_layer": extra_layer, "label_name_rows": list(name_texts),
+                "features": "embedding" if extra_layer is None else
+                f"concat(l2(embedding), l2(mean_pool(hidden_states[{extra_layer}]))) / sqrt(2)"}
         (Path(out_dir) / META_FILE).write_text(json.dumps(meta, indent=2))
 
     def load(self, model_dir: str, label_names: list[str]) -> TrainedProbe:
@@ -177,5 +218,6 @@ class Probe(Classifier):
         if list(meta["labels"]) != list(label_names):
             raise ValueError(f"{model_dir} was trained for labels {meta['labels']}, not {list(label_names)}")
         head = load_file(str(Path(model_dir) / HEAD_FILE))
-        return TrainedProbe(model_dir, list(label_names), Embedder(model_dir, self.max_length, self.ctx),
+        return TrainedProbe(model_dir, list(label_names),
+                            Embedder(model_dir, self.max_length, self.ctx, meta.get("extra_layer")),
                             head["weight"], head["bias"])

@@ -129,8 +129,8 @@ class SetFit(Probe):
                             f"({int((~(np.arange(len(y)) < train.n_gold))[rows].sum())} pseudo-labelled)")
         return report
 
-    def save(self, body, out_dir, label_names, W, b, pooling) -> None:
-        super().save(body, out_dir, label_names, W, b, pooling)
+    def save(self, body, out_dir, label_names, W, b, pooling, extra_layer=None, name_texts=()) -> None:
+        super().save(body, out_dir, label_names, W, b, pooling, extra_layer, name_texts)
         meta_path = Path(out_dir) / "selftrain_classifier.json"
         meta = json.loads(meta_path.read_text())
         meta.update({"classifier": "setfit", "iterations": self.config.iterations, "epochs": self.config.epochs})

@@ -11,11 +11,22 @@ def _f(x) -> str:
 
 
 PROBE_SNIPPET = (
+    "import json\n\nimport torch\n"
     "from safetensors.numpy import load_file\n"
-    "from sentence_transformers import SentenceTransformer  # pip install sentence-transformers\n\n"
-    "body = SentenceTransformer(path)  # pooling from the saved modules.json\n"
+    "from transformers import AutoModel, AutoTokenizer\n\n"
+    "meta = json.load(open(f\"{path}/selftrain_classifier.json\"))  # labels, pooling, extra_layer, max_length\n"
+    "tok, body = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()\n"
+    "enc = tok(texts, padding=True, truncation=True, max_length=meta[\"max_length\"], return_tensors=\"pt\")\n"
+    "with torch.no_grad():\n"
+    "    hs = body(**enc, output_hidden_states=True).hidden_states  # (layers + 1) x (N, T, H)\n"
+    "m = enc[\"attention_mask\"].unsqueeze(-1).float()\n"
+    "mean = lambda h: torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)  # (N, H); pooling: meta[\"pooling\"]\n"
+    "emb = mean(hs[-1])\n"
+    "if meta[\"extra_layer\"] is not None:  # the middle layer's view, see meta[\"features\"]\n"
+    "    emb = torch.cat([emb, mean(hs[meta[\"extra_layer\"]])], -1) / 2 ** 0.5  # (N, 2H)\n"
     "head = load_file(f\"{path}/head.safetensors\")\n"
-    "logits = body.encode(texts) @ head[\"weight\"].T + head[\"bias\"]  # (N, C); labels: selftrain_classifier.json\n")
+    "logits = emb.numpy() @ head[\"weight\"].T + head[\"bias\"]  # (N, C); classes: meta[\"labels\"]\n"
+    "# trained with extra_layer: null -> SentenceTransformer(path).encode(texts) gives emb\n")
 FINETUNE_SNIPPET = (
     "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
     "model = AutoModelForSequenceClassification.from_pretrained(path)\n"
