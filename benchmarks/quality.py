@@ -198,6 +198,9 @@ def plot(summary: dict, path: Path, title: str = "") -> Path | None:
 def merge(old: list[dict], new: list[dict]) -> list[dict]:
     """Records of ``old`` whose (dataset, k, seed, method) ``new`` does not hold, then ``new``."""
     key = lambda r: (r.get("dataset", "tweets"), r["k"], r["seed"], r["method"])  # noqa: E731
+    have = {key(r) for r in old if "macro_f1" in r}
+    # a peer skipped now (--no-setfit) keeps its earlier score for the cell
+    new = [r for r in new if "macro_f1" in r or key(r) not in have]
     fresh = {key(r) for r in new}
     return [r for r in old if key(r) not in fresh] + list(new)
 

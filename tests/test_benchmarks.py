@@ -259,3 +259,13 @@ def test_quality_merge_replaces_only_the_cells_run_again():
     new = [{"dataset": "bbc", "k": 4, "seed": 1, "method": "full", "macro_f1": 0.9}]
     got = merge(old, new)
     assert sorted((r["seed"], r["macro_f1"]) for r in got) == [(0, 0.1), (1, 0.9)]
+
+
+def test_quality_merge_keeps_a_score_that_a_skipped_peer_did_not_replace():
+    from benchmarks.quality import merge
+
+    old = [{"dataset": "bbc", "k": 4, "seed": 0, "method": "setfit", "macro_f1": 0.8}]
+    new = [{"dataset": "bbc", "k": 4, "seed": 0, "method": "setfit", "status": "skipped"},
+           {"dataset": "bbc", "k": 8, "seed": 0, "method": "setfit", "status": "skipped"}]
+    got = merge(old, new)
+    assert {(r["k"], r.get("macro_f1"), r.get("status")) for r in got} == {(4, 0.8, None), (8, None, "skipped")}
