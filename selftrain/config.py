@@ -94,7 +94,16 @@ class PretrainConfig(Section):
     options: dict[str, Any] = Field(default_factory=dict, description="The objective plugin's options.")
     epochs: float = Field(1.0, gt=0, description="Passes over the corpus (fractions allowed).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (overrides epochs when smaller).")
-    batch_size: int = Field(32, ge=1, description="Sequences per step.")
+    batch_size: int = Field(32, ge=1, description="Sequences per step (when batch_tokens is null).")
+    batch_tokens: int | None = Field(
+        None, ge=8, description="A token budget per step instead of batch_size: each step takes as many length-sorted "
+        "sequences as fit rows x longest row <= batch_tokens, so every step costs about the same compute (size it to "
+        "the device: e.g. 2048 on a CPU, 32768-131072 on an H100). The learning rate then follows the square-root "
+        "rule: peak lr = lr * sqrt(batch_tokens / lr_ref_tokens).")
+    compile: bool = Field(
+        False, description="torch.compile the backbone (in place; dynamic shapes, so length buckets do not recompile "
+        "every step). Pays on GPUs for long runs; costs minutes of compilation, so it is off by default and on the CPU.")
+    lr_ref_tokens: int = Field(2048, ge=1, description="With batch_tokens: the step size in tokens that lr is given for (2048 = 32 rows x 64 tokens, the default batch).")
     lr: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW, linear warmup then linear decay).")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Fraction of steps spent warming up.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")

@@ -21,8 +21,9 @@ def _prepare(cfg):
     return val
 
 
-def test_pretrain_resumes_from_last_checkpoint_and_matches_uninterrupted(tiny_config):
-    cfg = tiny_config("pretrain.max_steps=6", "pretrain.checkpoint_every=2")
+@pytest.mark.parametrize("sizing", [(), ("pretrain.batch_tokens=256",)], ids=["rows", "token-budget"])
+def test_pretrain_resumes_from_last_checkpoint_and_matches_uninterrupted(tiny_config, sizing):
+    cfg = tiny_config("pretrain.max_steps=6", "pretrain.checkpoint_every=2", *sizing)
     val = _prepare(cfg)
     with pytest.raises(InterruptedError):
         stages.pretrain_stage(cfg, val["clean"], val["fingerprint"], stop_after=4)

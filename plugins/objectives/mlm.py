@@ -123,11 +123,16 @@ class MaskedLM(Objective):
             ids, candidates, self.backbone.tokenizer.mask_token_id, self.backbone.vocab_size,
             self.config.mask_rate, generator, word_ids,
         )
-        return {"input_ids": corrupted, "attention_mask": attn, "labels": labels}
+        # (N,) flat indices of the chosen positions, found here on the host: the loss on a GPU then needs
+        # no nonzero() (a device -> host sync every step)
+        positions = (labels.reshape(-1) != -100).nonzero().squeeze(1)
+        return {"input_ids": corrupted, "attention_mask": attn, "labels": labels, "positions": positions}
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         h = self.backbone.hidden(batch["input_ids"], batch["attention_mask"])  # (B, T, H)
         labels = batch["labels"].reshape(-1)  # (B*T,)
-        pos = (labels != -100).nonzero().squeeze(1)  # (N,) chosen positions: one nonzero (a GPU sync) per step
+        pos = batch.get("positions")
+        if pos is None:  # a batch made elsewhere: find the chosen positions here (a GPU sync)
+            pos = (labels != -100).nonzero().squeeze(1)
         logits = self.head(h.reshape(-1, h.shape[-1]).index_select(0, pos))  # (N, V): only they reach the vocab
         return F.cross_entropy(logits.float(), labels.index_select(0, pos))

@@ -29,7 +29,7 @@ from transformers import AutoModel, AutoTokenizer, get_linear_schedule_with_warm
 
 from selftrain.config import PretrainConfig
 from selftrain.plugins import Backbone, Objective, PluginConfig, RuntimeContext
-from selftrain.core.runtime import autocast, fused_adamw, length_buckets, pack, seed_everything, tokenize
+from selftrain.core.runtime import autocast, fused_adamw, length_buckets, pack, seed_everything, token_buckets, tokenize
 
 
 @dataclass
@@ -49,17 +49,31 @@ def plan_batches(ids: list[list[int]], cfg: PretrainConfig, seed: int, max_lengt
     """(sequences, batches): the full deterministic schedule of index arrays over all epochs."""
     seqs = pack(ids, max_length) if cfg.batching == "pack" else ids
     lengths = np.array([len(s) for s in seqs])
-    per_epoch = math.ceil(len(seqs) / cfg.batch_size)
-    total = max(1, math.ceil(cfg.epochs * per_epoch))
+
+    def epoch_batches(epoch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([seed, epoch])
+        if cfg.batch_tokens is not None:  # a token budget per step instead of a row count
+            return token_buckets(lengths, cfg.batch_tokens, rng)
+        return length_buckets(lengths, cfg.batch_size, rng)
+
+    first = epoch_batches(0)
+    total = max(1, math.ceil(cfg.epochs * len(first)))
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
-    batches: list[np.ndarray] = []
-    epoch = 0
+    batches, epoch = list(first), 1
     while len(batches) < total:
-        rng = np.random.default_rng([seed, epoch])
-        batches.extend(length_buckets(lengths, cfg.batch_size, rng))
+        batches.extend(epoch_batches(epoch))
         epoch += 1
     return seqs, batches[:total]
+
+
+def peak_lr(cfg: PretrainConfig) -> float:
+    """``cfg.lr`` as given, or with a token budget, scaled by the square-root rule for Adam
+    (Malladi et al. 2022, "On the SDEs and scaling rules for adaptive gradient algorithms"):
+    lr * sqrt(batch_tokens / lr_ref_tokens), where ``lr`` is the rate for a step of lr_ref_tokens."""
+    if cfg.batch_tokens is None:
+        return cfg.lr
+    return cfg.lr * math.sqrt(cfg.batch_tokens / cfg.lr_ref_tokens)
 
 
 def _world() -> tuple[int, int]:
@@ -203,7 +217,9 @@ def pretrain(
     tok = AutoTokenizer.from_pretrained(model_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModel.from_pretrained(model_dir).to(ctx.device)
+    model = AutoModel.from_pretrained(model_dir).to(ctx.device)  # transformers picks SDPA attention where the model has it
+    if cfg.compile:  # in place: parameters, state_dict keys and save_pretrained are unchanged
+        model.compile(dynamic=True)
     backbone = Backbone(model=model, tokenizer=tok, kind=kind)  # type: ignore[arg-type]
     objective = objective_cls(backbone, objective_cfg, ctx)
     heads = objective.heads()
@@ -213,7 +229,7 @@ def pretrain(
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, **fused_adamw(ctx.device))
+                             {"params": no_decay, "weight_decay": 0.0}], lr=peak_lr(cfg), **fused_adamw(ctx.device))
     seqs, batches = plan_batches(tokenize(tok, texts, max_length), cfg, ctx.seed, max_length)
     total = len(batches)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
@@ -257,6 +273,8 @@ def pretrain(
         gen = torch.Generator().manual_seed(step_seed)
         batch = objective.make_batch([seqs[i] for i in rank_slice(batches[step], rank, world)], gen)
         n_tok = objective.real_tokens(batch)
+        if ctx.device.type == "cuda":  # page-locked host memory: the copy overlaps the previous step's kernels
+            batch = {k: v.pin_memory() for k, v in batch.items()}
         batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
         with autocast(ctx):
             loss = step_fn(batch)

@@ -58,6 +58,30 @@ def length_buckets(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
     return batches
 
 
+def token_buckets(lengths: np.ndarray, max_tokens: int, rng: np.random.Generator, chunk: int = 4096) -> list[np.ndarray]:
+    """Shuffled batches under a token budget: each batch holds as many similar-length rows as
+    fit ``rows x its longest row <= max_tokens`` (at least one row), in random order.
+
+    Shuffle, cut into chunks of ``chunk`` rows, sort each chunk by length, cut greedily by the
+    budget, shuffle the batch order. Every step then costs about the same compute whatever the
+    text lengths (short texts: many rows; long texts: few), which is what keeps a GPU busy and
+    its shapes few. Returns a list of (b,) index arrays."""
+    order = rng.permutation(len(lengths))
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        i = 0
+        while i < len(part):
+            # ascending lengths: rows i..j-1 cost (j - i) * lengths[part[j - 1]] positions
+            cost = np.arange(1, len(part) - i + 1) * lengths[part[i:]]
+            n = max(1, int((cost <= max_tokens).sum()))
+            batches.append(part[i : i + n])
+            i += n
+    rng.shuffle(batches)
+    return batches
+
+
 def pack(ids: list[list[int]], block: int) -> list[list[int]]:
     """Concatenate token lists (each keeps its own special tokens) into blocks of ``block`` tokens.
 
