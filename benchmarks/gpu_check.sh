@@ -4,8 +4,9 @@
 #   benchmarks/gpu_check.sh [OUT]            # on the GPU host: writes OUT/speed.json (+ png), OUT/gpu_check.log
 #   benchmarks/gpu_check.sh --dry-run [OUT]  # anywhere: the same steps at tiny sizes on the CPU (checks the script)
 #
-# Steps: the machine and card; the speed benchmark's pretrain section (our loop vs HF Trainer, bf16 on CUDA,
-# tokens/s + MFU, see benchmarks/speed_train.py) and pseudo_label section; the sharded pool scoring (scale).
+# Steps: the machine and card; the speed benchmark's gpu section (MLM pretraining of MiniLM and BERT-base vs HF
+# Trainer with bf16 + torch_compile + group_by_length: tokens/s and MFU; embeddings vs sentence-transformers encode
+# in bf16: benchmarks/speed_gpu.py); then on the host's cores the pseudo_label and scale sections.
 # Each step has its own time limit, and a failed step does not stop the others: the JSON of those that ran
 # is written anyway.
 set -uo pipefail
@@ -29,13 +30,20 @@ step() {  # name, limit seconds, command...
 step machine 60 "$PY" -c "import torch, os; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU', 'cores', os.cpu_count())"
 if [[ $DRY == 1 ]]; then
   export CUDA_VISIBLE_DEVICES=""   # the CPU, whatever the host has
-  SIZES=(--quick --repeats 1 --size pretrain_steps=2 --size pl_texts=64 --size gpu_steps=2 --size scale_pool=256 --size scale_shard_rows=128)
-  LIMIT=600
+  DEV=cpu
+  SIZES=(--quick --repeats 1 --size pretrain_steps=2 --size pl_texts=64 --size gpu_steps=3 --size scale_pool=256
+         --size scale_shard_rows=128 --size gpu_texts=64 --size gpu_batch_tokens=512 --size gpu_max_length=32
+         --size gpu_warmup=0 --size gpu_compile=false)
+  LIMIT_GPU=300; LIMIT_REST=300
 else
-  SIZES=(--size gpu_steps=60 --repeats 2 --size pl_texts=20000 --size scale_pool=20480)
-  LIMIT=420
+  DEV=cuda
+  SIZES=(--size gpu_steps=60 --repeats 1 --size pl_texts=20000 --size scale_pool=20480)
+  LIMIT_GPU=300; LIMIT_REST=170
 fi
-step speed "$LIMIT" "$PY" -m benchmarks.speed "${SIZES[@]}" --no-int8 --only pretrain,pseudo_label,scale --out "$OUT"
+# 1. the GPU itself: pretraining MiniLM + BERT-base vs HF Trainer (tokens/s, MFU), embeddings vs sentence-transformers
+step gpu "$LIMIT_GPU" "$PY" -m benchmarks.speed "${SIZES[@]}" --only gpu --device "$DEV" --out "$OUT"
+# 2. the host's cores: CPU pseudo-labelling vs transformers.pipeline, the sharded pool on 1/2/4 Dask workers
+step cpu "$LIMIT_REST" "$PY" -m benchmarks.speed "${SIZES[@]}" --no-int8 --only pseudo_label,scale --merge --out "$OUT"
 ls -l "$OUT" | tee -a "$LOG"
 [[ -s "$OUT/speed.json" ]] || { echo "gpu_check: no speed.json written; see $LOG" >&2; exit 1; }
 echo "gpu_check: wrote $OUT/speed.json ($([[ $DRY == 1 ]] && echo dry run on the CPU || echo GPU run))"

@@ -15,6 +15,10 @@ d. validate      — ``validate_frame`` on 1M synthetic rows: seconds, rows/s, p
 e. memory        — peak RSS of ingest + validate + pseudo-label at 1x and 10x the unlabeled pool
 f. scale         — the pool scored in shards on 1, 2, 4 Dask workers: rows/s vs workers and the
                    overhead per shard (``benchmarks/speed_scale.py``)
+g. gpu           — ``--device cuda``: MLM pretraining of MiniLM and a BERT-base-sized backbone vs HF
+                   Trainer (best flags), tokens/s and MFU; embeddings vs sentence-transformers
+                   ``encode`` in bf16 (``benchmarks/speed_gpu.py``); ``--device cpu``: the same at
+                   tiny sizes (the dry run of ``benchmarks/gpu_check.sh``)
 
 ``--profile`` adds, per contender of a and b, the operators where the time goes
 (``torch.profiler``, one short run after the timed ones).
@@ -47,16 +51,18 @@ bench_env()
 
 from benchmarks import speed_system, speed_train  # after bench_env: offline, quiet
 
-SECTIONS = ("pretrain", "pseudo_label", "orchestration", "validate", "memory", "scale")
+SECTIONS = ("pretrain", "pseudo_label", "orchestration", "validate", "memory", "scale", "gpu")
 
 SIZES = {
     # quick: the whole script in ~3-5 min on 2 cores
     True: {"pretrain_steps": 6, "pretrain_repeats": 2, "pl_texts": 1000, "pl_repeats": 2, "orch_repeats": 1,
            "validate_rows": 1_000_000, "validate_repeats": 1, "memory_pool": 1000, "gpu_steps": 20,
-           "orch_warmup": False, "scale_pool": 4096, "scale_shard_rows": 1024},
+           "orch_warmup": False, "scale_pool": 4096, "scale_shard_rows": 1024,
+           "gpu_texts": 2000, "gpu_batch_tokens": 32768, "gpu_max_length": 128, "gpu_warmup": 10, "gpu_compile": True},
     False: {"pretrain_steps": 30, "pretrain_repeats": 3, "pl_texts": 4000, "pl_repeats": 3, "orch_repeats": 3,
             "validate_rows": 1_000_000, "validate_repeats": 3, "memory_pool": 4000, "gpu_steps": 60,
-            "orch_warmup": True, "scale_pool": 20480, "scale_shard_rows": 4096},
+            "orch_warmup": True, "scale_pool": 20480, "scale_shard_rows": 4096,
+            "gpu_texts": 4000, "gpu_batch_tokens": 65536, "gpu_max_length": 128, "gpu_warmup": 20, "gpu_compile": True},
 }
 
 
@@ -81,6 +87,33 @@ def build_rows(results: dict) -> list[Row]:
             rows.append(Row(f"model FLOPs utilisation, {gpu} bf16 (6·N·tokens)", "%",
                             None if base_mfu is None else 100 * base_mfu, 100 * g["selftrain"]["mfu"], "report", None,
                             "HF Trainer"))
+    gg = results.get("gpu")
+    if gg:
+        card = gg["pretrain"]["gpu"]
+        dry = gg["pretrain"]["device"] != "cuda"  # the script's dry run: no target applies
+
+        def goal(text: str, ok: bool | None) -> tuple[str, bool | None]:
+            return ("dry run", None) if dry else (text, ok)
+        for name, r in gg["pretrain"]["models"].items():
+            base = r["hf_trainer"]["tokens_per_s"]["median"] if "hf_trainer" in r else None
+            s = r["speedup"]
+            minilm = name.startswith("MiniLM")
+            rows.append(Row(f"MLM pretraining, {name}, {card}", "real tokens/s", base,
+                            r["selftrain"]["tokens_per_s"]["median"],
+                            *goal("≥ 3x" if minilm else "report", None if s is None or not minilm else s >= 3),
+                            "HF Trainer (bf16, compile, group_by_length)", note=r.get("baseline_missing") or ""))
+            mfu = r["selftrain"]["mfu"]
+            if mfu is not None:
+                want = 0.25 if minilm else 0.40
+                rows.append(Row(f"MFU (6·N·tokens + MLM head), {name}, {card}", "%",
+                                100 * r["hf_trainer"]["mfu"] if "hf_trainer" in r else None, 100 * mfu,
+                                *goal(f"≥ {100 * want:.0f} %", mfu >= want), "HF Trainer"))
+        e = gg["pseudo_label"]
+        base = e["sentence_transformers"]["examples_per_s"]["median"] if "sentence_transformers" in e else None
+        rows.append(Row(f"embedding the pool (pseudo-labelling), MiniLM, {e['gpu']}", "examples/s", base,
+                        e["selftrain"]["examples_per_s"]["median"],
+                        *goal("≥ 2x", None if e["speedup"] is None else e["speedup"] >= 2),
+                        "sentence-transformers encode, bf16", note=e.get("baseline_missing") or ""))
     q = results.get("pseudo_label")
     if q:
         hf = q["hf_pipeline"]["examples_per_s"]["median"]
@@ -178,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes: ~3-5 min on 2 cores")
     ap.add_argument("--out", default=str(RESULTS), help="folder for speed.json and speed.png")
-    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    ap.add_argument("--only", default=",".join(s for s in SECTIONS if s != "gpu"),
+                    help=f"comma-separated subset of {','.join(SECTIONS)} (gpu: only when asked for)")
     ap.add_argument("--repeats", type=int, default=None, help="override the repeats of every section")
     ap.add_argument("--no-int8", action="store_true", help="skip the int8-teacher row of the pseudo_label section")
     ap.add_argument("--profile", action="store_true", help="add torch.profiler summaries of pretrain and pseudo_label")
@@ -188,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--measure-demo", action="store_true", help="measure the demo's wall time (one pure run, ~20 min)")
     ap.add_argument("--size", action="append", default=[], metavar="KEY=VALUE",
                     help=f"override one size, e.g. --size validate_rows=200000; keys: {', '.join(SIZES[False])}")
+    ap.add_argument("--device", default=None, choices=["cuda", "cpu"],
+                    help="section gpu: cuda (default when torch sees a GPU) or cpu (a dry run at tiny sizes)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-args", default="{}", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -253,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         cores = os.cpu_count() or 1
         layouts = [(1, 2), (2, 1)] if cores < 8 else [(1, 2), (2, 2), (4, 2)]
         results["scale"] = speed_scale.bench_scale(sizes["scale_pool"], sizes["scale_shard_rows"], layouts)
+    if "gpu" in only:
+        from benchmarks import speed_gpu
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        results["gpu"] = speed_gpu.bench_gpu(device, sizes, rep or 1)
     for name in SECTIONS:  # every section says on what and how it was measured
         if name in only:
             results.setdefault("measured", {})[name] = {"machine": machine_line(m), "quick": args.quick, "sizes": sizes}
