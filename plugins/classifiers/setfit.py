@@ -95,7 +95,9 @@ class SetFit(Probe):
         tok = AutoTokenizer.from_pretrained(init_dir)
         body = AutoModel.from_pretrained(init_dir).to(self.ctx.device).train()
         ids = tok([train.texts[i] for i in rows], truncation=True, max_length=self.max_length)["input_ids"]
-        opt = torch.optim.AdamW(body.parameters(), lr=c.lr)
+        # fused AdamW on CUDA (one kernel over all parameters); bf16 autocast where the runtime asks for it
+        opt = torch.optim.AdamW(body.parameters(), lr=c.lr, **({"fused": True} if self.ctx.device.type == "cuda" else {}))
+        amp = dict(device_type=self.ctx.device.type, dtype=self.ctx.autocast_dtype, enabled=self.ctx.autocast_dtype is not None)
         losses = []
         for _ in range(c.epochs):
             pairs, targets = make_pairs(y[rows], c.iterations, rng, c.max_pairs)  # (P, 2) into `rows`
@@ -105,12 +107,15 @@ class SetFit(Probe):
                 left, right = pairs[b, 0], pairs[b, 1]
                 x, m = pad_batch([ids[i] for i in np.concatenate([left, right])], tok.pad_token_id)  # (2B, T)
                 x, m = x.to(self.ctx.device), m.to(self.ctx.device)
-                e = pool(body(input_ids=x, attention_mask=m).last_hidden_state, m, pooling["mode"])  # (2B, H)
+                with torch.autocast(**amp):
+                    h = body(input_ids=x, attention_mask=m).last_hidden_state  # (2B, T, H)
+                e = pool(h.float(), m, pooling["mode"])  # (2B, H)
                 loss = cosine_pair_loss(e[: len(b)], e[len(b):], torch.as_tensor(targets[b], device=e.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                losses.append(float(loss.detach()))
+                losses.append(loss.detach())  # read back once at the end: no host sync per step
+        losses = torch.stack(losses).float().cpu().tolist() if losses else []
         tuned = Path(out_dir) / ".body"
         body.eval().save_pretrained(tuned)
         tok.save_pretrained(tuned)
