@@ -210,8 +210,25 @@ def test_agree_guard_keeps_nothing_when_the_loop_loses_on_held_out_gold(monkeypa
     assert len(sel.index) == 0 and sel.notes["reason"].startswith("guard:"), sel.notes
 
 
-def test_agree_guard_lets_a_clustered_pool_through():
+def test_agree_guard_needs_a_lead_of_its_margin_not_a_tie(monkeypatch):
+    """The self-trained model must beat the supervised one's held-out Brier by 0.1 per row (default)."""
     inp = _inputs()
+    sup = A._lr
+
+    def slightly_better(gx, gy, px, rounds, c, n):  # the supervised fit, a little sharper: better Brier by < 0.1
+        f = sup(gx, gy, None, n, c.C)
+        return lambda q: (lambda p: p ** 1.05 / (p ** 1.05).sum(1, keepdims=True))(f(q))
+
+    monkeypatch.setattr(A, "simulate", slightly_better)
+    g = A.cv_guard(inp.train_embeddings, inp.train_labels, inp.pool_embeddings, 3, A.AgreeConfig(), 3)
+    lead = g["supervised_brier"] - g["selftrained_brier"]
+    assert 0 < lead < 0.1 and not g["use_pool"], g
+    g0 = A.cv_guard(inp.train_embeddings, inp.train_labels, inp.pool_embeddings, 3, A.AgreeConfig(guard_margin=0.0), 3)
+    assert g0["use_pool"], g0
+
+
+def test_agree_guard_lets_a_clustered_pool_through():
+    inp = _inputs(n_train=12)  # 4 gold rows per class (the demo's k): the clustered pool beats them by far
     g = A.cv_guard(inp.train_embeddings, inp.train_labels, inp.pool_embeddings, 3, A.AgreeConfig(), 3)
     assert g["use_pool"] and g["folds"] == 10, g
     assert len(A.AgreementLabeler(A.AgreeConfig()).select(inp).index) > 0
