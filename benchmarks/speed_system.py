@@ -40,6 +40,7 @@ from benchmarks.speed_train import (
     make_classifier,
     make_tiny_bert,
     minilm_dir,
+    TWEETS,
     tweet_texts,
     tweets_frame,
 )
@@ -184,7 +185,7 @@ def synthetic_snapshot(rows: int, seed: int = 0):
     from selftrain.core.data import read_source
 
     rng = np.random.default_rng(seed)
-    raw, mapping = read_source(DataConfig())
+    raw, mapping = read_source(DataConfig(**TWEETS))
     base = raw[mapping["text"]].astype(str).to_numpy()
     base_labels = raw[mapping["label"]].astype(str).to_numpy()
     pick = rng.integers(0, len(base), rows)
@@ -256,7 +257,7 @@ def child_memory(a: dict) -> dict:
     from selftrain.core import stages
 
     rss_start = proc_status_mb("VmRSS")
-    data = {"unlabeled_size": a["pool"]}
+    data = {**TWEETS, "labels_per_class": 16, "val_per_class": 32, "unlabeled_size": a["pool"]}
     if a.get("source"):
         data.update(source=a["source"], columns={"text": "text", "label": "label"})
     cfg = PipelineConfig(output_dir=a["run_dir"], data=DataConfig(**data), pretrain={"enabled": False},
@@ -284,7 +285,7 @@ def replicated_tweets(path: Path, pool: int) -> str:
     from selftrain.config import DataConfig
     from selftrain.core.data import read_source
 
-    raw, mapping = read_source(DataConfig())
+    raw, mapping = read_source(DataConfig(**TWEETS))
     base = pd.DataFrame({"text": raw[mapping["text"]].astype(str), "label": raw[mapping["label"]].astype(str)})
     copies = max(1, math.ceil((pool + 3000) / len(base)))
     parts = [base if c == 0 else base.assign(text=base["text"] + f" (copy {c})") for c in range(copies)]

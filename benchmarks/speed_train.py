@@ -38,6 +38,9 @@ PEAK_BF16 = {
 
 
 # ============================================================================ data and models
+TWEETS = {"source": "builtin:tweets", "encoding": "latin-1"}
+"""The speed sections measure the tweets (short texts of varying length); the default config is BBC."""
+
 @lru_cache(maxsize=1)
 def tweets_frame():
     """A snapshot of the tweets (16 + 32 labels per class, 500 test rows per class, every other
@@ -47,8 +50,8 @@ def tweets_frame():
     from selftrain.config import DataConfig
     from selftrain.core.data import ingest_frame
 
-    return ingest_frame(DataConfig(source="builtin:tweets", encoding="latin-1", labels_per_class=16, val_per_class=32,
-                                   test_per_class=500, unlabeled_size=None))
+    return ingest_frame(DataConfig(**TWEETS, labels_per_class=16, val_per_class=32, test_per_class=500,
+                                   unlabeled_size=None))
 
 
 def tweet_texts(split: str | None = None, exclude_test: bool = False) -> list[str]:
