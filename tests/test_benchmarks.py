@@ -269,3 +269,20 @@ def test_quality_merge_keeps_a_score_that_a_skipped_peer_did_not_replace():
            {"dataset": "bbc", "k": 8, "seed": 0, "method": "setfit", "status": "skipped"}]
     got = merge(old, new)
     assert {(r["k"], r.get("macro_f1"), r.get("status")) for r in got} == {(4, 0.8, None), (8, None, "skipped")}
+
+
+def test_gpu_section_counts_model_flops_without_embeddings(tmp_path):
+    """MFU's numerator: 6 · non-embedding parameters · tokens + the MLM head at the masked positions."""
+    from transformers import BertConfig, BertModel
+
+    from benchmarks.speed_gpu import MASK_RATE, _after_warmup, shape_of, train_flops
+
+    cfg = BertConfig(vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    BertModel(cfg).save_pretrained(tmp_path)
+    shape = shape_of(str(tmp_path))
+    layer = 4 * (32 * 32 + 32) + (32 * 64 + 64) + (64 * 32 + 32) + 2 * 2 * 32  # attention, FFN, 2 LayerNorms
+    pooler = 32 * 32 + 32
+    assert shape == {"N": 2 * layer + pooler + 2 * 32, "H": 32, "V": 500}  # + the embeddings' LayerNorm
+    assert train_flops(shape, 1000) == 6 * shape["N"] * 1000 + 6 * (32 ** 2 + 32 * 500) * MASK_RATE * 1000
+    # (end time, tokens of the step): throughput after the warm-up steps only
+    assert _after_warmup([(0.0, 10), (10.0, 10), (11.0, 100), (12.0, 100)], 1) == 200.0
