@@ -191,8 +191,9 @@ class Probe(Classifier):
                 _link_or_copy(str(f), str(Path(out_dir) / f.name))
         if not (Path(out_dir) / "modules.json").exists():  # a plain HF body: say how we pooled
             (Path(out_dir) / "1_Pooling").mkdir(exist_ok=True)
+            hidden = int(W.shape[1]) // (1 if extra_layer is None else 2)  # the body's width, not the features'
             (Path(out_dir) / "1_Pooling" / "config.json").write_text(json.dumps({
-                "word_embedding_dimension": int(W.shape[1]) // (1 if extra_layer is None else 2), "pooling_mode_cls_token": pooling["mode"] == "cls",
+                "word_embedding_dimension": hidden, "pooling_mode_cls_token": pooling["mode"] == "cls",
                 "pooling_mode_mean_tokens": pooling["mode"] == "mean", "pooling_mode_max_tokens": pooling["mode"] == "max",
                 "pooling_mode_mean_sqrt_len_tokens": pooling["mode"] == "mean_sqrt_len"}, indent=2))
             mods = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
