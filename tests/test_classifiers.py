@@ -205,26 +205,46 @@ def test_agree_guard_keeps_nothing_when_the_loop_loses_on_held_out_gold(monkeypa
     # a loop that drifts to one class for everything (what happened on two-class sentiment at k=4)
     monkeypatch.setattr(A, "simulate", lambda gx, gy, px, rounds, c, n: (lambda q: one_hot(np.zeros(len(q), int), n)))
     g = A.cv_guard(inp.train_embeddings, inp.train_labels, inp.pool_embeddings, 3, cfg, 3)
-    assert g["supervised_brier"] < g["selftrained_brier"] and not g["use_pool"], g
+    assert g["supervised_log_loss"] < g["selftrained_log_loss"] and not g["use_pool"], g
     sel = A.AgreementLabeler(cfg).select(inp)
     assert len(sel.index) == 0 and sel.notes["reason"].startswith("guard:"), sel.notes
 
 
-def test_agree_guard_needs_a_lead_of_its_margin_not_a_tie(monkeypatch):
-    """The self-trained model must beat the supervised one's held-out Brier by 0.1 per row (default)."""
+def test_agree_guard_compares_log_loss_and_refuses_confident_errors(monkeypatch):
+    """A loop that drifted: sharp (0.998) where it is right, as sharp on the wrong class for a fifth of the
+    held-out gold rows, vs a supervised fit that hedges (0.45 on its argmax). The Brier score prefers the
+    drifted loop; the log-loss (default ``guard_metric``) does not, and the guard keeps nothing."""
     inp = _inputs()
-    sup = A._lr
+    gold_x, gold_y = inp.train_embeddings, np.asarray(inp.train_labels)
+    wrong = set(range(0, len(gold_y), 5))  # every 5th gold row: 20 %
+    true_lr = A._lr
 
-    def slightly_better(gx, gy, px, rounds, c, n):  # the supervised fit, a little sharper: better Brier by < 0.1
-        f = sup(gx, gy, None, n, c.C)
-        return lambda q: (lambda p: p ** 1.05 / (p ** 1.05).sum(1, keepdims=True))(f(q))
+    def rows_of(q):  # held-out rows -> their gold indices
+        return [int(np.flatnonzero((gold_x == r).all(1))[0]) for r in q]
 
-    monkeypatch.setattr(A, "simulate", slightly_better)
-    g = A.cv_guard(inp.train_embeddings, inp.train_labels, inp.pool_embeddings, 3, A.AgreeConfig(), 3)
-    lead = g["supervised_brier"] - g["selftrained_brier"]
-    assert 0 < lead < 0.1 and not g["use_pool"], g
-    g0 = A.cv_guard(inp.train_embeddings, inp.train_labels, inp.pool_embeddings, 3, A.AgreeConfig(guard_margin=0.0), 3)
-    assert g0["use_pool"], g0
+    def hedging(x, y, w, n, C):  # the supervised fit: right (the toy clusters are easy), but unsure
+        f = true_lr(x, y, w, n, C)
+        return lambda q: 0.45 * one_hot(f(q).argmax(1), n) + 0.275 * (1 - one_hot(f(q).argmax(1), n))
+
+    def drifted(gx, gy, px, rounds, c, n):
+        def proba(q):
+            y = gold_y[rows_of(q)]
+            y = np.where([i in wrong for i in rows_of(q)], (y + 1) % n, y)
+            return 0.998 * one_hot(y, n) + 0.001 * (1 - one_hot(y, n))
+        return proba
+
+    monkeypatch.setattr(A, "_lr", hedging)
+    monkeypatch.setattr(A, "simulate", drifted)
+    g = A.cv_guard(gold_x, gold_y, inp.pool_embeddings, 3, A.AgreeConfig(), 3)
+    assert g["metric"] == "log_loss" and g["selftrained_right"] < g["supervised_right"], g
+    assert g["selftrained_brier"] < g["supervised_brier"], g  # Brier alone would take the pool ...
+    assert g["selftrained_log_loss"] > g["supervised_log_loss"] and not g["use_pool"], g  # ... log-loss does not
+    assert A.cv_guard(gold_x, gold_y, inp.pool_embeddings, 3, A.AgreeConfig(guard_metric="brier"), 3)["use_pool"]
+    lax = A.AgreeConfig(guard_margin=g["selftrained_log_loss"] - g["supervised_log_loss"] + 0.01)
+    assert A.cv_guard(gold_x, gold_y, inp.pool_embeddings, 3, lax, 3)["use_pool"]  # the margin is what it may trail by
+    monkeypatch.setattr(A, "_lr", true_lr)
+    sel = A.AgreementLabeler(A.AgreeConfig()).select(inp)
+    assert len(sel.index) == 0 and "held-out log_loss" in sel.notes["reason"], sel.notes
 
 
 def test_agree_guard_lets_a_clustered_pool_through():

@@ -58,9 +58,7 @@ def test_objective_contract(objective, model, tmp_path):
 
 @pytest.mark.parametrize("labeler", [pytest.param(r, id=r.name) for r in _ok("selftrain.labelers")])
 def test_labeler_contract(labeler):
-    # ~5 gold rows per class (near the demo's k = 4) and the pipeline's 5 rounds: with the kit's default 10 per
-    # class the toy clusters are learnt from gold alone, and the pool's held-out Brier lead (~0.06) is below the
-    # 0.1 the agree guard asks for, so agree rightly keeps nothing there
+    # ~5 gold rows per class (near the demo's k = 4) and the pipeline's 5 rounds: the setting the defaults are for
     inputs = labeler_inputs(n_train=15)
     inputs.rounds = 5
     sel = check_labeler(labeler.cls, inputs=inputs)

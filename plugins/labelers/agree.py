@@ -13,18 +13,22 @@ gold rows themselves before any pool row is used.
 
 Guards (all measured from the gold rows and the pool, never from test):
 - round 1, ``guard``: k-fold cross-validation over the gold rows runs the whole loop (a logistic
-  regression on the embeddings) without the held-out fold; if the self-trained model's Brier
-  score on the held-out gold rows does not beat the supervised one's by at least 0.1 per row
-  (``guard_margin: -0.1``), nothing is kept and the run trains no student (the supervised core
-  stands). Brier, not accuracy: with 12-48 gold rows the count of rows right moves by +-3 between
-  seeds on its own, while the Brier difference (10 folds) separated every BBC cell (-0.44..-0.66
-  per row; the pool paid +0.03..+0.13 macro-F1) from every tweets cell (+0.00..+0.84; the pool
-  cost up to 0.12) in our 5-seed dev-eval at k = 4, 8, 16 (docs/experiments.md, session 5). With
-  the probe's middle-layer features (session 6, 10 seeds) BBC stayed at -0.17..-0.63 (k = 4-32)
-  while two tweets draws at k = 8 came out at -0.01 and -0.05 and lost 0.10-0.12 macro-F1: hence
-  the required lead of 0.1 rather than a tie. Ten
-  folds rather than four: at k = 3-4 a 4-fold training split leaves 2-3 rows per class and the
-  estimate turns pessimistic (a BBC demo seed: -0.05 at 4 folds, -0.54 at 10);
+  regression on the embeddings) without the held-out fold; if the self-trained model's held-out
+  **log-loss** (cross-entropy of the true class, mean per gold row) is worse than the supervised
+  one's (``guard_metric: log_loss``, ``guard_margin: 0``), nothing is kept and the run trains no
+  student (the supervised core stands). Why log-loss: a loop that drifts becomes confidently wrong
+  on some rows, which log-loss punishes without bound, while a sharper model that is merely
+  confident where the supervised probe hedges wins it only when it is right. On dev-eval
+  (docs/experiments.md, session 7; 10 draws per cell, 10 folds) it separates every BBC draw
+  (k = 4-32: -0.11 .. -1.19 per row, the pool paid -0.006 .. +0.099 macro-F1) from every tweets
+  draw (k = 8: +0.19 .. +1.31; the pool cost up to 0.12). The Brier score (``guard_metric:
+  brier``, used before) left a gap of only 0.11 between them (BBC <= -0.17, two tweets draws at
+  -0.01 and -0.05 that lost 0.10-0.12, and on the product's test splits tweets draws at -0.12 and
+  -0.19) and needed a required lead of 0.1 that BBC k = 32 (-0.22) was close to. Not accuracy:
+  with 12-48 gold rows the count of rows right moves by +-3 between seeds on its own (and it rose
+  on 9 of 10 tweets k = 8 draws that lost). Ten folds rather than four: at k = 3-4 a 4-fold
+  training split leaves 2-3 rows per class and the estimate turns pessimistic (a BBC demo seed:
+  Brier -0.05 at 4 folds, -0.54 at 10);
 - distribution alignment: probabilities are rescaled by prior / (their mean over the pool) before
   picking, and the per-class quotas follow the same prior — by default the gold rows' class mix
   (``prior: gold``; uniform when they were drawn per class). The mean of round 1's predictions
@@ -55,7 +59,8 @@ class AgreeConfig(PluginConfig):
     max_drift: float = Field(0.2, gt=0, le=1, description="Add no row once the predicted class mix over the pool is this far (total variation) from round 1's.")
     guard: bool = Field(True, description="Round 1: cross-validate the loop on the gold rows and keep nothing if it loses to the supervised classifier.")
     guard_folds: int = Field(10, ge=2, description="Folds of that cross-validation (stratified up to the smallest class's gold count, plain k-fold beyond; at most one per gold row).")
-    guard_margin: float = Field(-0.1, ge=-2, le=2, description="Held-out Brier score per gold row by which the self-trained model may trail the supervised one and still be used; negative: by which it must lead (default -0.1: lead by 0.1, picked on dev-eval, docs/experiments.md session 6).")
+    guard_metric: Literal["log_loss", "brier"] = Field("log_loss", description="What the guard compares on the held-out gold rows (mean per row): 'log_loss', the cross-entropy of the true class (punishes the confident errors of a drifting loop; picked on dev-eval, docs/experiments.md session 7), or 'brier', the sum over classes of (p_c - y_c)^2 (the guard before session 7; pair it with guard_margin: -0.1).")
+    guard_margin: float = Field(0.0, ge=-5, le=5, description="Held-out guard_metric per gold row by which the self-trained model may trail the supervised one and still be used; negative: by which it must lead (default 0: a tie passes, a loss does not).")
     C: float = Field(1.0, gt=0, description="Inverse L2 strength of the guard's logistic regression (match the probe's C).")
     prior: Literal["gold", "predicted"] = Field("gold", description="Class prior the pseudo-labels are balanced and aligned to: 'gold', the class mix of the gold training rows (uniform when they were drawn per class); 'predicted', the mean of round 1's probabilities over the pool (skewed when those are sharp and the first classifier under-predicts a class).")
 
@@ -162,9 +167,10 @@ def simulate(gold_x, gold_y, pool_x, rounds: int, cfg: AgreeConfig, n_classes: i
 
 
 def cv_guard(gold_x, gold_y, pool_x, rounds: int, cfg: AgreeConfig, n_classes: int, seed: int = 0) -> dict:
-    """Held-out gold rows, supervised vs self-trained over the same stratified folds: rows right
-    and the Brier score (sum over classes of (p_c - y_c)^2, mean over rows); use the pool when the
-    self-trained Brier is at most the supervised one + ``guard_margin`` (default -0.1: better by 0.1)."""
+    """Held-out gold rows, supervised vs self-trained over the same folds: rows right, the log-loss
+    (-log p_true, mean over rows) and the Brier score (sum over classes of (p_c - y_c)^2, mean over
+    rows); use the pool when the self-trained ``guard_metric`` is at most the supervised one +
+    ``guard_margin`` (default: log-loss, margin 0)."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     counts = np.bincount(gold_y, minlength=n_classes)[np.unique(gold_y)]
@@ -175,20 +181,23 @@ def cv_guard(gold_x, gold_y, pool_x, rounds: int, cfg: AgreeConfig, n_classes: i
     # = training folds closer to the real gold set, a less pessimistic estimate at k = 3-4)
     splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed) if folds <= counts.min()
                 else KFold(folds, shuffle=True, random_state=seed))
-    sup = st = 0
-    b_sup = b_st = 0.0
+    right = {"supervised": 0, "selftrained": 0}
+    score = {f"{m}_{s}": 0.0 for m in right for s in ("brier", "log_loss")}
     for tr, te in splitter.split(gold_x, gold_y):
         oh = one_hot(gold_y[te], n_classes)  # (F, C)
-        p_sup = _lr(gold_x[tr], gold_y[tr], None, n_classes, cfg.C)(gold_x[te])  # (F, C)
-        p_st = simulate(gold_x[tr], gold_y[tr], pool_x, rounds, cfg, n_classes)(gold_x[te])
-        sup += int((p_sup.argmax(1) == gold_y[te]).sum())
-        st += int((p_st.argmax(1) == gold_y[te]).sum())
-        b_sup += float(((p_sup - oh) ** 2).sum())
-        b_st += float(((p_st - oh) ** 2).sum())
+        probs = {"supervised": _lr(gold_x[tr], gold_y[tr], None, n_classes, cfg.C)(gold_x[te]),  # (F, C)
+                 "selftrained": simulate(gold_x[tr], gold_y[tr], pool_x, rounds, cfg, n_classes)(gold_x[te])}
+        for m, p in probs.items():
+            right[m] += int((p.argmax(1) == gold_y[te]).sum())
+            score[f"{m}_brier"] += float(((p - oh) ** 2).sum())
+            # clipped: the one-class fallback of _lr gives exact zeros (a row it gets wrong then costs ~20.7)
+            score[f"{m}_log_loss"] += float(-np.log(np.clip((p * oh).sum(1), 1e-9, 1.0)).sum())
     n = len(gold_y)
-    return {"folds": folds, "rows": n, "supervised_right": sup, "selftrained_right": st,
-            "supervised_brier": b_sup / n, "selftrained_brier": b_st / n,
-            "use_pool": b_st / n <= b_sup / n + cfg.guard_margin}
+    out = {"folds": folds, "rows": n, "metric": cfg.guard_metric, "margin": cfg.guard_margin,
+           "supervised_right": right["supervised"], "selftrained_right": right["selftrained"],
+           **{k: v / n for k, v in score.items()}}
+    out["use_pool"] = out[f"selftrained_{cfg.guard_metric}"] <= out[f"supervised_{cfg.guard_metric}"] + cfg.guard_margin
+    return out
 
 
 class AgreementLabeler(Labeler):
@@ -213,8 +222,8 @@ class AgreementLabeler(Labeler):
                 notes["guard"] = g
                 if not g.get("use_pool", True):
                     notes["reason"] = (f"guard: on {g['folds']}-fold cross-validation over the {g['rows']} gold rows, "
-                                       f"self-training scored a held-out Brier of {g['selftrained_brier']:.3f} vs "
-                                       f"{g['supervised_brier']:.3f} for the supervised classifier "
+                                       f"self-training scored a held-out {c.guard_metric} of {g['selftrained_' + c.guard_metric]:.3f} "
+                                       f"vs {g['supervised_' + c.guard_metric]:.3f} for the supervised classifier "
                                        f"({g['selftrained_right']} vs {g['supervised_right']} rows right; margin "
                                        f"{c.guard_margin}): the pool does not pay here, keeping no pseudo-label")
                     return Selection(prev.index, prev.targets, prev.weights,
