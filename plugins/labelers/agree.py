@@ -19,16 +19,16 @@ Guards (all measured from the gold rows and the pool, never from test):
   student (the supervised core stands). Why log-loss: a loop that drifts becomes confidently wrong
   on some rows, which log-loss punishes without bound, while a sharper model that is merely
   confident where the supervised probe hedges wins it only when it is right. On dev-eval
-  (docs/experiments.md, session 7; 10 draws per cell, 10 folds) it separates every BBC draw
-  (k = 4-32: -0.11 .. -1.19 per row, the pool paid -0.006 .. +0.099 macro-F1) from every tweets
-  draw (k = 8: +0.19 .. +1.31; the pool cost up to 0.12). The Brier score (``guard_metric:
-  brier``, used before) left a gap of only 0.11 between them (BBC <= -0.17, two tweets draws at
-  -0.01 and -0.05 that lost 0.10-0.12, and on the product's test splits tweets draws at -0.12 and
-  -0.19) and needed a required lead of 0.1 that BBC k = 32 (-0.22) was close to. Not accuracy:
-  with 12-48 gold rows the count of rows right moves by +-3 between seeds on its own (and it rose
-  on 9 of 10 tweets k = 8 draws that lost). Ten folds rather than four: at k = 3-4 a 4-fold
-  training split leaves 2-3 rows per class and the estimate turns pessimistic (a BBC demo seed:
-  Brier -0.05 at 4 folds, -0.54 at 10);
+  (docs/experiments.md, session 7; 5-10 draws per cell, 10 folds) it separates every BBC draw
+  (k = 4-32: -1.19 .. -0.11 per row; the pool paid -0.006 .. +0.099 macro-F1) from every tweets
+  draw (k = 4-32: +0.19 .. +2.64; at k = 8 the pool cost up to 0.12). The Brier score
+  (``guard_metric: brier``, used before) left a gap of only 0.11 between them (BBC <= -0.17, two
+  tweets k = 8 draws at -0.01 and -0.05 that lost 0.10-0.12, and on the product's test splits
+  tweets draws at -0.12 and -0.19) and needed a required lead of 0.1 that BBC k = 32 (-0.22) was
+  close to. Not accuracy: with 12-48 gold rows the count of rows right moves by +-3 between seeds
+  on its own (it rose on 9 of 10 tweets k = 8 draws, 7 of which lost). Ten folds rather than four:
+  at k = 3-4 a 4-fold training split leaves 2-3 rows per class and the estimate turns pessimistic
+  (a BBC demo seed: Brier -0.05 at 4 folds, -0.54 at 10);
 - distribution alignment: probabilities are rescaled by prior / (their mean over the pool) before
   picking, and the per-class quotas follow the same prior — by default the gold rows' class mix
   (``prior: gold``; uniform when they were drawn per class). The mean of round 1's predictions
