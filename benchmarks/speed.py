@@ -195,6 +195,11 @@ def _previous(path: Path) -> dict:
         return {}
 
 
+def _dropped(existing: dict, only: list[str]) -> list[str]:
+    """Sections of an existing speed.json that a run of ``only`` without ``--merge`` would overwrite away."""
+    return [s for s in existing.get("sections", []) if s not in only]
+
+
 def _merged(previous: dict, results: dict, only: list[str]) -> dict:
     """``results`` plus the sections of ``previous`` that were not measured now (``--merge``)."""
     kept = [s for s in SECTIONS if s not in only and s in previous]
@@ -250,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     log(f"machine: {machine_line(m)}")
     results: dict = {"machine": m, "quick": args.quick, "sizes": sizes, "sections": only}
     previous = _previous(Path(args.out) / "speed.json") if args.merge else {}
+    lost = [] if args.merge else _dropped(_previous(Path(args.out) / "speed.json"), only)
+    if lost:
+        log(f"warning: {Path(args.out) / 'speed.json'} holds sections {', '.join(lost)} that this run does not "
+            f"measure; it will be rewritten without them. Add --merge to keep them.")
     profiles: dict = dict(previous.get("profiles", {}))
     t_all = time.perf_counter()
 

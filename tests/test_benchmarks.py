@@ -162,7 +162,7 @@ def test_speed_rows_and_outputs(tmp_path):
     assert common.bar_chart(tmp_path / "speed.png", rows).exists()
 
 
-def test_speed_cli_writes_results(tmp_path):
+def test_speed_cli_writes_results(tmp_path, capsys):
     """``python -m benchmarks.speed`` end to end on one small section (its child process included)."""
     from benchmarks import speed
 
@@ -175,8 +175,12 @@ def test_speed_cli_writes_results(tmp_path):
     assert out["validate"]["rows"] == 2000 and "| validate_frame" in out["table"] and out["machine"]["cpu"]
     assert out["sections"] == ["pretrain", "validate"] and out["measured"]["pretrain"]["machine"] == "earlier"
     assert "MLM pretraining" in out["table"] and (tmp_path / "speed.png").exists()
-    assert speed.main(args) == 0  # without --merge: only what was measured now
+    capsys.readouterr()
+    assert speed.main(args) == 0  # without --merge: only what was measured now, and a warning first
     assert "pretrain" not in json.loads((tmp_path / "speed.json").read_text())
+    said = capsys.readouterr()
+    assert "holds sections pretrain that this run does not measure" in said.out + said.err
+    assert "Add --merge" in said.out + said.err
 
 
 def test_pseudo_label_stage_streams_the_pool_in_chunks(tiny_config, tiny_models, monkeypatch):
