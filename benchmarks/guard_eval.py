@@ -8,10 +8,11 @@ Same draws as ``benchmarks.dev_eval`` (k gold rows per class, a pool of 1,500 BB
 with hidden labels, dev-eval = every remaining row; the product's test split plays no part), the
 probe's default features (the checkpoint's embedding + the middle layer). Per draw:
 
-- the guard's own cross-validation (``agree.cv_guard`` folds: 10, stratified while every class can
-  fill every fold) over the gold rows, supervised logistic regression vs the whole self-training
-  loop (``agree.simulate``) on each training fold, scored per held-out gold row: Brier score
-  (sum over classes of (p_c - y_c)^2), log-loss (-log p_true, clipped at 1e-9), right or not;
+- the guard's own cross-validation over the gold rows (``agree.guard_rows``: 10 folds, stratified
+  while every class can fill every fold), supervised logistic regression vs the whole
+  self-training loop (``agree.simulate``) on each training fold, scored per held-out gold row:
+  Brier score (sum over classes of (p_c - y_c)^2), log-loss (-log p_true, clipped at 1e-9), right
+  or not;
 - the gain the guard should predict: dev-eval macro-F1 of the self-trained loop on all gold rows
   minus the supervised probe's.
 
@@ -35,29 +36,6 @@ from benchmarks.dev_eval import MAX_LENGTH, draw, embed, load
 bench_env()
 
 
-def per_row(gx, gy, px, n_classes: int, seed: int) -> dict:
-    """Held-out per-gold-row scores of the supervised fit and the self-training loop, the guard's folds."""
-    from sklearn.model_selection import KFold, StratifiedKFold
-
-    from selftrain.plugins import one_hot
-    from selftrain.plugins.labelers.agree import AgreeConfig, _lr, simulate
-
-    cfg = AgreeConfig()
-    counts = np.bincount(gy, minlength=n_classes)
-    folds = min(cfg.guard_folds, len(gy))
-    splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed) if folds <= counts.min()
-                else KFold(folds, shuffle=True, random_state=seed))  # as agree.cv_guard
-    out = {f"{m}_{s}": np.zeros(len(gy)) for m in ("sup", "st") for s in ("brier", "log_loss", "right")}
-    for tr, te in splitter.split(gx, gy):
-        oh = one_hot(gy[te], n_classes)  # (F, C)
-        for m, p in (("sup", _lr(gx[tr], gy[tr], None, n_classes, cfg.C)(gx[te])),
-                     ("st", simulate(gx[tr], gy[tr], px, 5, cfg, n_classes)(gx[te]))):
-            out[f"{m}_brier"][te] = ((p - oh) ** 2).sum(1)
-            out[f"{m}_log_loss"][te] = -np.log(np.clip(p[np.arange(len(te)), gy[te]], 1e-9, 1))
-            out[f"{m}_right"][te] = p.argmax(1) == gy[te]
-    return out
-
-
 def table(records: list[dict]) -> str:
     cells = defaultdict(list)
     for r in records:
@@ -74,7 +52,7 @@ def table(records: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     from sklearn.metrics import f1_score
 
-    from selftrain.plugins.labelers.agree import AgreeConfig, _lr, simulate
+    from selftrain.plugins.labelers.agree import AgreeConfig, _lr, guard_rows, simulate
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", nargs="+", default=["bbc", "tweets"])
@@ -90,12 +68,12 @@ def main(argv: list[str] | None = None) -> None:
             for seed in range(a.seeds):
                 t0 = time.perf_counter()
                 g, p, e = draw(y, k, 1500 if ds == "bbc" else 3000, seed)
-                s = per_row(X[g], y[g], X[p], C, seed)
+                s = guard_rows(X[g], y[g], X[p], 5, cfg, C, seed)  # the product's guard, per gold row
                 f_sup = f1_score(y[e], _lr(X[g], y[g], None, C, cfg.C)(X[e]).argmax(1), average="macro")
                 f_st = f1_score(y[e], simulate(X[g], y[g], X[p], 5, cfg, C)(X[e]).argmax(1), average="macro")
                 r = {"dataset": ds, "k": k, "seed": seed, "gain": float(f_st - f_sup), "supervised_f1": float(f_sup),
-                     **{f"d_{m}": float(s[f"st_{m}"].mean() - s[f"sup_{m}"].mean()) for m in ("brier", "log_loss")},
-                     "supervised_right": int(s["sup_right"].sum()), "selftrained_right": int(s["st_right"].sum())}
+                     **{f"d_{m}": float(s[f"selftrained_{m}"].mean() - s[f"supervised_{m}"].mean()) for m in ("brier", "log_loss")},
+                     "supervised_right": int(s["supervised_right"].sum()), "selftrained_right": int(s["selftrained_right"].sum())}
                 records.append(r)
                 log(f"{ds} k={k} seed={seed}: Δ Brier {r['d_brier']:+.3f}, Δ log-loss {r['d_log_loss']:+.3f}, "
                     f"gain {r['gain']:+.3f} ({time.perf_counter() - t0:.0f} s)")

@@ -254,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     m = machine()
     log(f"machine: {machine_line(m)}")
     results: dict = {"machine": m, "quick": args.quick, "sizes": sizes, "sections": only}
-    previous = _previous(Path(args.out) / "speed.json") if args.merge else {}
-    lost = [] if args.merge else _dropped(_previous(Path(args.out) / "speed.json"), only)
+    existing = _previous(Path(args.out) / "speed.json")
+    previous = existing if args.merge else {}
+    lost = [] if args.merge else _dropped(existing, only)
     if lost:
         log(f"warning: {Path(args.out) / 'speed.json'} holds sections {', '.join(lost)} that this run does not "
             f"measure; it will be rewritten without them. Add --merge to keep them.")

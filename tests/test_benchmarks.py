@@ -293,21 +293,22 @@ def test_gpu_section_counts_model_flops_without_embeddings(tmp_path):
 
 
 def test_guard_eval_scores_the_rows_the_product_guard_scores():
-    """benchmarks.guard_eval's per-row held-out scores average to exactly what agree.cv_guard decides on."""
+    """The per-row held-out scores benchmarks.guard_eval records (agree.guard_rows) average to exactly what
+    agree.cv_guard decides on; the table counts the draws on each side."""
     import numpy as np
 
-    from benchmarks.guard_eval import per_row, table
+    from benchmarks.guard_eval import table
     from selftrain.plugins.labelers import agree as A
     from selftrain.plugins.testing import labeler_inputs
 
     inp = labeler_inputs(n=200, n_val=0, n_train=15, seed=3)
     gx, gy, px = inp.train_embeddings, np.asarray(inp.train_labels), inp.pool_embeddings
-    rows = per_row(gx, gy, px, 3, seed=7)
+    rows = A.guard_rows(gx, gy, px, 5, A.AgreeConfig(), 3, seed=7)
     g = A.cv_guard(gx, gy, px, 5, A.AgreeConfig(), 3, seed=7)
-    for m, key in (("sup", "supervised"), ("st", "selftrained")):
-        assert np.isclose(rows[f"{m}_brier"].mean(), g[f"{key}_brier"]), (m, g)
-        assert np.isclose(rows[f"{m}_log_loss"].mean(), g[f"{key}_log_loss"]), (m, g)
-        assert int(rows[f"{m}_right"].sum()) == g[f"{key}_right"]
+    for key in ("supervised", "selftrained"):
+        assert np.isclose(rows[f"{key}_brier"].mean(), g[f"{key}_brier"]), (key, g)
+        assert np.isclose(rows[f"{key}_log_loss"].mean(), g[f"{key}_log_loss"]), (key, g)
+        assert int(rows[f"{key}_right"].sum()) == g[f"{key}_right"]
     recs = [{"dataset": "toy", "k": 5, "seed": s, "gain": gain, "d_brier": -0.2, "d_log_loss": ll}
             for s, (gain, ll) in enumerate([(0.05, -0.3), (-0.02, 0.4)])]
     assert "| toy | 5 | 2 | -0.20 … -0.20 | -0.30 … +0.40 | -0.020 … +0.050 | 1 (1) |" in table(recs)

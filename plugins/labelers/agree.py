@@ -166,36 +166,44 @@ def simulate(gold_x, gold_y, pool_x, rounds: int, cfg: AgreeConfig, n_classes: i
     return _lr(lab_x, lab_y, lab_w, n_classes, cfg.C)
 
 
-def cv_guard(gold_x, gold_y, pool_x, rounds: int, cfg: AgreeConfig, n_classes: int, seed: int = 0) -> dict:
-    """Held-out gold rows, supervised vs self-trained over the same folds: rows right, the log-loss
-    (-log p_true, mean over rows) and the Brier score (sum over classes of (p_c - y_c)^2, mean over
-    rows); use the pool when the self-trained ``guard_metric`` is at most the supervised one +
-    ``guard_margin`` (default: log-loss, margin 0)."""
+def guard_rows(gold_x, gold_y, pool_x, rounds: int, cfg: AgreeConfig, n_classes: int, seed: int = 0) -> dict | None:
+    """The guard's cross-validation, per held-out gold row: ``{supervised,selftrained}_{brier,log_loss,right}``
+    -> (R,) arrays (Brier: sum over classes of (p_c - y_c)^2; log-loss: -log p_true; right: 0/1) and
+    ``folds``; None when some class has fewer than 2 gold rows."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     counts = np.bincount(gold_y, minlength=n_classes)[np.unique(gold_y)]
     if counts.min() < 2:
-        return {"folds": 0, "skipped": "fewer than 2 gold rows in some class"}
+        return None
     folds = min(cfg.guard_folds, len(gold_y))
     # stratified while every class can give a row to every fold; beyond that, plain k-fold (more folds
     # = training folds closer to the real gold set, a less pessimistic estimate at k = 3-4)
     splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed) if folds <= counts.min()
                 else KFold(folds, shuffle=True, random_state=seed))
-    right = {"supervised": 0, "selftrained": 0}
-    score = {f"{m}_{s}": 0.0 for m in right for s in ("brier", "log_loss")}
+    out: dict = {f"{m}_{s}": np.zeros(len(gold_y)) for m in ("supervised", "selftrained") for s in ("brier", "log_loss", "right")}
     for tr, te in splitter.split(gold_x, gold_y):
         oh = one_hot(gold_y[te], n_classes)  # (F, C)
         probs = {"supervised": _lr(gold_x[tr], gold_y[tr], None, n_classes, cfg.C)(gold_x[te]),  # (F, C)
                  "selftrained": simulate(gold_x[tr], gold_y[tr], pool_x, rounds, cfg, n_classes)(gold_x[te])}
         for m, p in probs.items():
-            right[m] += int((p.argmax(1) == gold_y[te]).sum())
-            score[f"{m}_brier"] += float(((p - oh) ** 2).sum())
+            out[f"{m}_right"][te] = p.argmax(1) == gold_y[te]
+            out[f"{m}_brier"][te] = ((p - oh) ** 2).sum(1)
             # clipped: the one-class fallback of _lr gives exact zeros (a row it gets wrong then costs ~20.7)
-            score[f"{m}_log_loss"] += float(-np.log(np.clip((p * oh).sum(1), 1e-9, 1.0)).sum())
-    n = len(gold_y)
-    out = {"folds": folds, "rows": n, "metric": cfg.guard_metric, "margin": cfg.guard_margin,
-           "supervised_right": right["supervised"], "selftrained_right": right["selftrained"],
-           **{k: v / n for k, v in score.items()}}
+            out[f"{m}_log_loss"][te] = -np.log(np.clip((p * oh).sum(1), 1e-9, 1.0))
+    out["folds"] = folds
+    return out
+
+
+def cv_guard(gold_x, gold_y, pool_x, rounds: int, cfg: AgreeConfig, n_classes: int, seed: int = 0) -> dict:
+    """Held-out gold rows (``guard_rows``), supervised vs self-trained over the same folds: rows right,
+    the mean log-loss and the mean Brier score; use the pool when the self-trained ``guard_metric`` is
+    at most the supervised one + ``guard_margin`` (default: log-loss, margin 0)."""
+    rows = guard_rows(gold_x, gold_y, pool_x, rounds, cfg, n_classes, seed)
+    if rows is None:
+        return {"folds": 0, "skipped": "fewer than 2 gold rows in some class"}
+    out = {"folds": rows["folds"], "rows": len(gold_y), "metric": cfg.guard_metric, "margin": cfg.guard_margin,
+           **{f"{m}_right": int(rows[f"{m}_right"].sum()) for m in ("supervised", "selftrained")},
+           **{f"{m}_{s}": float(rows[f"{m}_{s}"].mean()) for m in ("supervised", "selftrained") for s in ("brier", "log_loss")}}
     out["use_pool"] = out[f"selftrained_{cfg.guard_metric}"] <= out[f"supervised_{cfg.guard_metric}"] + cfg.guard_margin
     return out
 
