@@ -306,9 +306,15 @@ def bench_pseudo_label(texts: list[str], clf_dir: str, labels: list[str], batch_
     - ``hf_pipeline``: ``transformers.pipeline("text-classification")`` on a MiniLM sequence classifier (fp32);
     - ``selftrain``: what the pseudo-label stage runs by default: the ``probe`` teacher's ``score`` (its
       probabilities and the embeddings the ``agree`` labeler needs, one encoding; embedding cache off);
+    - ``selftrain_compiled``: the same with ``inference_compile: on`` (Inductor, frozen weights); its
+      compilation runs in the warm-up and is reported apart (``compile_s``, and the pool size from
+      which it pays at this run's rates);
     - ``selftrain_bf16``: the same with ``cpu_bf16: true`` (where the CPU has AVX512-BF16 / AMX);
     - ``selftrain_finetune``: ``predict_logits`` of the finetuned teacher (the ``finetune`` classifier);
     - ``selftrain_int8`` (``int8``): ``predict_logits(int8=True)``, the dynamically quantised teacher.
+
+    Every contender first runs once on the first 256 texts (untimed): model loading, first-call
+    allocations and the compiled contender's compilation stay out of the rates.
     """
     import numpy as np
     import torch
@@ -317,6 +323,7 @@ def bench_pseudo_label(texts: list[str], clf_dir: str, labels: list[str], batch_
     from selftrain.core.classify import load_classifier, predict_logits
     from selftrain.plugins import RuntimeContext
     from selftrain.plugins.classifiers.probe import Probe
+    from selftrain.plugins.inference import cpp_compiler
 
     int8 = int8 and int8_available()
     log(f"[pseudo_label] {len(texts)} texts, batch {batch_size}, max_length {max_length}, {repeats} repeats"
@@ -335,9 +342,16 @@ def bench_pseudo_label(texts: list[str], clf_dir: str, labels: list[str], batch_
 
     contenders = {"hf_pipeline": lambda: timed_run("hf", lambda: pipe(texts))}
     bf16 = "AVX512" in torch.backends.cpu.get_cpu_capability() or "AMX" in torch.backends.cpu.get_cpu_capability()
+    probe = probec = probe16 = None
     if probe_dir is not None:
         probe = Probe(Probe.Config(), ctx, max_length).load(probe_dir, labels)  # ctx: no cache_dir, no embedding cache
         contenders["selftrain"] = lambda: timed_run("ours", lambda: probe.score(texts, batch_size, embeddings=True)[0])
+        if cpp_compiler() is not None:
+            ctxc = RuntimeContext(device=torch.device("cpu"), autocast_dtype=None, seed=0, compile_inference="on")
+            probec = Probe(Probe.Config(), ctxc, max_length).load(probe_dir, labels)
+            probec.embedder._model, probec.embedder._tok = probe.embedder._load()  # same weights, loaded once
+            contenders["selftrain_compiled"] = lambda: timed_run(
+                "compiled", lambda: probec.score(texts, batch_size, embeddings=True)[0])
         if bf16:
             ctx16 = RuntimeContext(device=torch.device("cpu"), autocast_dtype=torch.bfloat16, seed=0)
             probe16 = Probe(Probe.Config(), ctx16, max_length).load(probe_dir, labels)
@@ -349,6 +363,16 @@ def bench_pseudo_label(texts: list[str], clf_dir: str, labels: list[str], batch_
     if int8:
         contenders["selftrain_int8"] = lambda: timed_run(
             "int8", lambda: predict_logits(model, tok, texts, max_length, batch_size, ctx, int8=True))
+    warm = texts[:256]
+    scorers = {"selftrain": probe, "selftrain_compiled": probec, "selftrain_bf16": probe16}
+    warmups = {"hf_pipeline": lambda: pipe(warm),
+               "selftrain_finetune": lambda: predict_logits(model, tok, warm, max_length, batch_size, ctx),
+               **{n: (lambda pr: lambda: pr.score(warm, batch_size, embeddings=True))(pr)
+                  for n, pr in scorers.items() if n in contenders}}
+    for name, fn in warmups.items():  # untimed (compiles the compiled contender); int8 quantises per call anyway
+        t0 = time.perf_counter()
+        fn()
+        log(f"  warm-up {name}: {time.perf_counter() - t0:.1f} s")
     runs = alternate(contenders, repeats, log)
     # same model, same answers: argmax agreement of the finetune path with the pipeline is a sanity check
     hf_pred = [max(o, key=lambda d: d["score"])["label"] for o in outputs["hf"]]
@@ -365,6 +389,21 @@ def bench_pseudo_label(texts: list[str], clf_dir: str, labels: list[str], batch_
     res["speedup"] = res[main]["examples_per_s"]["median"] / base
     res["speedup_spread"] = spread([r["examples_per_s"] / h["examples_per_s"] for r, h in zip(runs[main], runs["hf_pipeline"])])
     res["speedup_finetune"] = res["selftrain_finetune"]["examples_per_s"]["median"] / base
+    if "selftrain_compiled" in res:
+        fwd = probec.embedder._compiled
+        pc = np.asarray(outputs["compiled"])
+        rate, eager = res["selftrain_compiled"]["examples_per_s"]["median"], res[main]["examples_per_s"]["median"]
+        saved = 1 / eager - 1 / rate  # s per example
+        res["selftrain_compiled"].update({
+            "speedup_vs_hf": rate / base,
+            "speedup_spread": spread([r["examples_per_s"] / h["examples_per_s"]
+                                      for r, h in zip(runs["selftrain_compiled"], runs["hf_pipeline"])]),
+            "speedup_vs_eager": rate / eager,
+            "compiled": bool(fwd is not None and fwd.compiled), "compile_error": fwd.error if fwd else None,
+            "compile_s": fwd.compile_seconds if fwd else None,
+            "pays_from_examples": (fwd.compile_seconds / saved) if fwd and saved > 0 else None,
+            "speedup_vs_hf_incl_compile": len(texts) / (len(texts) / rate + (fwd.compile_seconds if fwd else 0)) / base,
+            "max_abs_diff_vs_eager": float(np.abs(pc - np.asarray(outputs["ours"])).max()) if texts else None})
     if "selftrain_bf16" in res:
         p32, p16 = np.asarray(outputs["ours"]), np.asarray(outputs["bf16"])
         res["selftrain_bf16"].update({

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-PLUGIN_API_VERSION = "1.1"
+PLUGIN_API_VERSION = "1.2"
 """Version of this API. Bumped in the major part on breaking changes (1.1 added the
-classifiers group and the embedding fields of :class:`LabelerInputs`)."""
+classifiers group and the embedding fields of :class:`LabelerInputs`; 1.2 added
+:attr:`RuntimeContext.compile_inference` and :mod:`selftrain.plugins.inference`)."""
 
 BackboneKind = Literal["encoder", "decoder"]
 
@@ -55,6 +56,8 @@ class RuntimeContext:
     autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16 on CUDA, None on CPU
     seed: int = 0
     cache_dir: str | None = None  # where a plugin may cache derived arrays (e.g. embeddings); None: no cache
+    # "auto" | "on" | "off": whether inference forwards run torch.compile'd (selftrain.plugins.inference)
+    compile_inference: str = "off"
 
 
 @dataclass

@@ -79,6 +79,12 @@ def test_speed_pseudo_label_tiny(tweets, tiny_models, tmp_path):
     res = speed_train.bench_pseudo_label(tweets[:40], tiny_models[1], LABELS, batch_size=16, repeats=1, max_length=32,
                                          int8=True, probe_dir=probe)
     assert {"hf_pipeline", "selftrain", "selftrain_finetune", "speedup", "argmax_agreement"} <= set(res)
+    from selftrain.plugins.inference import cpp_compiler
+
+    if cpp_compiler() is not None:  # compiled (its compilation in the warm-up), same answers as eager
+        c = res["selftrain_compiled"]
+        assert c["compiled"] and c["compile_s"] > 0 and c["max_abs_diff_vs_eager"] < 1e-5
+        assert c["examples_per_s"]["median"] > 0 and c["speedup_vs_hf_incl_compile"] < c["speedup_vs_hf"]
     if "selftrain_bf16" in res:  # a CPU with AVX512 / AMX: the bf16 probe answers (almost) like fp32
         assert res["selftrain_bf16"]["max_abs_prob_diff_vs_fp32"] < 0.05
     if speed_train.int8_available():
@@ -151,8 +157,13 @@ def test_speed_rows_and_outputs(tmp_path):
                    "tiny_bert_growth": {"pool_ratio": 10.0, "peak_ratio": 1.1, "extra_mb": 60.0}},
     }
     results["pseudo_label"]["selftrain_int8"] = {"examples_per_s": {"median": 120.0}, "argmax_agreement_vs_fp32": 0.97}
+    results["pseudo_label"]["selftrain_compiled"] = {
+        "examples_per_s": {"median": 130.0}, "speedup_vs_hf": 2.6, "speedup_spread": {"min": 2.4, "max": 2.7},
+        "compiled": True, "compile_s": 28.0, "pays_from_examples": 9000.0}
     rows = speed.build_rows(results)
     by_metric = {r.metric: r for r in rows}
+    compiled = by_metric["pseudo-labelling throughput, CPU fp32, inference_compile: on (probe teacher)"]
+    assert compiled.met is True and "compile 28 s, pays from ~9,000 texts" in compiled.note
     assert by_metric["peak RSS growth, pool x10 (tiny-bert teacher)"].met is True
     assert any("int8" in m and r.ours == 120.0 and r.met is None for m, r in by_metric.items())
     assert by_metric["MLM pretraining throughput, CPU"].met is True

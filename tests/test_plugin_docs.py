@@ -30,3 +30,14 @@ def test_every_public_tensor_helper_is_documented_with_its_signature():
 
 def test_checkpoint_retention_is_documented_as_implemented():
     assert "the final\n   step's included" in DOC and "weights_only=True" in DOC
+
+
+def test_every_runtime_context_field_and_the_api_version_are_documented():
+    import dataclasses
+
+    from selftrain.plugins import PLUGIN_API_VERSION, RuntimeContext
+
+    section = DOC.split("### 2.4 `RuntimeContext`")[1].split("### 2.5")[0]
+    for f in dataclasses.fields(RuntimeContext):
+        assert f"| `{f.name}` |" in section, f"RuntimeContext.{f.name} is missing from docs/plugins.md 2.4"
+    assert DOC.count(f'currently `"{PLUGIN_API_VERSION}"`') == 2

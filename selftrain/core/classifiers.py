@@ -24,7 +24,7 @@ def classifier(cfg: PipelineConfig, name: str | None = None) -> Classifier:
     name = name or cfg.classifier.name
     options = cfg.classifier.options if name == cfg.classifier.name else {}
     cls, opts = plugin_options("selftrain.classifiers", name, options, "classifier")
-    ctx = runtime(cfg.device, cfg.seed, cfg.cpu_bf16)
+    ctx = runtime(cfg.device, cfg.seed, cfg.cpu_bf16, cfg.inference_compile)
     ctx.cache_dir = str(io.cache_root() / "embeddings")
     return cls(opts, ctx, cfg.model.max_length, cfg.finetune.model_dump())
 

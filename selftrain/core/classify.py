@@ -23,6 +23,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_
 from selftrain.config import FinetuneConfig
 from selftrain.core.runtime import autocast, fused_adamw, length_buckets, seed_everything, tokenize
 from selftrain.plugins import Classifier, FitReport, LabeledRows, RuntimeContext, TrainedClassifier
+from selftrain.plugins.inference import InferenceForward, wants_compile
 from selftrain.plugins.objectives.common import pad_batch
 
 
@@ -68,8 +69,13 @@ so only float rounding (~1e-7 in the logits) differs from fixed-size batches."""
 
 @torch.inference_mode()
 def predict_logits(model, tok, texts: list[str], max_length: int, batch_size: int, ctx: RuntimeContext,
-                   progress: Callable[[int], None] | None = None, int8: bool = False) -> np.ndarray:
+                   progress: Callable[[int], None] | None = None, int8: bool = False,
+                   compile: bool | None = None) -> np.ndarray:
     """(N,) texts -> (N, C) float32 logits; length-sorted batches, restored to input order.
+
+    ``compile``: run the forward through :class:`~selftrain.plugins.inference.InferenceForward`
+    (None: as ``ctx.compile_inference`` decides for this call's size; False: eager, e.g. for the
+    per-epoch validation of a model whose weights change between calls).
 
     ``int8``: run a copy of the model with its nn.Linear layers dynamically quantised to int8
     (per output channel; CPU only). Faster, but not the same predictions: on the MiniLM teacher
@@ -87,6 +93,9 @@ def predict_logits(model, tok, texts: list[str], max_length: int, batch_size: in
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
     order = np.argsort(lengths, kind="stable")
     cap = CPU_BATCH_TOKENS if ctx.device.type == "cpu" else None
+    if compile is None:
+        compile = not int8 and wants_compile(ctx, int(lengths.sum()))
+    forward = InferenceForward(model, compiled=True) if compile else model
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     start = 0
     while start < len(order):
@@ -97,7 +106,7 @@ def predict_logits(model, tok, texts: list[str], max_length: int, batch_size: in
         start += len(idx)
         x, m = pad_batch([ids[i] for i in idx], tok.pad_token_id)
         with autocast(ctx):
-            logits = model(input_ids=x.to(ctx.device), attention_mask=m.to(ctx.device)).logits
+            logits = forward(input_ids=x.to(ctx.device), attention_mask=m.to(ctx.device)).logits
         out[idx] = logits.float().cpu().numpy()
         if progress:
             progress(len(idx))
@@ -170,7 +179,7 @@ def fit(
             opt.zero_grad(set_to_none=True)
             losses.append(loss.item())
             step += 1
-        val_logits = predict_logits(model, tok, val_texts, max_length, 128, ctx)
+        val_logits = predict_logits(model, tok, val_texts, max_length, 128, ctx, compile=False)  # weights move
         val_pred = val_logits.argmax(1)
         f1 = float(f1_score(val_labels, val_pred, average="macro", labels=list(range(len(label_names))), zero_division=0))
         vloss = float(F.cross_entropy(torch.as_tensor(val_logits), torch.tensor(val_labels, dtype=torch.long)))

@@ -10,9 +10,11 @@ import torch
 from selftrain.plugins import RuntimeContext
 
 
-def runtime(device: str = "auto", seed: int = 0, cpu_bf16: bool = False) -> RuntimeContext:
+def runtime(device: str = "auto", seed: int = 0, cpu_bf16: bool = False,
+            inference_compile: str = "off") -> RuntimeContext:
     """cuda (with bf16 autocast when supported) > mps > cpu, unless ``device`` names one;
-    ``cpu_bf16``: bf16 autocast on the CPU too (fast on CPUs with AMX / AVX512-BF16)."""
+    ``cpu_bf16``: bf16 autocast on the CPU too (fast on CPUs with AMX / AVX512-BF16);
+    ``inference_compile``: auto | on | off, see :mod:`selftrain.plugins.inference`."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -20,7 +22,8 @@ def runtime(device: str = "auto", seed: int = 0, cpu_bf16: bool = False) -> Runt
     dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else None
     if device == "cpu" and cpu_bf16:
         dtype = torch.bfloat16
-    return RuntimeContext(device=torch.device(device), autocast_dtype=dtype, seed=seed)
+    return RuntimeContext(device=torch.device(device), autocast_dtype=dtype, seed=seed,
+                          compile_inference=inference_compile)
 
 
 def seed_everything(seed: int) -> None:
