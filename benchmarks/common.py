@@ -118,6 +118,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo's flags)."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     info: dict[str, Any] = {

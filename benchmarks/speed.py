@@ -57,11 +57,11 @@ SIZES = {
     # quick: the whole script in ~3-5 min on 2 cores
     True: {"pretrain_steps": 6, "pretrain_repeats": 2, "pl_texts": 1000, "pl_repeats": 2, "orch_repeats": 1,
            "validate_rows": 1_000_000, "validate_repeats": 1, "memory_pool": 1000, "gpu_steps": 20,
-           "orch_warmup": False, "scale_pool": 4096, "scale_shard_rows": 1024,
+           "orch_warmup": False, "scale_pool": 4096, "scale_shard_rows": 1024, "scale_cpu_bf16": False,
            "gpu_texts": 2000, "gpu_batch_tokens": 32768, "gpu_max_length": 128, "gpu_warmup": 10, "gpu_compile": True},
     False: {"pretrain_steps": 30, "pretrain_repeats": 3, "pl_texts": 4000, "pl_repeats": 3, "orch_repeats": 3,
             "validate_rows": 1_000_000, "validate_repeats": 3, "memory_pool": 4000, "gpu_steps": 60,
-            "orch_warmup": True, "scale_pool": 20480, "scale_shard_rows": 4096,
+            "orch_warmup": True, "scale_pool": 20480, "scale_shard_rows": 4096, "scale_cpu_bf16": False,
             "gpu_texts": 4000, "gpu_batch_tokens": 65536, "gpu_max_length": 128, "gpu_warmup": 20, "gpu_compile": True},
 }
 
@@ -181,7 +181,8 @@ def build_rows(results: dict) -> list[Row]:
     if sc:
         first = sc["runs"][0]
         for r in sc["runs"]:
-            label = f"pool scoring in shards, {r['workers']} worker(s) x {r['threads']} thread(s), pool {sc['pool']:,}"
+            label = (f"pool scoring in shards, {r['workers']} worker(s) x {r['threads']} thread(s), pool {sc['pool']:,}"
+                     + (", cpu_bf16" if sc.get("cpu_bf16") else ""))
             if r is first:
                 rows.append(Row(label, "rows/s", None, r["rows_per_s"], f"{sc['cores']} cores", None))
                 continue
@@ -238,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"override one size, e.g. --size validate_rows=200000; keys: {', '.join(SIZES[False])}")
     ap.add_argument("--device", default=None, choices=["cuda", "cpu"],
                     help="section gpu: cuda (default when torch sees a GPU) or cpu (a dry run at tiny sizes)")
+    ap.add_argument("--scale-layouts", default=None, metavar="WxT,...",
+                    help="section scale: the (workers x threads) layouts, e.g. 1x2,4x2 (default: 1x2,2x1 on < 8 cores, "
+                    "else 1x2,2x2,4x2); the first is the baseline of the others")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-args", default="{}", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -307,7 +311,15 @@ def main(argv: list[str] | None = None) -> int:
 
         cores = os.cpu_count() or 1
         layouts = [(1, 2), (2, 1)] if cores < 8 else [(1, 2), (2, 2), (4, 2)]
-        results["scale"] = speed_scale.bench_scale(sizes["scale_pool"], sizes["scale_shard_rows"], layouts)
+        if args.scale_layouts:
+            try:
+                layouts = [tuple(int(n) for n in item.lower().split("x")) for item in args.scale_layouts.split(",")]
+                if any(len(lay) != 2 or min(lay) < 1 for lay in layouts):
+                    raise ValueError
+            except ValueError:
+                ap.error(f"--scale-layouts {args.scale_layouts!r}: expected WORKERSxTHREADS items, e.g. 1x2,4x2")
+        results["scale"] = speed_scale.bench_scale(sizes["scale_pool"], sizes["scale_shard_rows"], layouts,
+                                                   cpu_bf16=bool(sizes["scale_cpu_bf16"]))
     if "gpu" in only:
         from benchmarks import speed_gpu
 

@@ -194,6 +194,30 @@ def test_speed_cli_writes_results(tmp_path, capsys):
     assert "Add --merge" in said.out + said.err
 
 
+def test_speed_cli_scale_layouts_and_bf16_flag(tmp_path, monkeypatch):
+    """``--scale-layouts`` and ``--size scale_cpu_bf16`` reach the scale section (its real Dask
+    runs are tests/test_shards.py's; here the section itself is replaced by a recorder)."""
+    from benchmarks import speed, speed_scale
+
+    seen = {}
+
+    def record(pool, shard_rows, layouts, cpu_bf16=False):
+        seen.update(pool=pool, layouts=layouts, cpu_bf16=cpu_bf16)
+        return {"pool": pool, "shard_rows": shard_rows, "cores": 16, "cpu_bf16": cpu_bf16,
+                "runs": [{"workers": w, "threads": t, "rows_per_s": 100.0 * w, "speedup_vs_first": w,
+                          "overhead_pct": 2.0} for w, t in layouts]}
+
+    monkeypatch.setattr(speed_scale, "bench_scale", record)
+    args = ["--only", "scale", "--size", "scale_pool=300", "--size", "scale_cpu_bf16=true", "--out", str(tmp_path)]
+    assert speed.main([*args, "--scale-layouts", "1x2,4x2"]) == 0
+    assert seen == {"pool": 300, "layouts": [(1, 2), (4, 2)], "cpu_bf16": True}
+    table = json.loads((tmp_path / "speed.json").read_text())["table"]
+    assert "4 worker(s) x 2 thread(s), pool 300, cpu_bf16" in table
+    with pytest.raises(SystemExit) as bad:
+        speed.main([*args, "--scale-layouts", "4"])
+    assert bad.value.code == 2
+
+
 def test_pseudo_label_stage_streams_the_pool_in_chunks(tiny_config, tiny_models, monkeypatch):
     """The stage scores the pool chunk by chunk (bounded memory); the pseudo-labels are the
     same as when the whole pool is one chunk."""
