@@ -6,9 +6,10 @@ Sections (each alternates baseline and ours in ONE process, A B A B ..., median 
 
 a. pretrain      — MLM pretraining real tokens/s: our loop vs HF ``Trainer`` +
                    ``DataCollatorForLanguageModeling`` (``benchmarks/speed_train.py``)
-b. pseudo_label  — teacher inference examples/s: ``predict_logits`` vs
-                   ``transformers.pipeline("text-classification")``; a separate row for the int8
-                   dynamically quantised teacher (``--no-int8`` skips it) (``benchmarks/speed_train.py``)
+b. pseudo_label  — teacher inference examples/s: the probe teacher's scoring (eager, compiled, bf16)
+                   and ``predict_logits`` vs ``transformers.pipeline("text-classification")``; a
+                   separate row for the int8 dynamically quantised teacher (``--no-int8`` skips it)
+                   (``benchmarks/speed_label.py``)
 c. orchestration — pipeline wall: Prefect flow (ephemeral API start included) vs plain
                    functions, fresh processes (``benchmarks/speed_system.py``)
 d. validate      — ``validate_frame`` on 1M synthetic rows: seconds, rows/s, peak RSS
@@ -49,7 +50,7 @@ from benchmarks.common import (
 
 bench_env()
 
-from benchmarks import speed_system, speed_train  # after bench_env: offline, quiet
+from benchmarks import speed_label, speed_system, speed_train  # after bench_env: offline, quiet
 
 SECTIONS = ("pretrain", "pseudo_label", "orchestration", "validate", "memory", "scale", "gpu")
 
@@ -291,13 +292,13 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="bench-clf-") as tmp:
             clf = speed_train.make_classifier(speed_train.minilm_dir(), labels, tmp + "/finetune",
                                               fit_on=speed_train.labeled_tweets())
-            probe = speed_train.make_probe(speed_train.minilm_dir(), labels, tmp + "/probe",
+            probe = speed_label.make_probe(speed_train.minilm_dir(), labels, tmp + "/probe",
                                            fit_on=speed_train.labeled_tweets())
             texts = speed_train.take(speed_train.tweet_texts("unlabeled"), sizes["pl_texts"])
-            results["pseudo_label"] = speed_train.bench_pseudo_label(texts, clf, labels, 128, rep or sizes["pl_repeats"],
+            results["pseudo_label"] = speed_label.bench_pseudo_label(texts, clf, labels, 128, rep or sizes["pl_repeats"],
                                                                      int8=not args.no_int8, probe_dir=probe)
             if args.profile:
-                profiles["pseudo_label"] = speed_train.profile_pseudo_label(texts[:1000], clf, labels)
+                profiles["pseudo_label"] = speed_label.profile_pseudo_label(texts[:1000], clf, labels)
     if "orchestration" in only:
         results["orchestration"] = speed_system.bench_orchestration(
             rep or sizes["orch_repeats"], demo_wall_s=args.demo_wall_s, measure_demo=args.measure_demo,

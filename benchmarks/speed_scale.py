@@ -26,7 +26,7 @@ from benchmarks.common import log
 def _setup(root: Path, pool: int, shard_rows: int, cpu_bf16: bool = False):
     import pandas as pd
 
-    from benchmarks import speed_train
+    from benchmarks import speed_label, speed_train
     from selftrain.config import load_config
     from selftrain.core import io
 
@@ -34,7 +34,7 @@ def _setup(root: Path, pool: int, shard_rows: int, cpu_bf16: bool = False):
     labels = sorted(speed_train.tweets_frame()["label"].dropna().astype(str).unique())
     clean = io.write_parquet(pd.DataFrame({"id": [str(i) for i in range(pool)], "text": texts, "label": None,
                                            "split": "unlabeled"}), str(root / "clean.parquet"))
-    teacher = speed_train.make_probe(speed_train.minilm_dir(), labels, str(root / "teacher"),
+    teacher = speed_label.make_probe(speed_train.minilm_dir(), labels, str(root / "teacher"),
                                      speed_train.labeled_tweets(300))
 
     def cfg(workers: int, threads: int):

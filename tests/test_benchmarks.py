@@ -72,11 +72,11 @@ def test_speed_pretrain_tiny(tweets, tiny_models):
 
 
 def test_speed_pseudo_label_tiny(tweets, tiny_models, tmp_path):
-    from benchmarks import speed_train
+    from benchmarks import speed_label
 
     labels = [LABELS[i % len(LABELS)] for i in range(20)]
-    probe = speed_train.make_probe(tiny_models[0], LABELS, str(tmp_path / "probe"), (tweets[:20], labels), max_length=32)
-    res = speed_train.bench_pseudo_label(tweets[:40], tiny_models[1], LABELS, batch_size=16, repeats=1, max_length=32,
+    probe = speed_label.make_probe(tiny_models[0], LABELS, str(tmp_path / "probe"), (tweets[:20], labels), max_length=32)
+    res = speed_label.bench_pseudo_label(tweets[:40], tiny_models[1], LABELS, batch_size=16, repeats=1, max_length=32,
                                          int8=True, probe_dir=probe)
     assert {"hf_pipeline", "selftrain", "selftrain_finetune", "speedup", "argmax_agreement"} <= set(res)
     from selftrain.plugins.inference import cpp_compiler
@@ -87,7 +87,7 @@ def test_speed_pseudo_label_tiny(tweets, tiny_models, tmp_path):
         assert c["examples_per_s"]["median"] > 0 and c["speedup_vs_hf_incl_compile"] < c["speedup_vs_hf"]
     if "selftrain_bf16" in res:  # a CPU with AVX512 / AMX: the bf16 probe answers (almost) like fp32
         assert res["selftrain_bf16"]["max_abs_prob_diff_vs_fp32"] < 0.05
-    if speed_train.int8_available():
+    if speed_label.int8_available():
         assert res["selftrain_int8"]["examples_per_s"]["median"] > 0
         assert 0.0 <= res["selftrain_int8"]["argmax_agreement_vs_fp32"] <= 1.0
     assert res["selftrain"]["examples_per_s"]["median"] > 0 and res["hf_pipeline"]["examples_per_s"]["median"] > 0
