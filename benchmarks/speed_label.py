@@ -130,7 +130,7 @@ def bench_pseudo_label(texts: list[str], clf_dir: str, labels: list[str], batch_
     res["speedup_spread"] = spread([r["examples_per_s"] / h["examples_per_s"] for r, h in zip(runs[main], runs["hf_pipeline"])])
     res["speedup_finetune"] = res["selftrain_finetune"]["examples_per_s"]["median"] / base
     if "selftrain_compiled" in res:
-        fwd = probec.embedder._compiled
+        fwd = probec.embedder._forward
         pc = np.asarray(outputs["compiled"])
         rate, eager = res["selftrain_compiled"]["examples_per_s"]["median"], res[main]["examples_per_s"]["median"]
         saved = 1 / eager - 1 / rate  # s per example

@@ -5,13 +5,15 @@ GFLOP/s on our 2 cores, while a bare fp32 GEMM of the same shapes runs at 148-16
 to LayerNorm, GELU, the residual adds and attention's reshapes, each a separate pass over memory.
 Inductor with ``freezing`` (weights become constants: prepacked for the GEMM library, bias + GELU
 and the adds fused into the GEMMs, the elementwise rest fused into a few C++ loops) reaches ~140
-GFLOP/s: +25 % examples/s, outputs equal to eager within 2e-7 (``python -m benchmarks.speed
---only pseudo_label``, docs/experiments.md).
+GFLOP/s: +25-34 % examples/s, outputs equal to eager within 6e-7 (``python -m benchmarks.speed
+--only pseudo_label``, README "Speed").
 
 It costs a compilation of ~25-30 s on 2 cores per process (frozen graphs are not served from
-Inductor's on-disk cache), so ``auto`` compiles only on the CPU and only when a call encodes at
-least :data:`AUTO_MIN_POSITIONS` token positions: ~3x the break-even point measured here. CUDA
-compiles only with ``on`` (its gain is not measured yet: ``benchmarks/gpu_check.sh``).
+Inductor's on-disk cache), so ``auto`` compiles only on the CPU, only where a C++ compiler is
+found, and only once a loaded model's inference work in this process reaches
+:data:`AUTO_MIN_POSITIONS` token positions, counted over its calls (the pool is scored in
+chunks): ~3x the break-even point measured here. CUDA compiles only with ``on`` (its gain is not
+measured yet: ``benchmarks/gpu_check.sh``).
 
 Shapes: one graph with a dynamic batch and length (``dynamic=True``), so length buckets do not
 recompile. Dynamo specialises sizes 0 and 1, so a batch with one row or one position runs eagerly
@@ -34,8 +36,8 @@ import torch._inductor.config as inductor_config
 from selftrain.plugins import RuntimeContext
 
 AUTO_MIN_POSITIONS = 2_000_000
-"""``auto`` compiles a call that encodes at least this many token positions (rows x length, after
-padding): compiling costs ~28 s and saves ~4e-5 s per position on 2 cores (break-even ~0.7M)."""
+"""``auto`` compiles once a model's calls have announced this many token positions (rows x length,
+unpadded): compiling costs ~28 s and saves ~4e-5 s per position on 2 cores (break-even ~0.7M)."""
 
 MODES = ("auto", "on", "off")
 
@@ -59,23 +61,40 @@ def wants_compile(ctx: RuntimeContext, positions: int) -> bool:
 
 
 class InferenceForward:
-    """``fwd(**inputs)`` = ``model(**inputs)``, compiled (dynamic shapes, frozen weights) when ``compiled``.
+    """``fwd(**inputs)`` = ``model(**inputs)``, compiled (dynamic shapes, frozen weights) when chosen.
 
-    Build one per loaded model and call it under ``torch.inference_mode()``; the weights are
-    frozen into the graph at the first compiled call, so do not change them afterwards."""
+    Keep one per loaded model and announce each call's work with :meth:`expect` before its
+    batches: ``compiled=None`` (the default) decides by ``ctx.compile_inference`` over the model's
+    whole workload in this process, not per call, because the pseudo-label stage scores a large
+    pool in chunks of 8,192 rows (a chunk of tweets is ~0.25M positions, never 2M on its own);
+    ``True`` / ``False`` fix the choice. Call it under ``torch.inference_mode()``; the weights
+    are frozen into the graph at the first compiled call, so do not change them afterwards."""
 
-    def __init__(self, model: torch.nn.Module, compiled: bool):
-        self.model = model
+    def __init__(self, model: torch.nn.Module, ctx: RuntimeContext | None = None, compiled: bool | None = None):
+        self.model, self.ctx = model, ctx or RuntimeContext()
+        self.positions = 0  # token positions announced so far (expect)
         self.error: str | None = None  # why compilation failed, if it did
         self.compile_seconds = 0.0
-        self._fn: Callable[..., Any] | None = None
-        if compiled:
-            def forward(**inputs):
-                return model(**inputs)
+        self._decide = compiled is None
+        self._fn: Callable[..., Any] | None = self._build() if compiled else None
 
-            # freezing is read from Inductor's global config while it compiles (torch.compile's
-            # options={"freezing": True} did not take effect in torch 2.13): set it around each call
-            self._fn = torch.compile(forward, dynamic=True)
+    def _build(self) -> Callable[..., Any]:
+        model = self.model
+
+        def forward(**inputs):
+            return model(**inputs)
+
+        # freezing is read from Inductor's global config while it compiles (torch.compile's
+        # options={"freezing": True} did not take effect in torch 2.13): __call__ sets it around each call
+        return torch.compile(forward, dynamic=True)
+
+    def expect(self, positions: int) -> "InferenceForward":
+        """Count a call's token positions; under ``compiled=None``, compile from the call at which
+        the model's workload so far (this call included) makes :func:`wants_compile` say yes."""
+        self.positions += positions
+        if self._decide and self._fn is None and self.error is None and wants_compile(self.ctx, self.positions):
+            self._fn = self._build()
+        return self
 
     @property
     def compiled(self) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -251,9 +251,9 @@ class PipelineConfig(Section):
     inference_compile: Literal["auto", "on", "off"] = Field(
         "auto", description="torch.compile (Inductor, frozen weights, dynamic shapes) the classifiers' inference "
         "forwards: embeddings, pseudo-labelling, evaluation. Same results (within 2e-7), ~1.25x the examples/s on the "
-        "CPU, but ~30 s of compilation per process. auto: on the CPU, for a call of >= 2M token positions (where it "
-        "pays) when a C++ compiler is found; on: every inference call, any device; off: never. A failed compile "
-        "warns and runs eagerly.")
+        "CPU, but ~30 s of compilation per process. auto: on the CPU, when a C++ compiler is found, once a model's "
+        "inference work in the process reaches 2M token positions (~65k tweets; counted over the pool's chunks), "
+        "where it pays; on: every inference call, any device; off: never. A failed compile warns and runs eagerly.")
     data: DataConfig = Field(default_factory=DataConfig)
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -266,6 +266,11 @@ class PipelineConfig(Section):
     retrain: RetrainConfig = Field(default_factory=RetrainConfig, description="Scheduled retraining: model registry and promotion rule.")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+    @field_validator("inference_compile", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:  # YAML 1.1 reads a bare on / off as true / false
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     @model_validator(mode="after")
     def _check_plugins(self) -> "PipelineConfig":

@@ -116,3 +116,15 @@ def test_a_plugins_cross_field_error_names_the_plugin_and_its_fields(monkeypatch
     msg = str(exc.value)
     assert "pseudo_label.options of 'ranged' (high, low): low must be below high" in msg, msg
     assert "options.:" not in msg and "Value error" not in msg
+
+
+def test_inference_compile_takes_yaml_on_and_off(tmp_path):
+    """YAML 1.1 reads a bare on / off as a boolean; both the file and --set forms still mean the mode."""
+    assert load_config(None, ["inference_compile=on"]).inference_compile == "on"
+    assert load_config(None, ["inference_compile=off"]).inference_compile == "off"
+    path = tmp_path / "c.yaml"
+    path.write_text("inference_compile: on\n")
+    assert load_config(path).inference_compile == "on"
+    assert load_config(None).inference_compile == "auto"
+    with pytest.raises(ConfigError, match="inference_compile"):
+        load_config(None, ["inference_compile=sometimes"])

@@ -33,6 +33,26 @@ def test_auto_compiles_large_cpu_calls_only_and_modes_are_checked():
         wants_compile(RuntimeContext(compile_inference="fast"), 1)
 
 
+def test_auto_counts_a_models_workload_over_its_calls(body, monkeypatch):
+    """The pseudo-label stage scores a pool in chunks: auto decides on the model's running total of
+    token positions, not on one chunk's, and a fixed choice never changes."""
+    from transformers import AutoModel
+
+    from selftrain.plugins import inference
+
+    monkeypatch.setattr(inference, "AUTO_MIN_POSITIONS", 1000)
+    monkeypatch.setattr(inference, "cpp_compiler", lambda: "/usr/bin/g++")  # auto's compiler check: found
+    model = AutoModel.from_pretrained(body).eval()
+    fwd = InferenceForward(model, RuntimeContext(compile_inference="auto"))
+    assert not fwd.expect(400).compiled and not fwd.expect(400).compiled  # 800 positions so far
+    assert fwd.expect(400).compiled and fwd.positions == 1200  # the chunk that crosses 1,000
+    assert not InferenceForward(model, RuntimeContext(compile_inference="auto"), compiled=False).expect(10**6).compiled
+    assert not InferenceForward(model, RuntimeContext(compile_inference="off")).expect(10**6).compiled
+    cuda = RuntimeContext(torch.device("cuda"), compile_inference="auto")
+    assert not InferenceForward(model, cuda).expect(10**6).compiled  # auto: the CPU only
+    assert InferenceForward(model, RuntimeContext(compile_inference="on")).expect(1).compiled
+
+
 def test_compiled_embeddings_and_logits_equal_eager(body):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -42,8 +62,8 @@ def test_compiled_embeddings_and_logits_equal_eager(body):
     eager = Embedder(body, 32, RuntimeContext(), extra_layer=layer)(TEXTS, batch_size=8)  # (N, 2H)
     emb = Embedder(body, 32, RuntimeContext(compile_inference="on"), extra_layer=layer)
     compiled = emb(TEXTS, batch_size=8)
-    assert emb._compiled is not None and emb._compiled.compiled and emb._compiled.error is None
-    assert emb._compiled.compile_seconds > 0
+    assert emb._forward is not None and emb._forward.compiled and emb._forward.error is None
+    assert emb._forward.compile_seconds > 0
     assert np.abs(compiled - eager).max() < 1e-5
     assert np.array_equal(emb(TEXTS[:1]), emb(TEXTS[:1]))  # one row: eager path, no second graph
 

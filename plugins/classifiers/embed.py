@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from selftrain.plugins import RuntimeContext
-from selftrain.plugins.inference import InferenceForward, wants_compile
+from selftrain.plugins.inference import InferenceForward
 from selftrain.plugins.objectives.common import mean_pool, pad_batch
 
 CPU_BATCH_TOKENS = 2048
@@ -135,7 +135,7 @@ class Embedder:
         self.model_dir, self.max_length, self.ctx, self.extra_layer = model_dir, max_length, ctx, extra_layer
         self.pooling = read_pooling(model_dir)
         self._model = self._tok = None
-        self._compiled: InferenceForward | None = None  # built at the first call that wants it, then kept
+        self._forward: InferenceForward | None = None  # with the model; compiles when its workload asks for it
         key = f"{weights_digest(model_dir)}|{self.pooling['mode']}|{self.pooling['normalize']}|{max_length}"
         if extra_layer is not None:
             key += f"|layer{extra_layer}"
@@ -209,10 +209,8 @@ class Embedder:
         cap = GPU_BATCH_TOKENS if cuda else CPU_BATCH_TOKENS if self.ctx.device.type == "cpu" else None
         rows = len(order) if cuda else batch_size
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        forward = model
-        if self._compiled is not None or wants_compile(self.ctx, int(lengths.sum())):
-            self._compiled = self._compiled or InferenceForward(model, compiled=True)
-            forward = self._compiled
+        self._forward = self._forward or InferenceForward(model, self.ctx)
+        forward = self._forward.expect(int(lengths.sum()))  # fresh encodings only: cache hits cost nothing
         parts: list[tuple[np.ndarray, torch.Tensor]] = []  # (rows, (b, F) on the device): read back once at the end
         start = 0
         while start < len(order):

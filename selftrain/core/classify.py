@@ -23,7 +23,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_
 from selftrain.config import FinetuneConfig
 from selftrain.core.runtime import autocast, fused_adamw, length_buckets, seed_everything, tokenize
 from selftrain.plugins import Classifier, FitReport, LabeledRows, RuntimeContext, TrainedClassifier
-from selftrain.plugins.inference import InferenceForward, wants_compile
+from selftrain.plugins.inference import InferenceForward
 from selftrain.plugins.objectives.common import pad_batch
 
 
@@ -70,12 +70,14 @@ so only float rounding (~1e-7 in the logits) differs from fixed-size batches."""
 @torch.inference_mode()
 def predict_logits(model, tok, texts: list[str], max_length: int, batch_size: int, ctx: RuntimeContext,
                    progress: Callable[[int], None] | None = None, int8: bool = False,
-                   compile: bool | None = None) -> np.ndarray:
+                   compile: bool | None = None, forward: InferenceForward | None = None) -> np.ndarray:
     """(N,) texts -> (N, C) float32 logits; length-sorted batches, restored to input order.
 
-    ``compile``: run the forward through :class:`~selftrain.plugins.inference.InferenceForward`
-    (None: as ``ctx.compile_inference`` decides for this call's size; False: eager, e.g. for the
-    per-epoch validation of a model whose weights change between calls).
+    ``forward``: the model's :class:`~selftrain.plugins.inference.InferenceForward`, kept by the
+    caller across calls (so ``ctx.compile_inference: auto`` sees the model's whole workload, e.g. a
+    pool scored in chunks); without one, a fresh one for this call, whose choice ``compile`` fixes
+    (None: as ``ctx.compile_inference`` decides; False: eager, e.g. for the per-epoch validation of
+    a model whose weights change between calls).
 
     ``int8``: run a copy of the model with its nn.Linear layers dynamically quantised to int8
     (per output channel; CPU only). Faster, but not the same predictions: on the MiniLM teacher
@@ -93,9 +95,9 @@ def predict_logits(model, tok, texts: list[str], max_length: int, batch_size: in
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
     order = np.argsort(lengths, kind="stable")
     cap = CPU_BATCH_TOKENS if ctx.device.type == "cpu" else None
-    if compile is None:
-        compile = not int8 and wants_compile(ctx, int(lengths.sum()))
-    forward = InferenceForward(model, compiled=True) if compile else model
+    if int8 or forward is None:  # int8: the quantised copy above, eager
+        forward = InferenceForward(model, ctx, compiled=False if int8 else compile)
+    forward.expect(int(lengths.sum()))
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     start = 0
     while start < len(order):
@@ -243,9 +245,11 @@ class TrainedFinetune(TrainedClassifier):
     def __init__(self, model_dir: str, label_names: list[str], max_length: int, ctx: RuntimeContext):
         self.model_dir, self.label_names, self.max_length, self.ctx = model_dir, list(label_names), max_length, ctx
         self.model, self.tok = load_classifier(model_dir, label_names)
+        self.forward = InferenceForward(self.model, ctx)  # across calls: auto sees the whole pool
 
     def predict_proba(self, texts, batch_size=128, progress=None):
-        return softmax(predict_logits(self.model, self.tok, texts, self.max_length, batch_size, self.ctx, progress))
+        return softmax(predict_logits(self.model, self.tok, texts, self.max_length, batch_size, self.ctx, progress,
+                                      forward=self.forward))
 
     @torch.inference_mode()
     def embed(self, texts, batch_size=128):
