@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from benchmarks.common import alternate, log, spread
+from benchmarks.common import alternate, log, native_bf16, spread
 from benchmarks.speed_train import _cpu_ctx, profile_call
 
 
@@ -81,7 +81,7 @@ def bench_pseudo_label(texts: list[str], clf_dir: str, labels: list[str], batch_
         return {"seconds": s, "examples_per_s": len(texts) / s}
 
     contenders = {"hf_pipeline": lambda: timed_run("hf", lambda: pipe(texts))}
-    bf16 = "AVX512" in torch.backends.cpu.get_cpu_capability() or "AMX" in torch.backends.cpu.get_cpu_capability()
+    bf16 = native_bf16()  # the same check as the scale section's scale_cpu_bf16
     probe = probec = probe16 = None
     if probe_dir is not None:
         probe = Probe(Probe.Config(), ctx, max_length).load(probe_dir, labels)  # ctx: no cache_dir, no embedding cache
