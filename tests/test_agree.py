@@ -118,7 +118,8 @@ def test_agree_guard_compares_log_loss_and_refuses_confident_errors(monkeypatch)
 def test_agree_guard_lets_a_clustered_pool_through():
     inp = _inputs(n_train=12)  # 4 gold rows per class (the demo's k): the clustered pool beats them by far
     g = A.cv_guard(inp.train_embeddings, inp.train_labels, inp.pool_embeddings, 3, A.AgreeConfig(), 3)
-    assert g["use_pool"] and g["folds"] == 10, g
+    # below 10 rows per class: class-balanced folds, as many as the largest class has rows
+    assert g["use_pool"] and g["folds"] == np.bincount(inp.train_labels).max(), g
     assert len(A.AgreementLabeler(A.AgreeConfig()).select(inp).index) > 0
 
 
@@ -138,3 +139,46 @@ def test_agree_refuses_inputs_without_embeddings():
     inp.pool_embeddings = None
     with pytest.raises(ValueError, match="needs pool and gold embeddings"):
         A.AgreementLabeler(A.AgreeConfig()).select(inp)
+
+
+def test_balanced_folds_hold_out_one_row_of_every_class_and_every_row_once():
+    y = np.array([0] * 4 + [1] * 4 + [2] * 3)  # a class that lost a row (the BBC demo split)
+    folds = A.balanced_folds(y, 10, seed=3)
+    assert len(folds) == 4  # as many folds as the largest class has rows
+    held = np.concatenate([te for _, te in folds])
+    assert sorted(held.tolist()) == list(range(len(y)))  # every row held out exactly once
+    for tr, te in folds:
+        assert np.bincount(y[te], minlength=3).max() == 1  # at most one row of each class per fold
+        assert set(tr) | set(te) == set(range(len(y))) and not set(tr) & set(te)
+    big = A.balanced_folds(np.repeat([0, 1], [12, 5]), 10, seed=0)  # capped at max_folds
+    assert len(big) == 10 and max(np.bincount(np.repeat([0, 1], [12, 5])[te], minlength=2)[0] for _, te in big) == 2
+
+
+def _weak_two_class_draw(rng, n_gold=4, n_pool=200):
+    """Two classes whose embeddings share one direction and differ by a small one: a logistic
+    regression at C = 1 on 8 unit-norm rows leans on its intercept, i.e. the training class mix."""
+    common, d = np.eye(8)[0], np.eye(8)[1]
+
+    def rows(c, n):
+        x = common + (0.08 if c else -0.08) * d + 0.01 * rng.normal(size=(n, 8))
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+    gold_x = np.vstack([rows(0, n_gold), rows(1, n_gold)])
+    gold_y = np.repeat([0, 1], n_gold)
+    pool_x = np.vstack([rows(0, n_pool // 2), rows(1, n_pool // 2)])
+    return gold_x, gold_y, pool_x
+
+
+def test_guard_on_a_two_class_k4_draw_is_not_wrong_by_construction():
+    """Issue #22: with 4 + 4 gold rows plain 8-fold CV is leave-one-out, which leaves the held-out row's
+    class in the minority (3 vs 4) and the supervised classifier misses every held-out row. The
+    class-balanced folds train on 3 + 3 and get the rows right."""
+    from sklearn.model_selection import KFold
+
+    gold_x, gold_y, pool_x = _weak_two_class_draw(np.random.default_rng(0))
+    loo_right = 0
+    for tr, te in KFold(8, shuffle=True, random_state=0).split(gold_x):  # the guard's folds before the fix
+        loo_right += int((A._lr(gold_x[tr], gold_y[tr], None, 2, 1.0)(gold_x[te]).argmax(1) == gold_y[te]).sum())
+    assert loo_right == 0  # the failure the issue describes, reproduced
+    g = A.cv_guard(gold_x, gold_y, pool_x, 3, A.AgreeConfig(), 2)
+    assert g["folds"] == 4 and g["rows"] == 8
+    assert g["supervised_right"] >= 6, g  # now the held-out rows are scored by a fair classifier

@@ -28,7 +28,12 @@ Guards (all measured from the gold rows and the pool, never from test):
   close to. Not accuracy: with 12-48 gold rows the count of rows right moves by +-3 between seeds
   on its own (it rose on 9 of 10 tweets k = 8 draws, 7 of which lost). Ten folds rather than four:
   at k = 3-4 a 4-fold training split leaves 2-3 rows per class and the estimate turns pessimistic
-  (a BBC demo seed: Brier -0.05 at 4 folds, -0.54 at 10);
+  (a BBC demo seed: Brier -0.05 at 4 folds, -0.54 at 10). Up to 4 gold rows per class the folds
+  are **class-balanced** (``balanced_folds``: each fold holds out at most one row of every class,
+  in lockstep), not plain k-fold: with 4 + 4 rows of two classes plain 8-fold is leave-one-out,
+  which leaves the held-out row's class in the minority of its training split (3 vs 4), so a
+  nearest-mean-like classifier mispredicts every held-out row by construction ("0 vs 0 rows
+  right") and the decision rests on the log-loss of a classifier wrong by design;
 - distribution alignment: probabilities are rescaled by prior / (their mean over the pool) before
   picking, and the per-class quotas follow the same prior — by default the gold rows' class mix
   (``prior: gold``; uniform when they were drawn per class). The mean of round 1's predictions
@@ -58,7 +63,7 @@ class AgreeConfig(PluginConfig):
     align: bool = Field(True, description="Distribution alignment: rescale probabilities by the prior over their current mean before picking.")
     max_drift: float = Field(0.2, gt=0, le=1, description="Add no row once the predicted class mix over the pool is this far (total variation) from round 1's.")
     guard: bool = Field(True, description="Round 1: cross-validate the loop on the gold rows and keep nothing if it loses to the supervised classifier.")
-    guard_folds: int = Field(10, ge=2, description="Folds of that cross-validation (stratified up to the smallest class's gold count, plain k-fold beyond; at most one per gold row).")
+    guard_folds: int = Field(10, ge=2, description="Folds of that cross-validation: stratified k-fold when every class has at least this many gold rows; up to 4 rows in the smallest class, class-balanced folds (each holds out at most one row of every class, as many folds as the largest class has rows, at most this many); plain k-fold in between.")
     guard_metric: Literal["log_loss", "brier"] = Field("log_loss", description="What the guard compares on the held-out gold rows (mean per row): 'log_loss', the cross-entropy of the true class (punishes the confident errors of a drifting loop; picked on dev-eval, docs/experiments.md session 7), or 'brier', the sum over classes of (p_c - y_c)^2 (the guard before session 7; pair it with guard_margin: -0.1).")
     guard_margin: float = Field(0.0, ge=-5, le=5, description="Held-out guard_metric per gold row by which the self-trained model may trail the supervised one and still be used; negative: by which it must lead (default 0: a tie passes, a loss does not).")
     C: float = Field(1.0, gt=0, description="Inverse L2 strength of the guard's logistic regression (match the probe's C).")
@@ -166,6 +171,33 @@ def simulate(gold_x, gold_y, pool_x, rounds: int, cfg: AgreeConfig, n_classes: i
     return _lr(lab_x, lab_y, lab_w, n_classes, cfg.C)
 
 
+#: Up to this many gold rows in the smallest class the guard's folds are class-balanced
+#: (``balanced_folds``). Holding one row out of 4 leaves 3 vs 4 (25 % fewer) and tips a hedging
+#: classifier's intercept against the held-out class: on 4 + 4 two-class rows plain k-fold is
+#: leave-one-out and the supervised side scores 0 rows right by construction. At 8 rows per class
+#: dev-eval kept plain k-fold: balanced folds let one tweets draw of five through (Δ log-loss
+#: -0.013) that lost 0.120, where plain 10-fold refused all ten (docs/experiments.md, session 8).
+BALANCED_FOLDS_UP_TO = 4
+
+
+def balanced_folds(y: np.ndarray, max_folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(R,) labels -> [(train index, held-out index)] over F = min(max_folds, largest class count) folds:
+    each class's rows, shuffled, go round-robin to the folds from a random start, so a fold holds
+    out at most ceil(n_c / F) rows of class c and every class keeps n_c - 1 or more rows in
+    training wherever n_c <= F. Why not plain k-fold below 10 rows per class: with 4 + 4 rows it is
+    leave-one-out, whose training split always has the held-out row's class in the minority
+    (3 vs 4), so the held-out row is mispredicted by construction; here each fold holds out one
+    row of each class and trains on 3 + 3."""
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y)
+    F = int(min(max_folds, np.bincount(y).max()))
+    fold = np.empty(len(y), np.int64)
+    for c in np.unique(y):
+        rows = rng.permutation(np.flatnonzero(y == c))
+        fold[rows] = (np.arange(len(rows)) + rng.integers(F)) % F
+    return [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(F)]
+
+
 def guard_rows(gold_x, gold_y, pool_x, rounds: int, cfg: AgreeConfig, n_classes: int, seed: int = 0) -> dict | None:
     """The guard's cross-validation, per held-out gold row: ``{supervised,selftrained}_{brier,log_loss,right}``
     -> (R,) arrays (Brier: sum over classes of (p_c - y_c)^2; log-loss: -log p_true; right: 0/1) and
@@ -175,13 +207,15 @@ def guard_rows(gold_x, gold_y, pool_x, rounds: int, cfg: AgreeConfig, n_classes:
     counts = np.bincount(gold_y, minlength=n_classes)[np.unique(gold_y)]
     if counts.min() < 2:
         return None
-    folds = min(cfg.guard_folds, len(gold_y))
-    # stratified while every class can give a row to every fold; beyond that, plain k-fold (more folds
-    # = training folds closer to the real gold set, a less pessimistic estimate at k = 3-4)
-    splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed) if folds <= counts.min()
-                else KFold(folds, shuffle=True, random_state=seed))
+    if counts.min() >= cfg.guard_folds:  # every class can give a row to every fold
+        splits = list(StratifiedKFold(cfg.guard_folds, shuffle=True, random_state=seed).split(gold_x, gold_y))
+    elif counts.min() <= BALANCED_FOLDS_UP_TO:  # plain k-fold would tip the training mix against the held-out class
+        splits = balanced_folds(gold_y, cfg.guard_folds, seed)
+    else:  # plain k-fold (more folds = training folds closer to the real gold set)
+        folds = min(cfg.guard_folds, len(gold_y))
+        splits = list(KFold(folds, shuffle=True, random_state=seed).split(gold_x, gold_y))
     out: dict = {f"{m}_{s}": np.zeros(len(gold_y)) for m in ("supervised", "selftrained") for s in ("brier", "log_loss", "right")}
-    for tr, te in splitter.split(gold_x, gold_y):
+    for tr, te in splits:
         oh = one_hot(gold_y[te], n_classes)  # (F, C)
         probs = {"supervised": _lr(gold_x[tr], gold_y[tr], None, n_classes, cfg.C)(gold_x[te]),  # (F, C)
                  "selftrained": simulate(gold_x[tr], gold_y[tr], pool_x, rounds, cfg, n_classes)(gold_x[te])}
@@ -190,7 +224,7 @@ def guard_rows(gold_x, gold_y, pool_x, rounds: int, cfg: AgreeConfig, n_classes:
             out[f"{m}_brier"][te] = ((p - oh) ** 2).sum(1)
             # clipped: the one-class fallback of _lr gives exact zeros (a row it gets wrong then costs ~20.7)
             out[f"{m}_log_loss"][te] = -np.log(np.clip((p * oh).sum(1), 1e-9, 1.0))
-    out["folds"] = folds
+    out["folds"] = len(splits)
     return out
 
 
