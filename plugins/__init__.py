@@ -30,10 +30,11 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-PLUGIN_API_VERSION = "1.2"
+PLUGIN_API_VERSION = "1.3"
 """Version of this API. Bumped in the major part on breaking changes (1.1 added the
 classifiers group and the embedding fields of :class:`LabelerInputs`; 1.2 added
-:attr:`RuntimeContext.compile_inference` and :mod:`selftrain.plugins.inference`)."""
+:attr:`RuntimeContext.compile_inference` and :mod:`selftrain.plugins.inference`; 1.3 added
+:attr:`LabeledRows.unlabeled` and :attr:`Classifier.uses_unlabeled`)."""
 
 BackboneKind = Literal["encoder", "decoder"]
 
@@ -250,7 +251,9 @@ class LabeledRows:
     """Rows a classifier trains on. texts: (N,); targets: (N, C) distributions (one-hot for gold
     rows and hard pseudo-labels); weights: (N,) loss weights; the first ``n_gold`` rows are gold
     labels, the rest pseudo-labels. noisy: (N,) bool, rows whose tokens a classifier that
-    ``supports_token_noise`` drops with probability ``token_dropout`` (Noisy Student)."""
+    ``supports_token_noise`` drops with probability ``token_dropout`` (Noisy Student).
+    unlabeled: (U,) texts of the unlabeled pool, filled only for a classifier that
+    ``uses_unlabeled`` and never for the run's ``baseline`` (API 1.3); None otherwise."""
 
     texts: list[str]
     targets: np.ndarray
@@ -258,6 +261,7 @@ class LabeledRows:
     n_gold: int
     noisy: np.ndarray | None = None
     token_dropout: float = 0.0
+    unlabeled: list[str] | None = None
 
 
 @dataclass
@@ -316,6 +320,9 @@ class Classifier(_Plugin):
     supports_warm_start: ClassVar[bool] = False
     #: needs validation rows (e.g. early stopping): refused with data.val_per_class: 0.
     needs_validation: ClassVar[bool] = False
+    #: trains on the unlabeled pool too (LabeledRows.unlabeled; consistency training): the stage
+    #: hands it the pool's texts for every model but the baseline (API 1.3).
+    uses_unlabeled: ClassVar[bool] = False
     #: which plain libraries load a saved model (written into the model card).
     loadable_with: ClassVar[str] = ""
 

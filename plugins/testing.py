@@ -305,7 +305,7 @@ def check_classifier(classifier_cls: type[Classifier], model_provider: ModelProv
     check_api(classifier_cls)
     name = classifier_cls.__name__
     for flag in ("supports_soft_targets", "supports_sample_weights", "supports_token_noise",
-                 "supports_warm_start", "needs_validation"):
+                 "supports_warm_start", "needs_validation", "uses_unlabeled"):
         if not isinstance(getattr(classifier_cls, flag, None), bool):
             raise AssertionError(f"{name}.{flag} must be a bool class attribute")
     tmp = Path(tmp_path)
@@ -319,7 +319,9 @@ def check_classifier(classifier_cls: type[Classifier], model_provider: ModelProv
         targets[-1] = [0.3, 0.7]
     if classifier_cls.supports_sample_weights:
         weights[-2:] = 0.5
-    rows = LabeledRows(texts=texts, targets=targets, weights=weights, n_gold=len(y) - 2)
+    # a plugin that trains on the pool gets one (API 1.3), as the finetune stage gives it
+    pool = list(SENTENCES) if getattr(classifier_cls, "uses_unlabeled", False) else None
+    rows = LabeledRows(texts=texts, targets=targets, weights=weights, n_gold=len(y) - 2, unlabeled=pool)
     labels = ["business", "culture"]
     ctx = RuntimeContext(device=torch.device("cpu"), seed=seed)
     clf = classifier_cls(classifier_cls.Config(**(options or {})), ctx, 32, settings or {"epochs": 2, "batch_size": 4})

@@ -240,3 +240,19 @@ class Embedder:
             flat = torch.cat([e for _, e in parts]).cpu().numpy()
             out[np.concatenate([i for i, _ in parts])] = flat
         return out
+
+
+def save_tuned_body(body, tokenizer, init_dir: str, dst) -> None:
+    """Save a finetuned body with ``save_pretrained`` + its tokenizer into ``dst``, keeping the
+    checkpoint's sentence-transformers pooling declaration (``modules.json``, ``1_Pooling``,
+    ``2_Normalize``) so that ``read_pooling`` and sentence-transformers read it as before."""
+    import shutil
+
+    dst = Path(dst)
+    body.eval().save_pretrained(dst)
+    tokenizer.save_pretrained(dst)
+    if (Path(init_dir) / "modules.json").exists():
+        shutil.copy2(Path(init_dir) / "modules.json", dst / "modules.json")
+    for sub in ("1_Pooling", "2_Normalize"):
+        if (Path(init_dir) / sub).is_dir():
+            shutil.copytree(Path(init_dir) / sub, dst / sub, dirs_exist_ok=True)

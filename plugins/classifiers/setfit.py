@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from selftrain.plugins import FitReport, LabeledRows
-from selftrain.plugins.classifiers.embed import pool, read_pooling
+from selftrain.plugins.classifiers.embed import pool, read_pooling, save_tuned_body
 from selftrain.plugins.classifiers.probe import Probe, ProbeConfig
 from selftrain.plugins.objectives.common import pad_batch
 
@@ -117,13 +117,7 @@ class SetFit(Probe):
                 losses.append(loss.detach())  # read back once at the end: no host sync per step
         losses = torch.stack(losses).float().cpu().tolist() if losses else []
         tuned = Path(out_dir) / ".body"
-        body.eval().save_pretrained(tuned)
-        tok.save_pretrained(tuned)
-        if (Path(init_dir) / "modules.json").exists():  # keep the checkpoint's pooling declaration
-            shutil.copy2(Path(init_dir) / "modules.json", tuned / "modules.json")
-        for sub in ("1_Pooling", "2_Normalize"):
-            if (Path(init_dir) / sub).is_dir():
-                shutil.copytree(Path(init_dir) / sub, tuned / sub, dirs_exist_ok=True)
+        save_tuned_body(body, tok, init_dir, tuned)  # keeps the checkpoint's pooling declaration
         report = super().fit(str(tuned), label_names, train, val_texts, val_labels, out_dir, max_epochs, log=lambda r: None)
         shutil.rmtree(tuned, ignore_errors=True)
         log({"epoch": c.epochs, "train_loss": float(np.mean(losses)) if losses else float("nan"),

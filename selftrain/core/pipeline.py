@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from selftrain.config import PipelineConfig
 from selftrain.core import shards, stages
 from selftrain.core.evaluate import prob_worse
+from selftrain.plugins.registry import get as get_plugin
 
 
 @dataclass
@@ -51,7 +52,10 @@ def run_stages(cfg: PipelineConfig, S: Stages | None = None, publish: Callable[[
     if cfg.evaluate.baseline:
         finetune(None, "baseline")
         baseline = "baseline"
-    if pre is None and baseline:  # no pretraining: the teacher would be the baseline trained again
+    # no pretraining: the teacher would be the baseline trained again -- unless the classifier trains on
+    # the pool too (fixmatch): then the teacher is the pool-adapted model and the baseline its yardstick
+    if pre is None and baseline and not getattr(get_plugin("selftrain.classifiers", cfg.classifier.name),
+                                                "uses_unlabeled", False):
         final, current = "baseline", done["baseline"]
     else:
         final, current = "teacher", finetune(base, "teacher")

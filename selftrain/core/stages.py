@@ -170,7 +170,11 @@ def finetune_stage(cfg: PipelineConfig, clean: str, base_model: str | None, name
                  rec["epoch"], f(rec.get("train_loss")), f(rec.get("val_macro_f1")), len(texts), len(y))
 
     noisy = np.arange(len(texts)) >= len(y)  # (N,) the pseudo-labelled rows (they follow the gold ones)
-    train = LabeledRows(texts, targets, weights, len(y), noisy, cfg.pseudo_label.noise)
+    # a classifier that trains on the pool too (consistency training) gets its texts, except the baseline:
+    # the baseline is the supervised core, the pool's yardstick
+    unlabeled = (df.loc[df["split"] == "unlabeled", "text"].astype(str).tolist()
+                 if getattr(clf, "uses_unlabeled", False) and name != "baseline" else None)
+    train = LabeledRows(texts, targets, weights, len(y), noisy, cfg.pseudo_label.noise, unlabeled)
     out = _uri(cfg, "models", name)
     with io.output_dir(out) as tmp:
         res = clf.fit(model_dir, labels, train, val_texts, val_y, tmp, epochs, log=on_log)

@@ -1,0 +1,50 @@
+"""The maths of consistency training on the unlabeled pool, as pure functions.
+
+- ``flexmatch_thresholds``: per-class confidence thresholds that adapt to how well each class is
+  learnt (FlexMatch, Zhang et al. 2021, "Curriculum Pseudo Labeling"): a class the model rarely
+  predicts confidently gets a lower bar, so the pool's hard classes are not starved of targets
+  while the easy ones flood the loss (FixMatch's single fixed threshold, Sohn et al. 2020).
+- ``align_distribution``: distribution alignment (ReMixMatch, Berthelot et al. 2020): the weak
+  view's probabilities are multiplied by the class prior over their running mean and
+  renormalised, so the targets follow the estimated class mix instead of the model's bias.
+- ``consistency_loss``: FixMatch's unlabeled loss: cross-entropy of the strong view's logits to
+  the weak view's hard pseudo-label, on the rows whose (aligned) confidence clears their class's
+  threshold.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def flexmatch_thresholds(confident_counts: torch.Tensor, n_unused: int, tau: float, warmup: bool = True) -> torch.Tensor:
+    """(C,) per class, the pool rows currently predicted as that class with confidence above
+    ``tau`` (sigma_c in the paper); ``n_unused`` pool rows not above ``tau`` for any class ->
+    (C,) thresholds T_c = M(beta_c) * tau with beta_c = sigma_c / max(max_c sigma, n_unused)
+    (``warmup``: early on, when most rows are unused, every beta is small and the thresholds low)
+    or sigma_c / max_c sigma, and the convex mapping M(x) = x / (2 - x) (the paper's choice)."""
+    sigma = confident_counts.float()
+    denom = torch.maximum(sigma.max(), torch.tensor(float(n_unused))) if warmup else sigma.max()
+    beta = sigma / denom.clamp(min=1.0)  # (C,) in [0, 1]
+    return beta / (2.0 - beta) * tau
+
+
+def align_distribution(probs: torch.Tensor, prior: torch.Tensor, running_mean: torch.Tensor) -> torch.Tensor:
+    """(B, C) probabilities, (C,) target class prior, (C,) running mean of the model's predictions
+    over the pool -> (B, C) probs * prior / running_mean, renormalised per row."""
+    p = probs * (prior / running_mean.clamp(min=1e-6))
+    return p / p.sum(1, keepdim=True)
+
+
+def consistency_loss(strong_logits: torch.Tensor, weak_probs: torch.Tensor, thresholds: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C) logits of the strong views, (B, C) target probabilities of the weak views (no grad),
+    (C,) per-class thresholds -> (scalar loss: masked CE summed over B / B, (B,) bool mask).
+
+    The mean is over all B rows, masked ones counting 0, as in FixMatch: the unlabeled term's
+    weight grows as more rows clear their threshold."""
+    conf, target = weak_probs.max(1)  # (B,), (B,)
+    mask = conf >= thresholds[target]  # (B,)
+    ce = F.cross_entropy(strong_logits, target, reduction="none")  # (B,)
+    return (ce * mask.float()).sum() / max(len(ce), 1), mask

@@ -1,0 +1,175 @@
+"""Consistency-regularised finetuning of the body on the unlabeled pool (FixMatch family), then the
+probe's head on the adapted embeddings.
+
+The frozen probe is stuck where the checkpoint's embedding space does not separate the classes
+(sentiment in a topical sentence encoder): self-training inside that space cannot move the
+boundary's features. Here the body moves. Each step (Sohn et al. 2020, FixMatch; Xie et al.
+2020, UDA):
+
+- a batch of B labelled rows (gold, + pseudo-labelled rows with their weights and soft targets):
+  weighted soft cross-entropy of a linear head on the body's pooled, L2-normalised embedding;
+- a batch of mu * B pool rows, each seen twice: a weak view (the text, the encoder's dropout:
+  SimCSE's view, Gao et al. 2021) scored without gradient, and a strong view (``views.py``: token
+  dropout, a deleted span, neighbour swaps); the weak view's probabilities, aligned to the class
+  prior (ReMixMatch's distribution alignment, Berthelot et al. 2020), give a hard target where
+  they clear a per-class threshold that adapts to how often the model is confident on that class
+  (FlexMatch, Zhang et al. 2021); the strong view is trained to that target with weight
+  ``lambda_u``.
+
+The head starts from a logistic regression on the frozen embeddings (the probe's own solution,
+so step 0 is the supervised core), and when training ends the probe's head is refit on the
+adapted body (``Probe.fit``: middle-layer view, label-name rows, soft targets and weights exact):
+the saved layout, loading and prediction are exactly the probe's.
+
+The pool reaches ``fit`` as ``LabeledRows.unlabeled`` (``uses_unlabeled``); the pipeline passes it
+to every model but the ``baseline``, which stays the supervised core. Without a pool the body is
+finetuned on the labelled rows alone.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from selftrain.plugins import FitReport, LabeledRows
+from selftrain.plugins.classifiers.consistency import align_distribution, consistency_loss, flexmatch_thresholds
+from selftrain.plugins.classifiers.embed import pool, read_pooling, save_tuned_body
+from selftrain.plugins.classifiers.probe import Probe, ProbeConfig, fit_head
+from selftrain.plugins.classifiers.views import StrongViewConfig, strong_view
+from selftrain.plugins.objectives.common import pad_batch
+
+
+class FixMatchConfig(ProbeConfig):
+    steps: int = Field(150, ge=1, description="Optimizer steps of body adaptation (each: batch_size labelled rows + mu * batch_size pool rows, two views each).")
+    batch_size: int = Field(16, ge=1, description="Labelled rows per step (sampled with replacement from gold + pseudo-labelled rows).")
+    mu: int = Field(3, ge=0, description="Pool rows per labelled row in a step (FixMatch's mu; 0: supervised finetuning only).")
+    lr: float = Field(2e-5, gt=0, description="AdamW learning rate of the body.")
+    head_lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the training head (the saved head is refit by logistic regression).")
+    lambda_u: float = Field(1.0, ge=0, description="Weight of the unlabeled consistency loss.")
+    tau: float = Field(0.95, gt=0, lt=1, description="Confidence threshold before FlexMatch's per-class scaling (FixMatch's tau).")
+    tau_min: float = Field(0.5, ge=0, lt=1, description="Floor of every per-class threshold: FlexMatch's warm-up starts its thresholds near 0 (every pool row a target), which a run of a few hundred steps never leaves.")
+    flex: bool = Field(True, description="FlexMatch per-class thresholds (False: FixMatch's fixed tau for every class).")
+    align: bool = Field(True, description="Distribution alignment of the weak view's probabilities to the class prior of the labelled rows.")
+    align_momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of the running mean of predictions that alignment divides by.")
+    head_scale: float = Field(10.0, gt=0, description="Logit scale of the training head on unit-norm embeddings (the logistic-regression init is divided by it).")
+    max_unlabeled: int = Field(4000, ge=0, description="Pool rows used at most (a seeded random sample of the pool beyond that).")
+    strong: StrongViewConfig = Field(default_factory=StrongViewConfig, description="The strong view's text noise.")
+
+
+def soft_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B, C) logits, (B, C) target distributions, (B,) weights -> sum_i w_i CE_i / sum_i w_i."""
+    ce = -(targets * F.log_softmax(logits, -1)).sum(1)  # (B,)
+    return (weights * ce).sum() / weights.sum().clamp(min=1e-8)
+
+
+class FixMatch(Probe):
+    summary = ("consistency-regularised finetuning of the body on the pool (FixMatch / FlexMatch thresholds, "
+               "distribution alignment, text-noise strong views), then the probe's head")
+    Config = FixMatchConfig
+    supports_warm_start = False
+    uses_unlabeled = True
+    loadable_with = Probe.loadable_with
+
+    def fit(self, init_dir, label_names, train: LabeledRows, val_texts, val_labels, out_dir, max_epochs=None,
+            log=lambda rec: None) -> FitReport:
+        from transformers import AutoModel, AutoTokenizer
+
+        c, t0, dev = self.config, time.perf_counter(), self.ctx.device
+        torch.manual_seed(self.ctx.seed)
+        rng = np.random.default_rng(self.ctx.seed)
+        C = len(label_names)
+        pooling = read_pooling(init_dir)
+        tok = AutoTokenizer.from_pretrained(init_dir)
+        body = AutoModel.from_pretrained(init_dir).to(dev)
+        cls_id, sep_id = tok.cls_token_id, tok.sep_token_id
+
+        def ids_of(texts):  # token ids without the special tokens: the views perturb these
+            return tok(list(texts), add_special_tokens=False, truncation=True, max_length=self.max_length - 2)["input_ids"]
+
+        def wrap(rows):  # [CLS] row [SEP] (BERT-style tokenizers; others: the row as it is)
+            return [([cls_id] if cls_id is not None else []) + (r or [tok.unk_token_id]) + ([sep_id] if sep_id is not None else [])
+                    for r in rows]
+
+        def embed(rows):  # (B,) id lists -> (B, H) unit-norm sentence embeddings, grad through the body
+            x, m = pad_batch(wrap(rows), tok.pad_token_id)
+            x, m = x.to(dev), m.to(dev)
+            return F.normalize(pool(body(input_ids=x, attention_mask=m).last_hidden_state, m, pooling["mode"]), dim=-1)
+
+        lab_ids = ids_of(train.texts)
+        targets = torch.as_tensor(np.asarray(train.targets, np.float32))  # (N, C)
+        weights = torch.as_tensor(np.asarray(train.weights, np.float32))  # (N,)
+        pool_texts = list(train.unlabeled or [])
+        if len(pool_texts) > c.max_unlabeled:
+            pool_texts = [pool_texts[i] for i in np.sort(rng.choice(len(pool_texts), c.max_unlabeled, replace=False))]
+        pool_ids = ids_of(pool_texts) if pool_texts and c.mu > 0 else []
+
+        # the head starts at the probe's solution on the frozen embeddings: step 0 is the supervised core
+        body.eval()
+        with torch.no_grad():
+            e0 = torch.cat([embed(lab_ids[s:s + 64]) for s in range(0, len(lab_ids), 64)]).cpu().numpy()
+        W, b = fit_head(e0, targets.numpy(), weights.numpy(), C, self.config.C, self.config.max_iter)
+        head = torch.nn.Linear(e0.shape[1], C).to(dev)
+        with torch.no_grad():
+            head.weight.copy_(torch.as_tensor(W / c.head_scale))
+            head.bias.copy_(torch.as_tensor(b / c.head_scale))
+        opt = torch.optim.AdamW([{"params": body.parameters(), "lr": c.lr}, {"params": head.parameters(), "lr": c.head_lr}])
+        prior = targets[: train.n_gold].sum(0) if train.n_gold else targets.sum(0)
+        prior = (prior / prior.sum()).to(dev)  # (C,) the labelled rows' class mix
+        running = prior.clone()
+        last_pred = np.full(len(pool_ids), -1)  # FlexMatch's sigma: each pool row's latest confident class
+        body.train()  # dropout on: the weak view's only noise, as in SimCSE
+        stats = {"loss_s": [], "loss_u": [], "mask": []}
+        for step in range(c.steps):
+            lb = rng.integers(len(lab_ids), size=c.batch_size)
+            logits_l = c.head_scale * head(embed([lab_ids[i] for i in lb]))  # (B, C)
+            loss = soft_ce(logits_l, targets[lb].to(dev), weights[lb].to(dev))
+            stats["loss_s"].append(loss.detach())
+            if pool_ids:
+                ub = rng.integers(len(pool_ids), size=c.mu * c.batch_size)
+                with torch.no_grad():
+                    p_weak = F.softmax(c.head_scale * head(embed([pool_ids[i] for i in ub])), -1)  # (U, C)
+                    running = c.align_momentum * running + (1 - c.align_momentum) * p_weak.mean(0)
+                    if c.align:
+                        p_weak = align_distribution(p_weak, prior, running)
+                    conf, pred = p_weak.max(1)
+                    above = (conf > c.tau).cpu().numpy()
+                    last_pred[ub[above]] = pred.cpu().numpy()[above]
+                    if c.flex:
+                        sigma = torch.as_tensor(np.bincount(last_pred[last_pred >= 0], minlength=C))
+                        thr = flexmatch_thresholds(sigma, int((last_pred < 0).sum()), c.tau).clamp(min=c.tau_min).to(dev)
+                    else:
+                        thr = torch.full((C,), c.tau, device=dev)
+                strong = [strong_view(pool_ids[i], c.strong, rng) for i in ub]
+                loss_u, mask = consistency_loss(c.head_scale * head(embed(strong)), p_weak, thr)
+                loss = loss + c.lambda_u * loss_u
+                stats["loss_u"].append(loss_u.detach())
+                stats["mask"].append(mask.float().mean())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        body.eval()
+        read = {k: float(torch.stack(v).mean()) if v else float("nan") for k, v in stats.items()}  # one sync, at the end
+        tuned = Path(out_dir) / ".body"
+        save_tuned_body(body, tok, init_dir, tuned)
+        report = super().fit(str(tuned), label_names, train, val_texts, val_labels, out_dir, max_epochs, log=lambda r: None)
+        shutil.rmtree(tuned, ignore_errors=True)
+        log({"epoch": 1, "train_loss": read["loss_s"], "val_macro_f1": report.val_macro_f1})
+        report.seconds = time.perf_counter() - t0
+        report.notes.append(f"fixmatch: {c.steps} steps, {len(lab_ids)} labelled rows, {len(pool_ids)} pool rows; "
+                            f"mean supervised loss {read['loss_s']:.3f}, consistency loss {read['loss_u']:.3f}, "
+                            f"pool rows above their threshold {read['mask']:.2f}")
+        return report
+
+    def save(self, body, out_dir, label_names, W, b, pooling, extra_layer=None, name_texts=()) -> None:
+        super().save(body, out_dir, label_names, W, b, pooling, extra_layer, name_texts)
+        meta_path = Path(out_dir) / "selftrain_classifier.json"
+        meta = json.loads(meta_path.read_text())
+        meta.update({"classifier": "fixmatch", "steps": self.config.steps, "mu": self.config.mu})
+        meta_path.write_text(json.dumps(meta, indent=2))

@@ -1,0 +1,145 @@
+"""Consistency training (``plugins/classifiers/{views,consistency,fixmatch}.py``): the strong/weak
+views, FlexMatch's per-class thresholds, distribution alignment, the masked FixMatch loss, and the
+fixmatch classifier training on a pool end to end on a tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from selftrain.plugins.classifiers import consistency as K
+from selftrain.plugins.classifiers import views as V
+
+
+def test_token_dropout_keeps_order_and_at_least_one_token():
+    rng = np.random.default_rng(0)
+    ids = list(range(100, 140))
+    out = V.token_dropout(ids, 0.3, rng)
+    assert 15 < len(out) < 40 and out == sorted(out) and set(out) <= set(ids)  # a subsequence
+    assert len(V.token_dropout([5, 6], 0.999, np.random.default_rng(1))) >= 1
+    assert V.token_dropout(ids, 0.0, rng) == ids
+
+
+def test_span_deletion_removes_one_contiguous_span():
+    ids = list(range(20))
+    out = V.span_deletion(ids, 0.25, np.random.default_rng(3))
+    assert len(out) == 15
+    gone = sorted(set(ids) - set(out))
+    assert gone == list(range(gone[0], gone[0] + 5))  # contiguous
+    assert V.span_deletion([7], 0.9, np.random.default_rng(0)) == [7]  # never empty
+
+
+def test_word_swap_permutes_neighbours_only():
+    ids = list(range(30))
+    out = V.word_swap(ids, 0.1, np.random.default_rng(2))
+    assert sorted(out) == ids and out != ids
+    assert max(abs(out.index(t) - t) for t in ids) <= 3  # 3 swaps move a token at most 3 places
+
+
+def test_strong_view_is_seeded_and_weak_view_is_the_text():
+    cfg = V.StrongViewConfig(token_dropout=0.2, span_deletion=0.2, word_swaps=0.2)
+    ids = list(range(50))
+    a = V.strong_view(ids, cfg, np.random.default_rng(7))
+    assert a == V.strong_view(ids, cfg, np.random.default_rng(7)) and a != ids and len(a) < len(ids)
+    none = V.StrongViewConfig(token_dropout=0, span_deletion=0, word_swaps=0)
+    assert V.strong_view(ids, none, np.random.default_rng(0)) == ids
+
+
+def test_flexmatch_thresholds_lower_the_bar_for_classes_learnt_less():
+    tau = 0.95
+    # sigma: class 0 confidently predicted 80 times, class 1 20, class 2 never; 100 rows unused
+    thr = K.flexmatch_thresholds(torch.tensor([80, 20, 0]), 100, tau)
+    beta = torch.tensor([0.8, 0.2, 0.0])  # / max(max sigma = 80, unused = 100)
+    assert torch.allclose(thr, beta / (2 - beta) * tau)
+    assert thr[0] > thr[1] > thr[2] == 0
+    # after warm-up (few unused rows) the best-learnt class is at tau
+    thr2 = K.flexmatch_thresholds(torch.tensor([80, 20, 0]), 10, tau)
+    assert torch.isclose(thr2[0], torch.tensor(tau)) and thr2[1] < tau
+    assert torch.allclose(K.flexmatch_thresholds(torch.tensor([80, 20, 0]), 100, tau, warmup=False), thr2)
+
+
+def test_distribution_alignment_moves_the_mean_towards_the_prior():
+    probs = torch.tensor([[0.8, 0.2], [0.7, 0.3], [0.6, 0.4], [0.9, 0.1]])
+    prior = torch.tensor([0.5, 0.5])
+    out = K.align_distribution(probs, prior, probs.mean(0))
+    assert torch.allclose(out.sum(1), torch.ones(4))
+    assert abs(out.mean(0)[0] - 0.5) < abs(probs.mean(0)[0] - 0.5)  # closer to the prior
+    # mean (0.75, 0.25): class 0 scaled by 2/3, class 1 by 2; the two least class-0 rows flip
+    assert out.argmax(1).tolist() == [0, 1, 1, 0]
+    assert torch.allclose(K.align_distribution(probs, prior, prior), probs)  # no bias: unchanged
+
+
+def test_consistency_loss_masks_rows_below_their_class_threshold():
+    weak = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+    strong = torch.tensor([[2.0, 0.0], [0.0, 2.0], [0.0, 1.0]], requires_grad=True)
+    loss, mask = K.consistency_loss(strong, weak, torch.tensor([0.8, 0.65]))
+    assert mask.tolist() == [True, False, True]
+    ce = torch.nn.functional.cross_entropy(strong.detach(), torch.tensor([0, 0, 1]), reduction="none")
+    assert torch.isclose(loss, (ce[0] + ce[2]) / 3)  # the mean over all rows, masked ones count 0
+    loss.backward()
+    assert strong.grad[1].abs().sum() == 0
+
+
+def test_fixmatch_trains_the_body_on_the_pool_and_saves_a_probe(tmp_path):
+    """On a tiny model: the pool reaches fit and the consistency term runs, the body moves, the saved
+    model loads as a probe and predicts; without a pool (mu = 0) it still trains the body."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    from selftrain.plugins import LabeledRows, RuntimeContext, one_hot
+    from selftrain.plugins.classifiers.fixmatch import FixMatch
+    from selftrain.plugins.models.presets import TinyBert
+    from selftrain.plugins.testing import SENTENCES, TOPIC_ROWS
+
+    body = TinyBert(TinyBert.Config()).materialize(SENTENCES, str(tmp_path / "body"), seed=0)
+    texts, y = [t for t, _ in TOPIC_ROWS], np.array([c for _, c in TOPIC_ROWS])
+    rows = LabeledRows(texts, one_hot(y, 2), np.ones(len(y), np.float32), len(y), unlabeled=list(SENTENCES))
+    clf = FixMatch(FixMatch.Config(steps=4, batch_size=4, mu=2, lr=1e-3), RuntimeContext(seed=0), 32)
+    rep = clf.fit(body, ["a", "b"], rows, [], np.zeros(0, np.int64), str(tmp_path / "m"))
+    before = load_file(str(tmp_path / "body" / "model.safetensors"))
+    after = load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert any(not np.allclose(before[k], after[k]) for k in before), "the body was not trained"
+    assert f"{len(SENTENCES)} pool rows" in rep.notes[-1] and "consistency loss nan" not in rep.notes[-1], rep.notes
+    assert json.loads((tmp_path / "m" / "selftrain_classifier.json").read_text())["classifier"] == "fixmatch"
+    p = clf.load(str(tmp_path / "m"), ["a", "b"]).predict_proba(texts)
+    assert p.shape == (12, 2) and np.allclose(p.sum(1), 1, atol=1e-5) and not (tmp_path / "m" / ".body").exists()
+    nopool = FixMatch(FixMatch.Config(steps=2, batch_size=4, mu=0), RuntimeContext(seed=0), 32)
+    rep0 = nopool.fit(body, ["a", "b"], rows, [], np.zeros(0, np.int64), str(tmp_path / "m0"))
+    assert "0 pool rows" in rep0.notes[-1] and "consistency loss nan" in rep0.notes[-1]
+
+
+def test_the_finetune_stage_hands_the_pool_to_a_pool_classifier_but_not_to_the_baseline(tmp_path, monkeypatch):
+    """The baseline stays the supervised core (no pool); the teacher of a classifier that ``uses_unlabeled``
+    gets the pool's texts, and a probe never does."""
+    import pandas as pd
+
+    from selftrain.config import load_config
+    from selftrain.core import stages
+    from selftrain.plugins.classifiers.fixmatch import FixMatch
+    from selftrain.plugins.classifiers.probe import Probe
+
+    df = pd.DataFrame({"id": [f"r{i}" for i in range(8)], "text": [f"text number {i}" for i in range(8)],
+                       "label": ["a", "b", "a", "b", None, None, None, "a"],
+                       "split": ["train", "train", "train", "train", "unlabeled", "unlabeled", "unlabeled", "test"]})
+    clean = tmp_path / "clean.parquet"
+    df.to_parquet(clean)
+    seen = {}
+
+    def fake_fit(self, init_dir, labels, train, *a, **k):  # record what the stage hands over, train nothing
+        seen["unlabeled"] = train.unlabeled
+        from selftrain.plugins import FitReport
+        return FitReport(None, None, [])
+
+    for cls in (FixMatch, Probe):
+        monkeypatch.setattr(cls, "fit", fake_fit)
+    monkeypatch.setattr(stages, "backbone", lambda cfg, clean: (str(tmp_path), None))
+    for clf in ("fixmatch", "probe"):
+        cfg = load_config(None, [f"classifier.name={clf}", f"output_dir={tmp_path / clf}", "data.labels=[a, b]"])
+        for name in ("baseline", "teacher"):
+            seen.clear()
+            stages.finetune_stage(cfg, str(clean), None, name)
+            (got,) = seen.values()
+            want = ["text number 4", "text number 5", "text number 6"] if (clf, name) == ("fixmatch", "teacher") else None
+            assert got == want, (clf, name, got)
