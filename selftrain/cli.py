@@ -1,4 +1,4 @@
-"""Command line: selftrain run | retrain | config | plugins list|show | models list|show|promote|rollback | deploy-schema.
+"""Command line: selftrain run | retrain | predict | config | plugins list|show | models list|show|promote|rollback | deploy-schema.
 
 Run "selftrain COMMAND --help" for a command's options.
 """
@@ -237,6 +237,38 @@ def cmd_retrain(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    """Score a file with a run's model or a registry version; print the counts and the drift summary."""
+    from selftrain.config import ConfigError
+    from selftrain.core.predict import PredictError, parse_columns
+
+    kw = dict(run_dir=args.run, model=args.model, root=args.root, name=args.name, version=args.version,
+              format=args.format, encoding=args.encoding, chunk_rows=args.chunk_rows, threshold=args.threshold,
+              max_class_shift=args.max_class_shift, max_psi=args.max_psi, reference=not args.no_reference)
+    try:
+        columns = parse_columns(args.column)
+        if args.no_prefect:
+            from selftrain.core.predict import predict_file
+
+            _stage_log_lines()
+            out = predict_file(args.input, args.output, columns=columns, **kw)
+        else:
+            _prefect_env()
+            from selftrain.flows import predict
+
+            out = predict(args.input, args.output, columns=columns or None, **kw)
+    except (PredictError, ConfigError) as exc:
+        print(f"selftrain: {exc}", file=sys.stderr)
+        return 2
+    checks = ", ".join(f"{k} {v}" for k, v in out["quarantine_checks"].items())
+    print(f"{out['rows']} rows: {out['predicted']} predicted -> {out['output']}, {out['quarantined']} quarantined"
+          + (f" ({checks}) -> {out['quarantine']}" if out["quarantined"] else ""))
+    print(f"model {out['model_version']} (fingerprint {out['model_fingerprint']}) at {out['model_uri']}"
+          f"   ({out['seconds']:.1f} s)\n")
+    print(out["markdown"])
+    return 0
+
+
 def cmd_deploy_schema(args) -> int:
     """After `prefect deploy`: type each plugin's options in the deployments' run forms."""
     if not os.environ.get("PREFECT_API_URL"):
@@ -299,6 +331,29 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--force", action="store_true", help="retrain even if nothing changed")
     rt.add_argument("--no-prefect", action="store_true", help="call the steps directly, without Prefect")
     rt.set_defaults(func=cmd_retrain)
+
+    pr = sub.add_parser("predict", help="score a csv / jsonl / parquet file with a run's model or a registry "
+                        "version: one parquet of predictions, a quarantine of bad rows, a drift summary")
+    pr.add_argument("--input", "-i", required=True, help="csv / jsonl / parquet, local path or fsspec URI (s3://...)")
+    pr.add_argument("--output", "-o", required=True, help="the predictions parquet (local path or s3://...); bad "
+                    "rows go to <output>.quarantine.parquet")
+    pick = pr.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--run", help="a run directory: predict with its models/<--model> (default: its final model)")
+    pick.add_argument("--root", help="a registry: retrain.artifacts_root (or the registry folder itself)")
+    pr.add_argument("--model", help="with --run: the model name under models/ (default: metrics.json's final)")
+    pr.add_argument("--name", help="with --root: retrain.model_name (default: selftrain)")
+    pr.add_argument("--version", help="with --root: v0002, 2 or champion (default)")
+    pr.add_argument("--column", action="append", metavar="NAME=COLUMN",
+                    help="map an input column, e.g. --column text=body --column id=ticket_id (repeatable)")
+    pr.add_argument("--format", default="auto", choices=["auto", "csv", "jsonl", "parquet"], help="default: from the extension")
+    pr.add_argument("--encoding", default="utf-8", help="of a csv / jsonl input")
+    pr.add_argument("--chunk-rows", type=int, default=8192, help="rows read and scored at once (the memory bound)")
+    pr.add_argument("--threshold", type=float, default=0.5, help="confidence below which a row counts as low-confidence")
+    pr.add_argument("--max-class-shift", type=float, default=0.25, help="class-mix distance above which drift is flagged")
+    pr.add_argument("--max-psi", type=float, default=0.25, help="confidence PSI above which drift is flagged")
+    pr.add_argument("--no-reference", action="store_true", help="do not score the model's test rows (no PSI)")
+    pr.add_argument("--no-prefect", action="store_true", help="call the function directly, without Prefect")
+    pr.set_defaults(func=cmd_predict)
 
     c = sub.add_parser("config", help="print the resolved config (or its JSON schema)")
     c.add_argument("--config", "-c", help="YAML config (default: the built-in demo config)")

@@ -35,7 +35,8 @@ def test_prefect_yaml_declares_the_pipeline_and_the_heavy_stage_deployments():
     from selftrain.flows import HEAVY
 
     configs = _deploy_configs()
-    assert set(configs) == {"pipeline/retrain", "retrain/nightly", "pretrain/gpu", "finetune/gpu", "pseudo-label/gpu"}
+    assert set(configs) == {"pipeline/retrain", "retrain/nightly", "predict/hourly", "pretrain/gpu", "finetune/gpu",
+                            "pseudo-label/gpu"}
     retrain = configs["pipeline/retrain"]["deployment"]
     assert retrain.work_pool.name == "cpu"
     (sched,) = retrain.schedules

@@ -1,0 +1,69 @@
+"""The ``predict`` flow: put a trained model to work on a batch of rows (docs/predict.md).
+
+It only composes: the scoring is the task of ``selftrain.tasks.predict`` (``predict_file``, pure, in
+``selftrain.core.predict``); the flow publishes the drift report as a markdown artifact and emits the
+Prefect event ``selftrain.predict.drift`` with the drift numbers, which an automation can turn into a
+retrain (``deployments/drift-retrain-automation.yaml``).
+
+Prefect event triggers match resource labels, not numbers in the payload, so the comparison with
+the thresholds (``max_class_shift``, ``max_psi``) happens here and its outcome is the resource label
+``selftrain.drift`` ("true" / "false"); the numbers themselves are in the payload.
+"""
+
+from __future__ import annotations
+
+import re
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
+
+from selftrain.core.drift import LOW_CONFIDENCE, MAX_CLASS_SHIFT, MAX_PSI
+from selftrain.core.predict import CHUNK_ROWS
+from selftrain.tasks import predict as predict_tasks
+
+DRIFT = "selftrain.predict.drift"
+
+
+def drift_event(result: dict) -> dict:
+    """The ``emit_event`` arguments for one predicted batch: its drift numbers, on the resource
+    ``selftrain.model.<name>`` (the one ``selftrain.model.promoted`` uses), labelled ``selftrain.drift``."""
+    d = result["drift"]
+    return dict(
+        event=DRIFT,
+        resource={"prefect.resource.id": f"selftrain.model.{result['model_name']}",
+                  "prefect.resource.name": result["model_name"], "selftrain.drift": str(d["drift"]).lower(),
+                  "selftrain.model.version": result["model_version"]},
+        payload={"drift": d["drift"], "flags": d["flags"], "class_shift": d["class_shift"],
+                 "max_class_shift": d["max_class_shift"], "psi": d["psi"], "max_psi": d["max_psi"],
+                 "low_confidence_share": d["low_confidence_share"], "low_confidence_threshold": d["low_confidence_threshold"],
+                 "predicted_mix": d["predicted_mix"], "prior": d["prior"], "rows": result["rows"],
+                 "predicted": result["predicted"], "quarantined": result["quarantined"],
+                 "model_version": result["model_version"], "model_fingerprint": result["model_fingerprint"],
+                 "model_uri": result["model_uri"], "input": result["input"], "output": result["output"]},
+    )
+
+
+def emit_drift(result: dict):
+    return emit_event(**drift_event(result))
+
+
+@flow(name="predict", log_prints=True)
+def predict(input: str, output: str, run_dir: str | None = None, model: str | None = None, root: str | None = None,
+            name: str | None = None, version: str | None = None, columns: dict[str, str] | None = None,
+            format: str = "auto", encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS,
+            threshold: float = LOW_CONFIDENCE, max_class_shift: float = MAX_CLASS_SHIFT, max_psi: float = MAX_PSI,
+            reference: bool = True) -> dict:
+    """Score ``input`` with a run's model (``run_dir`` [+ ``model``]) or a registry version (``root`` [+
+    ``name``, ``version``; default the champion]) into ``output``; drift report as artifact and event."""
+    result = predict_tasks.predict_file(
+        input, output, run_dir=run_dir, model=model, root=root, name=name, version=version, columns=columns,
+        format=format, encoding=encoding, chunk_rows=chunk_rows, threshold=threshold,
+        max_class_shift=max_class_shift, max_psi=max_psi, reference=reference)
+    slug = re.sub(r"[^a-z0-9-]+", "-", f"{result['model_name']}-predict-drift".lower()).strip("-")
+    create_markdown_artifact(markdown=result["markdown"], key=slug,
+                             description=f"selftrain prediction drift ({result['model_version']}, {input})")
+    emit_drift(result)
+    print(f"predicted {result['predicted']} of {result['rows']} rows ({result['quarantined']} quarantined) -> {output}; "
+          f"drift: {', '.join(result['drift']['flags']) or 'none'}")
+    return result

@@ -1,0 +1,249 @@
+"""Batch prediction (selftrain.core.predict, the CLI, the flow) with a real trained model.
+
+One small real run is trained once for the module: the demo's recipe (frozen MiniLM + probe) on
+4 gold BBC articles per class, 10 test articles per class, no pool, no pseudo-labels (~15 s on 2
+cores, seconds once the embedding cache is warm). Its ``final`` model is the baseline.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+RUN_OVERRIDES = ["data.labels_per_class=4", "data.val_per_class=0", "data.test_per_class=10", "data.unlabeled_size=0",
+                 "pseudo_label.enabled=false", "model.max_length=128"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from selftrain.config import load_config
+    from selftrain.core.pipeline import run_stages
+
+    out = tmp_path_factory.mktemp("predict") / "run"
+    cfg = load_config(None, [f"output_dir={out}", *RUN_OVERRIDES])
+    result = run_stages(cfg)
+    clean = pd.read_parquet(out / "data" / "clean.parquet")
+    test = clean[clean["split"] == "test"][["id", "text", "label"]].reset_index(drop=True)
+    return {"cfg": cfg, "dir": str(out), "final": result["final"], "test": test}
+
+
+def _test_predictions(run) -> tuple[list[str], np.ndarray]:
+    """The run's test-split predictions, as evaluate computes them (metrics.json keeps only the metrics)."""
+    from selftrain.core.classifiers import load_trained, saved_info
+
+    uri = str(Path(run["dir"]) / "models" / run["final"])
+    labels = saved_info(uri)[1]
+    probs = load_trained(run["cfg"], uri, labels).predict_proba(run["test"]["text"].tolist(), 128)
+    return labels, probs
+
+
+def test_predictions_equal_the_runs_own_test_predictions(run, tmp_path):
+    from selftrain.core.predict import predict_file
+
+    src = tmp_path / "test.parquet"
+    run["test"][["id", "text"]].to_parquet(src, index=False)
+    res = predict_file(str(src), str(tmp_path / "preds.parquet"), run_dir=run["dir"], chunk_rows=7)
+    out = pd.read_parquet(tmp_path / "preds.parquet")
+    labels, probs = _test_predictions(run)
+    assert res["rows"] == res["predicted"] == len(out) == len(run["test"]) and res["quarantined"] == 0
+    assert list(out.columns) == ["id", "label", "confidence", *[f"prob_{c}" for c in labels], "model_version",
+                                 "model_fingerprint"]
+    assert out["id"].tolist() == run["test"]["id"].tolist(), "one row per input row, in input order"
+    assert out["label"].tolist() == [labels[i] for i in probs.argmax(1)]
+    np.testing.assert_allclose(out[[f"prob_{c}" for c in labels]].to_numpy(), probs, atol=1e-4)
+    np.testing.assert_allclose(out["confidence"].to_numpy(), probs.max(1), atol=1e-4)
+    assert set(out["model_version"]) == {f"run/{run['final']}"} and res["model_version"] == f"run/{run['final']}"
+    assert set(out["model_fingerprint"]) == {res["model_fingerprint"]} and len(res["model_fingerprint"]) == 16
+    d = res["drift"]
+    assert d["prior_source"].startswith("metrics.json") and d["psi"] is not None and d["psi"] < 0.05, \
+        "the run's own test rows against the run's own test rows: no confidence shift"
+    assert d["reference_rows"] == len(run["test"]) and "| class shift" in res["markdown"]
+
+
+def test_bad_rows_are_quarantined_with_reasons_and_counts_add_up(run, tmp_path):
+    from selftrain.core.predict import predict_file
+
+    good = run["test"].head(6)
+    rows = [{"id": i, "text": t} for i, t in zip(good["id"], good["text"])]
+    rows += [{"id": "empty", "text": ""}, {"id": "blank", "text": "   "}, {"id": None, "text": good["text"].iloc[0]},
+             {"id": "long", "text": "x" * (run["cfg"].validate_.max_chars + 1)}, {"id": "short", "text": "ok"},
+             {"id": "none", "text": None}]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = predict_file(str(src), str(tmp_path / "preds.parquet"), run_dir=run["dir"], chunk_rows=4)
+    q = pd.read_parquet(res["quarantine"])
+    assert res["quarantine"] == str(tmp_path / "preds.quarantine.parquet")
+    assert res["predicted"] + res["quarantined"] == res["rows"] == len(rows)
+    assert res["predicted"] == 6 == len(pd.read_parquet(tmp_path / "preds.parquet"))
+    assert res["quarantined"] == len(q) == 6
+    by_row = dict(zip(q["row"], q["reason"]))
+    assert by_row[6] == by_row[7] == "text shorter than 3 chars (got 0)" and by_row[8] == "id is missing"
+    assert by_row[9] == f"text longer than {run['cfg'].validate_.max_chars} chars (got {run['cfg'].validate_.max_chars + 1})"
+    assert by_row[10] == "text shorter than 3 chars (got 2)" and by_row[11] == "text is missing"
+    assert res["quarantine_checks"] == {"id_missing": 1, "text_missing": 1, "text_too_long": 1, "text_too_short": 3}
+    assert {"row", "id", "text", "reason", "check"} == set(q.columns)
+
+
+def test_a_column_mismatch_is_refused_before_any_model_loads(run, tmp_path):
+    from selftrain.core import shards
+    from selftrain.core.predict import PredictError, predict_file
+
+    src = tmp_path / "tickets.csv"
+    pd.DataFrame({"ticket_id": ["t1", "t2"], "body": run["test"]["text"].head(2)}).to_csv(src, index=False)
+    shards._LOADED.clear()
+    with pytest.raises(PredictError) as err:
+        predict_file(str(src), str(tmp_path / "p.parquet"), run_dir=run["dir"])
+    msg = str(err.value)
+    assert "text='text' not found" in msg and "columns found: ticket_id, body" in msg and "--column text=<name>" in msg
+    assert not shards._LOADED, "no model was loaded"
+    assert not (tmp_path / "p.parquet").exists()
+    with pytest.raises(PredictError, match="id='id' not found"):
+        predict_file(str(src), str(tmp_path / "p.parquet"), run_dir=run["dir"], columns=["text=body", "id=id"])
+    assert not shards._LOADED
+    res = predict_file(str(src), str(tmp_path / "p.parquet"), run_dir=run["dir"], columns=["text=body", "id=ticket_id"])
+    assert pd.read_parquet(tmp_path / "p.parquet")["id"].tolist() == ["t1", "t2"] and res["predicted"] == 2
+
+
+def test_drift_report_flags_a_shifted_class_mix_and_a_confidence_shift():
+    from selftrain.core.drift import confidence_histogram, drift_report
+
+    prior = {c: 4 for c in "abcde"}
+    hist = confidence_histogram(np.linspace(0.3, 0.9, 50))
+    rep, md = drift_report({"a": 10, "b": 10, "c": 10, "d": 10, "e": 10}, prior, hist, 5, reference_counts=hist)
+    assert rep["class_shift"] == pytest.approx(0.0) and rep["psi"] == pytest.approx(0.0) and not rep["drift"]
+    assert rep["low_confidence_share"] == pytest.approx(0.1) and "no drift" in md
+    rep, md = drift_report({"a": 50}, prior, confidence_histogram(np.full(50, 0.95)), 0, reference_counts=hist)
+    assert rep["class_shift"] == pytest.approx(0.8) and rep["psi"] > 0.25 and rep["drift"] and len(rep["flags"]) == 2
+    assert "**drift**" in md and "| a | 0.200 | 1.000 | 50 |" in md
+    rep, _ = drift_report({"a": 3}, None, confidence_histogram(np.full(3, 0.9)), 0)
+    assert rep["class_shift"] is None and rep["psi"] is None and not rep["drift"] and len(rep["notes"]) == 2
+
+
+def test_one_class_input_makes_the_prediction_report_drift(run):
+    from selftrain.core.predict import predict_frame
+
+    test = run["test"]
+    balanced = predict_frame(test[["id", "text"]], run_dir=run["dir"], reference=False)
+    one = test[test["label"] == test["label"].iloc[0]][["id", "text"]]
+    shifted = predict_frame(one, run_dir=run["dir"], reference=False)
+    assert balanced["drift"]["class_shift"] < balanced["drift"]["max_class_shift"] and not balanced["drift"]["drift"]
+    assert shifted["drift"]["class_shift"] > shifted["drift"]["max_class_shift"] and shifted["drift"]["drift"]
+    assert shifted["drift"]["class_shift"] > balanced["drift"]["class_shift"] + 0.3
+    assert len(shifted["predictions"]) == len(one) and "PSI skipped" in " ".join(shifted["drift"]["notes"])
+
+
+def test_the_output_appears_whole_or_not_at_all(run, tmp_path):
+    from selftrain.core.predict import PredictError, predict_file
+
+    texts = [t.replace("\n", " ").replace('"', "'") for t in run["test"]["text"].head(12)]
+    lines = ["id,text"] + [f'r{i},"{t}"' for i, t in enumerate(texts)]
+    lines[10] = 'r9,"a line",with,too,many,fields'  # row 9: in the third chunk of 4 rows
+    src = tmp_path / "broken.csv"
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "preds.parquet"
+    out.write_bytes(b"the previous predictions")
+    with pytest.raises(PredictError, match="cannot read the rows after row 8.*nothing was written"):
+        predict_file(str(src), str(out), run_dir=run["dir"], chunk_rows=4, reference=False)
+    assert out.read_bytes() == b"the previous predictions", "the older output is intact"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.csv", "preds.parquet"], "no temp or partial file"
+    out.unlink()
+    with pytest.raises(PredictError):
+        predict_file(str(src), str(out), run_dir=run["dir"], chunk_rows=4, reference=False)
+    assert not out.exists()
+
+
+def test_cli_predict_without_prefect(run, tmp_path, capsys):
+    from selftrain.cli import main
+
+    src = tmp_path / "tickets.csv"
+    pd.DataFrame({"ticket_id": [f"t{i}" for i in range(5)], "body": [*run["test"]["text"].head(4), ""]}).to_csv(
+        src, index=False)
+    out = tmp_path / "preds.parquet"
+    rc = main(["predict", "--input", str(src), "--run", run["dir"], "-o", str(out), "--column", "text=body",
+               "--column", "id=ticket_id", "--no-prefect"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "5 rows: 4 predicted" in printed and "1 quarantined (text_missing 1)" in printed
+    assert "# Prediction drift" in printed and "class shift" in printed
+    assert pd.read_parquet(out)["id"].tolist() == ["t0", "t1", "t2", "t3"]
+    rc = main(["predict", "--input", str(src), "--run", run["dir"], "-o", str(out), "--no-prefect"])
+    assert rc == 2 and "--column text=<name>" in capsys.readouterr().err
+
+
+def test_predict_with_the_registry_champion(run, tmp_path):
+    """--root: the champion of a registry (version, prior and PSI reference from the registry's files)."""
+    import yaml
+
+    from selftrain.core.predict import predict_file
+    from selftrain.core.registry import Registry
+
+    reg = Registry(str(tmp_path / "artifacts" / "news"), "news")
+    reg.create({"labels": sorted(run["test"]["label"].unique())}, run["test"])
+    meta = {"data": {"gold_per_class": {"train": {c: 4 for c in sorted(run["test"]["label"].unique())}}}}
+    v = reg.register(str(Path(run["dir"]) / "models" / run["final"]), meta,
+                     {"config.yaml": yaml.safe_dump(run["cfg"].dump(), sort_keys=False)})
+    reg.promote(v)
+    src = tmp_path / "in.parquet"
+    run["test"][["id", "text"]].head(10).to_parquet(src, index=False)
+    res = predict_file(str(src), str(tmp_path / "p.parquet"), root=str(tmp_path / "artifacts"), name="news")
+    out = pd.read_parquet(tmp_path / "p.parquet")
+    assert res["model_version"] == v == "v0001" and set(out["model_version"]) == {"v0001"}
+    assert res["drift"]["prior_source"].startswith("v0001/version.json") and "frozen.parquet" in res["drift"]["reference_source"]
+    assert res["model_name"] == "news" and res["predicted"] == 10
+
+
+def test_predict_flow_publishes_the_drift_artifact_and_event(prefect_api, run, tmp_path):
+    import uuid
+
+    import yaml
+    from prefect.events.schemas.automations import AutomationCore
+    from prefect.events.schemas.events import Resource
+
+    from selftrain.flows import drift_event, predict
+
+    one = run["test"][run["test"]["label"] == run["test"]["label"].iloc[0]][["id", "text"]]
+    one.to_parquet(tmp_path / "in.parquet", index=False)
+    res = predict(str(tmp_path / "in.parquet"), str(tmp_path / "p.parquet"), run_dir=run["dir"], reference=False)
+    assert res["drift"]["drift"] and (tmp_path / "p.parquet").exists()
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def artifacts():
+        async with get_client() as client:
+            return [a for a in await client.read_artifacts() if a.key == "demo-predict-drift"]
+
+    (art,) = asyncio.run(artifacts())[-1:]
+    assert "# Prediction drift" in art.data and "**drift**" in art.data
+
+    # the automation example fires on this event, and not on one without drift
+    text = (Path(__file__).resolve().parents[1] / "deployments" / "drift-retrain-automation.yaml").read_text()
+    auto = AutomationCore.model_validate(yaml.safe_load(text.replace("RETRAIN_DEPLOYMENT_ID", str(uuid.uuid4()))))
+    ev = drift_event(res)
+    assert auto.trigger.expect == {ev["event"]} == {"selftrain.predict.drift"}
+    assert auto.trigger.match.matches(Resource(ev["resource"]))
+    assert ev["payload"]["class_shift"] == res["drift"]["class_shift"] and ev["payload"]["drift"] is True
+    calm = {**res, "drift": {**res["drift"], "drift": False, "flags": []}}
+    assert not auto.trigger.match.matches(Resource(drift_event(calm)["resource"]))
+
+
+def test_input_and_output_on_s3(run, s3_bucket):
+    """Any fsspec URI: read from and write to a real S3 API (moto); the objects appear complete."""
+    import s3fs
+
+    from selftrain.core.predict import predict_file
+
+    fs = s3fs.S3FileSystem()
+    with fs.open(f"{s3_bucket}/in/batch.csv", "wb") as f:
+        f.write(run["test"][["id", "text"]].head(5).to_csv(index=False).encode())
+    res = predict_file(f"s3://{s3_bucket}/in/batch.csv", f"s3://{s3_bucket}/out/preds.parquet", run_dir=run["dir"],
+                       chunk_rows=2, reference=False)
+    fs.invalidate_cache()
+    with fs.open(f"{s3_bucket}/out/preds.parquet", "rb") as f:
+        out = pd.read_parquet(f)
+    assert out["id"].tolist() == run["test"]["id"].head(5).tolist() and res["predicted"] == 5
+    assert fs.exists(f"{s3_bucket}/out/preds.quarantine.parquet")
