@@ -28,7 +28,6 @@ finetuned on the labelled rows alone.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -167,9 +166,5 @@ class FixMatch(Probe):
                             f"pool rows above their threshold {read['mask']:.2f}")
         return report
 
-    def save(self, body, out_dir, label_names, W, b, pooling, extra_layer=None, name_texts=()) -> None:
-        super().save(body, out_dir, label_names, W, b, pooling, extra_layer, name_texts)
-        meta_path = Path(out_dir) / "selftrain_classifier.json"
-        meta = json.loads(meta_path.read_text())
-        meta.update({"classifier": "fixmatch", "steps": self.config.steps, "mu": self.config.mu})
-        meta_path.write_text(json.dumps(meta, indent=2))
+    def meta(self) -> dict:
+        return {"classifier": "fixmatch", "steps": self.config.steps, "mu": self.config.mu}

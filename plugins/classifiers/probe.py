@@ -206,8 +206,12 @@ class Probe(Classifier):
         meta = {"classifier": "probe", "labels": list(label_names), "pooling": pooling, "max_length": self.max_length,
                 "C": self.config.C, "extra_layer": extra_layer, "label_name_rows": list(name_texts),
                 "features": "embedding" if extra_layer is None else
-                f"concat(l2(embedding), l2(mean_pool(hidden_states[{extra_layer}]))) / sqrt(2)"}
+                f"concat(l2(embedding), l2(mean_pool(hidden_states[{extra_layer}]))) / sqrt(2)", **self.meta()}
         (Path(out_dir) / META_FILE).write_text(json.dumps(meta, indent=2))
+
+    def meta(self) -> dict:
+        """What a subclass that tunes the body adds to ``selftrain_classifier.json`` (its name, its budget)."""
+        return {}
 
     def load(self, model_dir: str, label_names: list[str]) -> TrainedProbe:
         from safetensors.numpy import load_file

@@ -15,7 +15,6 @@ Saved layout: exactly the probe's (``probe.py``): the tuned body (``save_pretrai
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -128,9 +127,5 @@ class SetFit(Probe):
                             f"({int((~(np.arange(len(y)) < train.n_gold))[rows].sum())} pseudo-labelled)")
         return report
 
-    def save(self, body, out_dir, label_names, W, b, pooling, extra_layer=None, name_texts=()) -> None:
-        super().save(body, out_dir, label_names, W, b, pooling, extra_layer, name_texts)
-        meta_path = Path(out_dir) / "selftrain_classifier.json"
-        meta = json.loads(meta_path.read_text())
-        meta.update({"classifier": "setfit", "iterations": self.config.iterations, "epochs": self.config.epochs})
-        meta_path.write_text(json.dumps(meta, indent=2))
+    def meta(self) -> dict:
+        return {"classifier": "setfit", "iterations": self.config.iterations, "epochs": self.config.epochs}
