@@ -75,3 +75,16 @@ def test_rank_slice_splits_every_global_batch():
 def test_nccl_on_cpu_is_a_config_error(tiny_config):
     with pytest.raises(ConfigError, match="ddp_backend=nccl needs CUDA"):
         tiny_config("device=cpu", "pretrain.nproc_per_node=2", "pretrain.ddp_backend=nccl")
+
+
+def test_a_failed_launch_reports_the_ranks_error_lines_not_only_torchruns_summary():
+    from selftrain.core.ddp import _failure_text
+
+    ranks = ["[rank1]: Traceback (most recent call last):", "[rank1]:   File x.py, line 3",
+             "[rank1]: RuntimeError: Connection closed by peer [127.0.0.1]:29500",
+             "terminate called after throwing an instance of 'gloo::EnforceNotMet'", "  what():  [enforce fail]"]
+    summary = [f"torchrun summary line {i}" for i in range(30)]
+    text = _failure_text("\n".join(["noise"] * 50 + ranks + summary))
+    assert "RuntimeError: Connection closed by peer" in text and "what():  [enforce fail]" in text
+    assert "noise" not in text and text.endswith("torchrun summary line 29")
+    assert _failure_text("\n".join(summary)) == "\n".join(summary[-25:])  # nothing to pick: the tail alone

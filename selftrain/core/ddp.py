@@ -87,9 +87,29 @@ def pretrain_ddp(texts: list[str], model_dir: str, kind: str, objective_cls: typ
             cls = _ERRORS.get(res["error"])
             raise cls(res["message"]) if cls else RuntimeError(f"{res['error']} in a rank: {res['message']}")
         if proc.returncode != 0 or res is None:
-            tail = "".join((job / "stderr.log").read_text().splitlines(keepends=True)[-25:])
-            raise RuntimeError(f"torchrun with {n} processes failed (exit {proc.returncode}):\n{tail}")
+            raise RuntimeError(f"torchrun with {n} processes failed (exit {proc.returncode}):\n"
+                               + _failure_text((job / "stderr.log").read_text()))
         return PretrainResult(**res)
+
+
+def _failure_text(stderr: str, tail: int = 25) -> str:
+    """What the ranks said before torchrun's summary: their error lines first, then the tail.
+
+    torchrun's own report (the last ~25 lines) names only the signal; the cause (a Python
+    traceback, a C++ ``what():``) is further up, interleaved from all ranks."""
+    lines = stderr.splitlines()
+    keys = ("Error", "error:", "what()", "terminate", "Traceback", "Exception")
+    causes = [ln for ln in lines[:-tail] if any(k in ln for k in keys)][:15]
+    head = ["rank output (error lines):", *causes, "..."] if causes else []
+    return "\n".join(head + lines[-tail:])
+
+
+def _finish(rank_count: int) -> None:
+    """Wait for every rank, then leave the group: a rank that tore down gloo while rank 0 was
+    still writing the model could abort (SIGABRT in a gloo thread), failing a finished run."""
+    if rank_count > 1:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def _rank_main(job_dir: str) -> None:
@@ -127,11 +147,11 @@ def _rank_main(job_dir: str) -> None:
             (job_path / "result.json").write_text(json.dumps(out))
         if out["error"] not in _ERRORS:
             raise
-        torch.distributed.destroy_process_group()
+        _finish(torch.distributed.get_world_size())
         return
     if rank == 0:
         (job_path / "result.json").write_text(json.dumps(out))
-    torch.distributed.destroy_process_group()
+    _finish(torch.distributed.get_world_size())
 
 
 if __name__ == "__main__":
