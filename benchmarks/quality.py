@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=None, help="default: bbc tweets")
     ap.add_argument("--k", type=int, nargs="+", default=None, help="gold labels per class (default 4 16)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2 3 4)")
-    ap.add_argument("--config", default=None, help="one config file instead of the datasets' shipped configs")
+    ap.add_argument("--config", default=None, help="one config file instead of the datasets' shipped configs "
+                    "(with --datasets: used for each of them, recorded under their names)")
     ap.add_argument("--set", action="append", default=[], help="extra config override section.key=value")
     ap.add_argument("--out", default=str(RESULTS), help="folder for quality.json and quality.png")
     ap.add_argument("--merge", action="store_true", help="keep quality.json's other cells; replace only those run now")
@@ -281,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("    %(asctime)s %(message)s", "%H:%M:%S"))
         logging.getLogger("selftrain").addHandler(handler)
 
-    datasets = None if args.config else (args.datasets or (["bbc"] if args.quick else ["bbc", "tweets"]))
+    # --config with --datasets: that config for those datasets (records keep the dataset's name, so a
+    # variant's cells pair with the shipped config's on the same seeds, e.g. --out elsewhere)
+    datasets = args.datasets if args.config and args.datasets else None if args.config else (
+        args.datasets or (["bbc"] if args.quick else ["bbc", "tweets"]))
     ks = args.k or ([4] if args.quick else [4, 16])
     seeds = args.seeds if args.seeds is not None else ([0, 1] if args.quick else [0, 1, 2, 3, 4])
     iters = 0 if args.no_setfit else (args.setfit_iterations or (5 if args.quick else None))

@@ -145,13 +145,14 @@ def all_plugins() -> list[PluginRecord]:
     return [rec for group in GROUPS for rec in discover(group)]
 
 
-def get(group: str, name: str) -> type:
-    """The plugin class called ``name`` in ``group``, or a PluginError saying the fix."""
+def get(group: str, name: str, key: str | None = None) -> type:
+    """The plugin class called ``name`` in ``group``, or a PluginError saying the fix (in config
+    key ``key``; default: the group's own key, e.g. classifier.name)."""
     records: dict[str, PluginRecord] = {}
     for r in discover(group):  # sorted: a working record of a name comes before broken ones
         records.setdefault(r.name, r)
     installed = sorted(n for n, r in records.items() if r.status == "ok")
-    key = CONFIG_KEYS[group]
+    key = key or CONFIG_KEYS[group]
     rec = records.get(name)
     if rec is None:
         raise PluginError(

@@ -172,6 +172,10 @@ class PseudoLabelConfig(Section):
 
 class EvaluateConfig(Section):
     baseline: bool = Field(True, description="Also train the supervised-only baseline (same model, no pretraining, no pseudo-labels).")
+    baseline_classifier: str | None = Field(
+        None, description="Classifier plugin of the baseline (its default options); null: classifier.name. The baseline is "
+        "the pool's yardstick, so it should be the best few-shot core without the pool: for a classifier that trains on "
+        "the pool (fixmatch), whose gold-only form finetunes the body on a few dozen rows, set probe.")
     ece_bins: int = Field(15, ge=2, description="Bins of the expected calibration error.")
     fallback_confidence: float = Field(
         0.9, gt=0.5, le=1, description="Recommend the supervised-only baseline instead of the self-trained model when a "
@@ -289,12 +293,13 @@ class ConfigError(ValueError):
     """Bad configuration: the message names the key and the fix."""
 
 
-def plugin_options(group: str, name: str, options: dict, where: str):
-    """Instantiate the plugin's own Config from ``options`` or raise ConfigError naming ``where``."""
+def plugin_options(group: str, name: str, options: dict, where: str, key: str | None = None):
+    """Instantiate the plugin's own Config from ``options`` or raise ConfigError naming ``where``
+    (and ``key``, the config key that names the plugin, when it is not the section's own)."""
     from selftrain.plugins.registry import PluginError, get
 
     try:
-        cls = get(group, name)
+        cls = get(group, name, key)
     except PluginError as exc:
         raise ConfigError(str(exc)) from None
     try:
@@ -318,6 +323,13 @@ def check_plugins(cfg: PipelineConfig) -> None:
     if ccls.needs_validation and cfg.data.val_per_class == 0 and cfg.data.columns.split is None:
         raise ConfigError(f"classifier.name={name!r} needs validation rows (early stopping, calibration), but "
                           "data.val_per_class is 0. Fix: set data.val_per_class (e.g. 8) or classifier.name: probe.")
+    if cfg.evaluate.baseline_classifier is not None:
+        bcls, _ = plugin_options("selftrain.classifiers", cfg.evaluate.baseline_classifier, {}, "evaluate",
+                                 "evaluate.baseline_classifier")
+        if bcls.needs_validation and cfg.data.val_per_class == 0 and cfg.data.columns.split is None:
+            raise ConfigError(f"evaluate.baseline_classifier={cfg.evaluate.baseline_classifier!r} needs validation rows, "
+                              "but data.val_per_class is 0. Fix: set data.val_per_class (e.g. 8) or "
+                              "evaluate.baseline_classifier: probe.")
     if cfg.pseudo_label.enabled:
         plugin_options("selftrain.labelers", plc.labeler, plc.options, "pseudo_label")
         if plc.noise > 0 and not ccls.supports_token_noise:

@@ -110,7 +110,7 @@ def test_a_plugins_cross_field_error_names_the_plugin_and_its_fields(monkeypatch
     class Ranged:
         Config = RangeConfig
 
-    monkeypatch.setattr(registry, "get", lambda group, name: Ranged)
+    monkeypatch.setattr(registry, "get", lambda group, name, key=None: Ranged)
     with pytest.raises(ConfigError) as exc:
         plugin_options("selftrain.labelers", "ranged", {"low": 0.8, "high": 0.2}, "pseudo_label")
     msg = str(exc.value)

@@ -143,3 +143,39 @@ def test_the_finetune_stage_hands_the_pool_to_a_pool_classifier_but_not_to_the_b
             (got,) = seen.values()
             want = ["text number 4", "text number 5", "text number 6"] if (clf, name) == ("fixmatch", "teacher") else None
             assert got == want, (clf, name, got)
+
+
+def test_evaluate_baseline_classifier_makes_the_probe_the_yardstick_of_a_pool_classifier(tmp_path, monkeypatch):
+    """``evaluate.baseline_classifier: probe``: the baseline is fitted (and saved, named in its meta
+    file) by the probe, the teacher by the run's classifier; an unknown name fails in the config."""
+    import pandas as pd
+
+    from selftrain.config import ConfigError, load_config
+    from selftrain.core import stages
+    from selftrain.core.classifiers import saved_info
+    from selftrain.plugins import FitReport
+    from selftrain.plugins.classifiers.fixmatch import FixMatch
+    from selftrain.plugins.classifiers.probe import Probe
+
+    df = pd.DataFrame({"id": ["r0", "r1", "r2", "r3"], "text": ["one", "two", "three", "four"],
+                       "label": ["a", "b", None, "a"], "split": ["train", "train", "unlabeled", "test"]})
+    clean = tmp_path / "clean.parquet"
+    df.to_parquet(clean)
+    fitted = {}
+
+    def fake_fit(self, init_dir, labels, train, *a, **k):
+        fitted["by"], fitted["unlabeled"] = type(self).__name__, train.unlabeled
+        return FitReport(None, None, [])
+
+    for cls in (FixMatch, Probe):
+        monkeypatch.setattr(cls, "fit", fake_fit)
+    monkeypatch.setattr(stages, "backbone", lambda cfg, clean: (str(tmp_path), None))
+    cfg = load_config(None, ["classifier.name=fixmatch", "evaluate.baseline_classifier=probe",
+                             f"output_dir={tmp_path / 'run'}", "data.labels=[a, b]"])
+    base = stages.finetune_stage(cfg, str(clean), None, "baseline")
+    assert fitted == {"by": "Probe", "unlabeled": None} and base["classifier"] == "probe"
+    assert saved_info(base["model"])[0] == "probe"
+    teacher = stages.finetune_stage(cfg, str(clean), None, "teacher")
+    assert fitted == {"by": "FixMatch", "unlabeled": ["three"]} and saved_info(teacher["model"])[0] == "fixmatch"
+    with pytest.raises(ConfigError, match="Unknown classifier 'prob'.*Fix evaluate.baseline_classifier"):
+        load_config(None, ["classifier.name=fixmatch", "evaluate.baseline_classifier=prob"])

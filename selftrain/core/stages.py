@@ -160,13 +160,15 @@ def finetune_stage(cfg: PipelineConfig, clean: str, base_model: str | None, name
             weights = np.concatenate([weights, pl["weight"].to_numpy(np.float32) * cfg.pseudo_label.weight])
     val_texts, val_y = _gold(df, "val", labels)
     model_dir = io.local_dir(base_model) if base_model else backbone(cfg, clean)[0]
-    clf = classifier(cfg)
+    # the baseline may be another core than the run's (evaluate.baseline_classifier: the best one without the pool)
+    plugin = (cfg.evaluate.baseline_classifier or cfg.classifier.name) if name == "baseline" else cfg.classifier.name
+    clf = classifier(cfg, plugin)
     epochs = cfg.finetune.student_epochs if n_pseudo else cfg.finetune.epochs
 
     def on_log(rec: dict) -> None:
         def f(x):
             return "n/a" if x is None or x != x else f"{x:.4f}"  # x != x: NaN
-        log.info("finetune[%s] (%s) epoch %d loss %s val macro-F1 %s on %d rows (%d gold)", name, cfg.classifier.name,
+        log.info("finetune[%s] (%s) epoch %d loss %s val macro-F1 %s on %d rows (%d gold)", name, plugin,
                  rec["epoch"], f(rec.get("train_loss")), f(rec.get("val_macro_f1")), len(texts), len(y))
 
     noisy = np.arange(len(texts)) >= len(y)  # (N,) the pseudo-labelled rows (they follow the gold ones)
@@ -178,10 +180,10 @@ def finetune_stage(cfg: PipelineConfig, clean: str, base_model: str | None, name
     out = _uri(cfg, "models", name)
     with io.output_dir(out) as tmp:
         res = clf.fit(model_dir, labels, train, val_texts, val_y, tmp, epochs, log=on_log)
-        write_meta(tmp, cfg.classifier.name, labels)
+        write_meta(tmp, plugin, labels)
     for note in res.notes:
         log.warning("%s: %s", name, note)
-    return {"model": out, "name": name, "classifier": cfg.classifier.name, "val_macro_f1": res.val_macro_f1,
+    return {"model": out, "name": name, "classifier": plugin, "val_macro_f1": res.val_macro_f1,
             "val_loss": res.val_loss, "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds": res.seconds,
             "temperature": res.temperature, "train_gold": len(y), "train_pseudo": n_pseudo, "val_pred": res.val_pred,
             "val_true": val_y.tolist(), "notes": res.notes}
