@@ -40,7 +40,38 @@ METHODS = {"probe": ("probe", {}), "fixmatch": ("fixmatch", {}), "fixmatch-nopoo
            "setfit-plugin": ("setfit", {})}
 
 
-def fit_and_score(method: str, options: dict, texts, y, labels, gold, pool, ev, seed: int, max_length: int) -> dict:
+def wise_scores(tuned_dir: str, body_dir: str, alphas: list[float], labels, rows, ev_texts, ev_y, seed: int,
+                max_length: int) -> dict[float, float]:
+    """Macro-F1 of fixmatch's ``wise_alpha`` = a for each a in ``alphas``, from one fit (the saved
+    adapted body): interpolate it with the initial body as the plugin does (``wise.py``), save it
+    as the plugin does and refit the probe's head on it: the same model as a fit with that option."""
+    from sklearn.metrics import f1_score
+    from transformers import AutoModel, AutoTokenizer
+
+    from selftrain.plugins import RuntimeContext
+    from selftrain.plugins.classifiers.embed import save_tuned_body
+    from selftrain.plugins.classifiers.probe import Probe
+    from selftrain.plugins.classifiers.wise import interpolate_weights
+    from selftrain.core import io
+
+    init = AutoModel.from_pretrained(body_dir).state_dict()
+    tuned = AutoModel.from_pretrained(tuned_dir)
+    tuned_state = {k: v.clone() for k, v in tuned.state_dict().items()}
+    tok = AutoTokenizer.from_pretrained(body_dir)
+    out = {}
+    for a in alphas:
+        with tempfile.TemporaryDirectory(prefix="dev-wise-") as tmp:
+            tuned.load_state_dict(interpolate_weights(init, tuned_state, a))
+            save_tuned_body(tuned, tok, body_dir, Path(tmp) / "body")
+            probe = Probe(Probe.Config(), RuntimeContext(seed=seed, cache_dir=str(io.cache_root() / "embeddings")), max_length, {})
+            probe.fit(str(Path(tmp) / "body"), labels, rows, [], np.zeros(0, np.int64), str(Path(tmp) / "m"))
+            pred = probe.load(str(Path(tmp) / "m"), labels).predict_proba(ev_texts).argmax(1)
+        out[a] = float(f1_score(ev_y, pred, average="macro", labels=list(range(len(labels)))))
+    return out
+
+
+def fit_and_score(method: str, options: dict, texts, y, labels, gold, pool, ev, seed: int, max_length: int,
+                  wise: list[float] | None = None) -> dict:
     from sklearn.metrics import f1_score
 
     from selftrain.core import io
@@ -60,8 +91,11 @@ def fit_and_score(method: str, options: dict, texts, y, labels, gold, pool, ev, 
     with tempfile.TemporaryDirectory(prefix="dev-adapt-") as tmp:
         rep = clf.fit(body, labels, rows, [], np.zeros(0, np.int64), tmp)
         pred = clf.load(tmp, labels).predict_proba([texts[i] for i in ev]).argmax(1)
+        seconds = time.perf_counter() - t0
+        extra = ({"wise": wise_scores(tmp, body, wise, labels, rows, [texts[i] for i in ev], y[ev], seed, max_length)}
+                 if wise and name == "fixmatch" else {})
     return {"macro_f1": float(f1_score(y[ev], pred, average="macro", labels=list(range(C)))),
-            "seconds": time.perf_counter() - t0, "notes": rep.notes}
+            "seconds": seconds, "notes": rep.notes, **extra}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", nargs="+", default=["probe", "fixmatch", "fixmatch-nopool"], choices=sorted(METHODS))
     ap.add_argument("--set", action="append", default=[], help="a plugin option for every method of that plugin, e.g. fixmatch.steps=150")
     ap.add_argument("--eval-rows", type=int, default=2000)
+    ap.add_argument("--wise", nargs="+", type=float, default=[],
+                    help="also score fixmatch's wise_alpha = each of these from the same fit (method fixmatch-wiseA)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     import yaml
@@ -90,14 +126,20 @@ def main(argv: list[str] | None = None) -> None:
                 gold, pool, ev = draw(y, k, pool_n, seed)
                 ev = np.random.default_rng(seed).permutation(ev)[: a.eval_rows]
                 for m in a.methods:
-                    r = fit_and_score(m, opts.get(METHODS[m][0], {}), texts, y, labels, gold, pool, ev, seed, MAX_LENGTH[ds])
+                    r = fit_and_score(m, opts.get(METHODS[m][0], {}), texts, y, labels, gold, pool, ev, seed, MAX_LENGTH[ds],
+                                      a.wise if m == "fixmatch" else None)
+                    wise = r.pop("wise", {})
                     records.append({"dataset": ds, "k": k, "seed": seed, "method": m, **r,
                                     "options": opts.get(METHODS[m][0], {})})
                     log(f"  {ds} k={k} seed={seed} {m}: {r['macro_f1']:.3f} ({r['seconds']:.0f} s) {'; '.join(r['notes'])}")
+                    for alpha, f1 in wise.items():
+                        records.append({"dataset": ds, "k": k, "seed": seed, "method": f"{m}-wise{alpha:g}", "macro_f1": f1,
+                                        "options": {**opts.get(METHODS[m][0], {}), "wise_alpha": alpha}})
+                        log(f"  {ds} k={k} seed={seed} {m}-wise{alpha:g}: {f1:.3f}")
                 if a.out:  # after every draw: a stopped run keeps what it measured
                     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
                     Path(a.out).write_text(json.dumps({"protocol": __doc__.split("\n\n")[1], "records": records}, indent=1))
-    print(summary(records, a.methods))
+    print(summary(records, list(dict.fromkeys(r["method"] for r in records))))
 
 
 if __name__ == "__main__":

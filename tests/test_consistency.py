@@ -179,3 +179,43 @@ def test_evaluate_baseline_classifier_makes_the_probe_the_yardstick_of_a_pool_cl
     assert fitted == {"by": "FixMatch", "unlabeled": ["three"]} and saved_info(teacher["model"])[0] == "fixmatch"
     with pytest.raises(ConfigError, match="Unknown classifier 'prob'.*Fix evaluate.baseline_classifier"):
         load_config(None, ["classifier.name=fixmatch", "evaluate.baseline_classifier=prob"])
+
+
+def test_interpolate_weights_is_the_wise_ft_line_between_two_bodies():
+    import torch
+
+    from selftrain.plugins.classifiers.wise import interpolate_weights
+
+    init = {"w": torch.zeros(2, 3), "b": torch.ones(3), "ids": torch.arange(4)}
+    tuned = {"w": torch.full((2, 3), 4.0), "b": torch.full((3,), 3.0), "ids": torch.arange(4) + 1}
+    half = interpolate_weights(init, tuned, 0.25)
+    assert torch.equal(half["w"], torch.full((2, 3), 1.0)) and torch.equal(half["b"], torch.full((3,), 1.5))
+    assert torch.equal(half["ids"], tuned["ids"])  # integer buffers are not averaged
+    assert all(torch.equal(interpolate_weights(init, tuned, 1.0)[k], tuned[k]) for k in tuned)
+    with pytest.raises(ValueError, match="only in the tuned one"):
+        interpolate_weights({"w": init["w"]}, tuned, 0.5)
+
+
+def test_fixmatch_wise_alpha_saves_the_body_between_the_checkpoint_and_the_adapted_one(tmp_path):
+    """wise_alpha = 0.5 from the same seed: every saved body tensor is the midpoint of the initial
+    one and the one wise_alpha = 1 saves (the same training, then the interpolation)."""
+    from safetensors.torch import load_file
+
+    from selftrain.plugins import LabeledRows, RuntimeContext, one_hot
+    from selftrain.plugins.classifiers.fixmatch import FixMatch
+    from selftrain.plugins.models.presets import TinyBert
+    from selftrain.plugins.testing import SENTENCES, TOPIC_ROWS
+
+    body = TinyBert(TinyBert.Config()).materialize(SENTENCES, str(tmp_path / "body"), seed=0)
+    texts, y = [t for t, _ in TOPIC_ROWS], np.array([c for _, c in TOPIC_ROWS])
+    rows = LabeledRows(texts, one_hot(y, 2), np.ones(len(y), np.float32), len(y), unlabeled=list(SENTENCES))
+    saved = {}
+    for a in (1.0, 0.5):
+        clf = FixMatch(FixMatch.Config(steps=3, batch_size=4, mu=2, lr=1e-3, wise_alpha=a), RuntimeContext(seed=0), 32)
+        clf.fit(body, ["a", "b"], rows, [], np.zeros(0, np.int64), str(tmp_path / f"m{a}"))
+        saved[a] = load_file(str(tmp_path / f"m{a}" / "model.safetensors"))
+    init = load_file(str(tmp_path / "body" / "model.safetensors"))
+    moved = [k for k in saved[1.0] if saved[1.0][k].is_floating_point() and not torch.equal(saved[1.0][k], init[k])]
+    assert moved, "the body did not train"
+    for k in moved:
+        torch.testing.assert_close(saved[0.5][k], (init[k] + saved[1.0][k]) / 2, atol=1e-6, rtol=0, msg=k)

@@ -42,6 +42,7 @@ from selftrain.plugins.classifiers.consistency import align_distribution, consis
 from selftrain.plugins.classifiers.embed import pool, read_pooling, save_tuned_body
 from selftrain.plugins.classifiers.probe import Probe, ProbeConfig, fit_head
 from selftrain.plugins.classifiers.views import StrongViewConfig, strong_view
+from selftrain.plugins.classifiers.wise import interpolate_weights
 from selftrain.plugins.objectives.common import pad_batch
 
 
@@ -59,6 +60,8 @@ class FixMatchConfig(ProbeConfig):
     align_momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of the running mean of predictions that alignment divides by.")
     head_scale: float = Field(10.0, gt=0, description="Logit scale of the training head on unit-norm embeddings (the logistic-regression init is divided by it).")
     max_unlabeled: int = Field(4000, ge=0, description="Pool rows used at most (a seeded random sample of the pool beyond that).")
+    wise_alpha: float = Field(1.0, gt=0, le=1, description="Weight-space ensemble of the adapted body with the initial one "
+                              "(WiSE-FT): (1 - a) * initial + a * adapted before the head is refit; 1: the adapted body.")
     strong: StrongViewConfig = Field(default_factory=StrongViewConfig, description="The strong view's text noise.")
 
 
@@ -109,6 +112,7 @@ class FixMatch(Probe):
             pool_texts = [pool_texts[i] for i in np.sort(rng.choice(len(pool_texts), c.max_unlabeled, replace=False))]
         pool_ids = ids_of(pool_texts) if pool_texts and c.mu > 0 else []
 
+        init_state = ({k: v.detach().clone() for k, v in body.state_dict().items()} if c.wise_alpha < 1 else None)
         # the head starts at the probe's solution on the frozen embeddings: step 0 is the supervised core
         body.eval()
         with torch.no_grad():
@@ -154,6 +158,8 @@ class FixMatch(Probe):
             loss.backward()
             opt.step()
         body.eval()
+        if init_state is not None:  # WiSE-FT: part of the way back to the checkpoint (wise.py)
+            body.load_state_dict(interpolate_weights(init_state, body.state_dict(), c.wise_alpha))
         read = {k: float(torch.stack(v).mean()) if v else float("nan") for k, v in stats.items()}  # one sync, at the end
         tuned = Path(out_dir) / ".body"
         save_tuned_body(body, tok, init_dir, tuned)
@@ -167,4 +173,5 @@ class FixMatch(Probe):
         return report
 
     def meta(self) -> dict:
-        return {"classifier": "fixmatch", "steps": self.config.steps, "mu": self.config.mu}
+        return {"classifier": "fixmatch", "steps": self.config.steps, "mu": self.config.mu,
+                "wise_alpha": self.config.wise_alpha}
