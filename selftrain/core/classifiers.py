@@ -19,13 +19,15 @@ from selftrain.plugins import Classifier, TrainedClassifier
 META_FILE = "selftrain_classifier.json"
 
 
-def classifier(cfg: PipelineConfig, name: str | None = None) -> Classifier:
-    """The configured classifier plugin (or ``name``, with default options), ready to fit or load."""
+def classifier(cfg: PipelineConfig, name: str | None = None, cache: bool = True) -> Classifier:
+    """The configured classifier plugin (or ``name``, with default options), ready to fit or load.
+    ``cache``: the plugin may cache derived arrays (embeddings) under the user's cache; off for rows
+    seen once (batch prediction), which a cache would only pile up."""
     name = name or cfg.classifier.name
     options = cfg.classifier.options if name == cfg.classifier.name else {}
     cls, opts = plugin_options("selftrain.classifiers", name, options, "classifier")
     ctx = runtime(cfg.device, cfg.seed, cfg.cpu_bf16, cfg.inference_compile)
-    ctx.cache_dir = str(io.cache_root() / "embeddings")
+    ctx.cache_dir = str(io.cache_root() / "embeddings") if cache else None
     return cls(opts, ctx, cfg.model.max_length, cfg.finetune.model_dump())
 
 
@@ -46,8 +48,8 @@ def saved_info(local_dir: str) -> tuple[str, list[str]]:
     return "finetune", [id2label[k] for k in sorted(id2label, key=int)]
 
 
-def load_trained(cfg: PipelineConfig, uri: str, labels: list[str] | None = None) -> TrainedClassifier:
+def load_trained(cfg: PipelineConfig, uri: str, labels: list[str] | None = None, cache: bool = True) -> TrainedClassifier:
     """The saved model at ``uri`` (local or remote), loaded by the plugin that trained it."""
     local = io.local_dir(uri)
     plugin, saved = saved_info(local)
-    return classifier(cfg, plugin).load(local, labels if labels is not None else saved)
+    return classifier(cfg, plugin, cache).load(local, labels if labels is not None else saved)

@@ -178,7 +178,9 @@ def _load_model(source: ModelSource) -> _Loaded:
 
     local = io.local_dir(source.model_uri)
     _, labels = saved_info(local)
-    return _Loaded(source, source.config, labels, model_fingerprint(local), _load(source.config, source.model_uri, labels))
+    # no embedding cache: a prediction's rows are seen once, and a cache would keep every one of them (disk and memory)
+    return _Loaded(source, source.config, labels, model_fingerprint(local),
+                   _load(source.config, source.model_uri, labels, cache=False))
 
 
 # ---------------------------------------------------------------- scoring
@@ -239,9 +241,10 @@ class _Tally:
                 self.checks[c] = self.checks.get(c, 0) + 1
 
 
-def _score(chunks, mapping: dict, loaded: _Loaded, tally: _Tally):
-    """Per chunk: (prediction frame, quarantine frame). The caller writes or collects them."""
-    offset, bs = 0, loaded.cfg.pseudo_label.batch_size
+def _checked(chunks, mapping: dict, loaded: _Loaded):
+    """Per chunk: (its first row's input position, the chunk as ``id, text``, mask of rows passing the
+    training row rules, the quarantined rows). A read error midway becomes a PredictError."""
+    offset = 0
     while True:
         try:
             chunk = next(chunks, None)
@@ -253,16 +256,29 @@ def _score(chunks, mapping: dict, loaded: _Loaded, tally: _Tally):
             return
         frame = _prepare(chunk, mapping, offset)
         ok, q = row_check(frame, loaded, offset)
+        yield offset, frame, ok, q
+        offset += len(frame)
+
+
+def output_frame(ids, probs: np.ndarray, labels: list[str], version: str, fingerprint: str) -> pd.DataFrame:
+    """The output's columns for scored rows: id, label, confidence, prob_<class>..., model_version, model_fingerprint."""
+    pred, conf = probs.argmax(1), probs.max(1) if len(probs) else np.zeros(0, np.float32)
+    return pd.DataFrame({"id": pd.Series(np.asarray(ids, dtype=object), dtype=object).astype(str).to_numpy(),
+                         "label": np.asarray(labels, dtype=object)[pred] if len(pred) else np.zeros(0, object),
+                         "confidence": conf.astype(np.float32),
+                         **{f"prob_{c}": probs[:, i].astype(np.float32) for i, c in enumerate(labels)},
+                         "model_version": version, "model_fingerprint": fingerprint})
+
+
+def _score(chunks, mapping: dict, loaded: _Loaded, tally: _Tally):
+    """Per chunk: (prediction frame, quarantine frame). The caller writes or collects them."""
+    bs = loaded.cfg.pseudo_label.batch_size
+    for _, frame, ok, q in _checked(chunks, mapping, loaded):
         texts = frame.loc[ok, "text"].astype(str).tolist()
         probs = loaded.model.score(texts, bs)[0] if texts else np.zeros((0, len(loaded.labels)), np.float32)
-        pred, conf = probs.argmax(1), probs.max(1) if len(probs) else np.zeros(0, np.float32)
-        out = pd.DataFrame({"id": frame.loc[ok, "id"].astype(str).to_numpy(),
-                            "label": np.asarray(loaded.labels, dtype=object)[pred] if len(pred) else np.zeros(0, object),
-                            "confidence": conf.astype(np.float32),
-                            **{f"prob_{c}": probs[:, i].astype(np.float32) for i, c in enumerate(loaded.labels)},
-                            "model_version": loaded.source.version, "model_fingerprint": loaded.fingerprint})
-        tally.add(len(frame), pred, conf, q)
-        offset += len(frame)
+        out = output_frame(frame.loc[ok, "id"].to_numpy(), probs, loaded.labels, loaded.source.version,
+                           loaded.fingerprint)
+        tally.add(len(frame), probs.argmax(1), out["confidence"].to_numpy(), q)
         yield out, q
 
 
@@ -295,8 +311,8 @@ def _result(loaded: _Loaded, tally: _Tally, drift: tuple[dict, str], t0: float, 
 
 # ---------------------------------------------------------------- writing
 def quarantine_uri(output: str) -> str:
-    """``preds.parquet`` -> ``preds.quarantine.parquet``, beside it."""
-    return output.removesuffix(".parquet") + ".quarantine.parquet"
+    """``preds.parquet`` (or the directory ``preds/`` of a sharded run) -> ``preds.quarantine.parquet``, beside it."""
+    return output.rstrip("/").removesuffix(".parquet") + ".quarantine.parquet"
 
 
 def _write_pair(output: str, quarantine: str, write) -> None:

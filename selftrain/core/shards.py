@@ -89,13 +89,14 @@ def shard_jobs(cfg: PipelineConfig, clean: str, members: list[str], labels: list
     return jobs
 
 
-def _load(cfg: PipelineConfig, model: str, labels: list[str]):
+def _load(cfg: PipelineConfig, model: str, labels: list[str], cache: bool = True):
+    """``cache``: the embedding cache (the pool's embeddings are reused across rounds; rows to predict are not)."""
     from selftrain.core.classifiers import load_trained
 
-    key = (model, repr(io.content_id(model)), tuple(labels), cfg.classifier.name, cfg.model.max_length)
+    key = (model, repr(io.content_id(model)), tuple(labels), cfg.classifier.name, cfg.model.max_length, cache)
     if key not in _LOADED:
         _LOADED.clear()  # one teacher at a time per process: bounded memory
-        _LOADED[key] = load_trained(cfg, model, labels)
+        _LOADED[key] = load_trained(cfg, model, labels, cache)
     return _LOADED[key]
 
 
