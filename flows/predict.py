@@ -1,7 +1,9 @@
 """The ``predict`` flow: put a trained model to work on a batch of rows (docs/predict.md).
 
 It only composes: the scoring is the task of ``selftrain.tasks.predict`` (``predict_file``, pure, in
-``selftrain.core.predict``); the flow publishes the drift report as a markdown artifact and emits the
+``selftrain.core.predict``), or with ``workers`` / ``dask_address`` the sharded tasks (``plan_shards``,
+one ``predict-shard`` per shard mapped on the pool's Dask task runner in the subflow
+``predict-shards``, ``finish_shards``; pure, in ``selftrain.core.predict_shards``); the flow publishes the drift report as a markdown artifact and emits the
 Prefect event ``selftrain.predict.drift`` with the drift numbers, which an automation can turn into a
 retrain (``deployments/drift-retrain-automation.yaml``).
 
@@ -14,12 +16,14 @@ from __future__ import annotations
 
 import re
 
-from prefect import flow
+from prefect import flow, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
+from selftrain.config import PipelineConfig
 from selftrain.core.drift import LOW_CONFIDENCE, MAX_CLASS_SHIFT, MAX_PSI
 from selftrain.core.predict import CHUNK_ROWS
+from selftrain.core.predict_shards import SHARD_ROWS, check_scored
 from selftrain.tasks import predict as predict_tasks
 
 DRIFT = "selftrain.predict.drift"
@@ -48,18 +52,46 @@ def emit_drift(result: dict):
     return emit_event(**drift_event(result))
 
 
+@flow(name="predict-shards")
+def predict_shards_flow(config: PipelineConfig, jobs: list[dict], work: str) -> list[dict]:
+    """One ``predict-shard`` task per shard, mapped over the flow's task runner (a Dask cluster). Every
+    shard is waited for before a failure is raised, so a re-run finds every part that could be scored."""
+    futures = predict_tasks.predict_shard.map(unmapped(config), jobs, threads=unmapped(config.execution.threads_per_worker))
+    outcomes = []
+    for f in futures:
+        try:
+            outcomes.append(f.result())
+        except Exception as exc:  # a lost worker (KilledWorker), a task out of retries
+            outcomes.append(exc)
+    return check_scored(jobs, outcomes, work)
+
+
 @flow(name="predict", log_prints=True)
 def predict(input: str, output: str, run_dir: str | None = None, model: str | None = None, root: str | None = None,
             name: str | None = None, version: str | None = None, columns: dict[str, str] | None = None,
             format: str = "auto", encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS,
             threshold: float = LOW_CONFIDENCE, max_class_shift: float = MAX_CLASS_SHIFT, max_psi: float = MAX_PSI,
-            reference: bool = True) -> dict:
+            reference: bool = True, workers: int = 0, shard_rows: int = SHARD_ROWS, threads_per_worker: int = 1,
+            dask_address: str | None = None, work_dir: str | None = None) -> dict:
     """Score ``input`` with a run's model (``run_dir`` [+ ``model``]) or a registry version (``root`` [+
-    ``name``, ``version``; default the champion]) into ``output``; drift report as artifact and event."""
-    result = predict_tasks.predict_file(
-        input, output, run_dir=run_dir, model=model, root=root, name=name, version=version, columns=columns,
-        format=format, encoding=encoding, chunk_rows=chunk_rows, threshold=threshold,
-        max_class_shift=max_class_shift, max_psi=max_psi, reference=reference)
+    ``name``, ``version``; default the champion]) into ``output``; drift report as artifact and event.
+
+    ``workers`` >= 1 (local Dask worker processes) or ``dask_address`` (a running cluster): scored in
+    shards of ``shard_rows`` rows, ``output`` is a directory of parquet parts (docs/predict.md)."""
+    sel = dict(run_dir=run_dir, model=model, root=root, name=name, version=version, columns=columns, format=format,
+               encoding=encoding, chunk_rows=chunk_rows)
+    drift = dict(threshold=threshold, max_class_shift=max_class_shift, max_psi=max_psi, reference=reference)
+    if workers or dask_address:
+        from selftrain.flows.pipeline import dask_runner
+
+        plan = predict_tasks.plan_shards(input, output, **sel, shard_rows=shard_rows, workers=workers,
+                                         threads_per_worker=threads_per_worker, dask_address=dask_address,
+                                         work_dir=work_dir)
+        scored = predict_shards_flow.with_options(task_runner=dask_runner(plan["config"]))(
+            plan["config"], plan["jobs"], plan["work"])
+        result = predict_tasks.finish_shards(plan, scored, **drift)
+    else:
+        result = predict_tasks.predict_file(input, output, **sel, **drift)
     slug = re.sub(r"[^a-z0-9-]+", "-", f"{result['model_name']}-predict-drift".lower()).strip("-")
     create_markdown_artifact(markdown=result["markdown"], key=slug,
                              description=f"selftrain prediction drift ({result['model_version']}, {input})")

@@ -245,24 +245,36 @@ def cmd_predict(args) -> int:
     kw = dict(run_dir=args.run, model=args.model, root=args.root, name=args.name, version=args.version,
               format=args.format, encoding=args.encoding, chunk_rows=args.chunk_rows, threshold=args.threshold,
               max_class_shift=args.max_class_shift, max_psi=args.max_psi, reference=not args.no_reference)
+    sharded = bool(args.workers or args.dask_address)
+    shard_kw = dict(shard_rows=args.shard_rows, workers=args.workers, threads_per_worker=args.threads_per_worker,
+                    dask_address=args.dask_address, work_dir=args.work_dir)
     try:
         columns = parse_columns(args.column)
         if args.no_prefect:
-            from selftrain.core.predict import predict_file
-
             _stage_log_lines()
-            out = predict_file(args.input, args.output, columns=columns, **kw)
+            if sharded:  # the shards are scored one after the other in this process, as `run --no-prefect` does
+                from selftrain.core.predict_shards import predict_sharded
+
+                out = predict_sharded(args.input, args.output, columns=columns, **kw, **shard_kw)
+            else:
+                from selftrain.core.predict import predict_file
+
+                out = predict_file(args.input, args.output, columns=columns, **kw)
         else:
             _prefect_env()
             from selftrain.flows import predict
 
-            out = predict(args.input, args.output, columns=columns or None, **kw)
+            out = predict(args.input, args.output, columns=columns or None, **kw, **(shard_kw if sharded else {}))
     except (PredictError, ConfigError) as exc:
         print(f"selftrain: {exc}", file=sys.stderr)
         return 2
     checks = ", ".join(f"{k} {v}" for k, v in out["quarantine_checks"].items())
-    print(f"{out['rows']} rows: {out['predicted']} predicted -> {out['output']}, {out['quarantined']} quarantined"
+    where = f"{out['output']}/ ({len(out['parts'])} parts)" if "parts" in out else out["output"]
+    print(f"{out['rows']} rows: {out['predicted']} predicted -> {where}, {out['quarantined']} quarantined"
           + (f" ({checks}) -> {out['quarantine']}" if out["quarantined"] else ""))
+    if "shards" in out:
+        print(f"{out['shards']} shards: {out['shards_scored']} scored now, {out['shards_skipped']} already scored "
+              "by an earlier attempt")
     print(f"model {out['model_version']} (fingerprint {out['model_fingerprint']}) at {out['model_uri']}"
           f"   ({out['seconds']:.1f} s)\n")
     print(out["markdown"])
@@ -352,6 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-class-shift", type=float, default=0.25, help="class-mix distance above which drift is flagged")
     pr.add_argument("--max-psi", type=float, default=0.25, help="confidence PSI above which drift is flagged")
     pr.add_argument("--no-reference", action="store_true", help="do not score the model's test rows (no PSI)")
+    pr.add_argument("--workers", type=int, default=0, metavar="N",
+                    help="score in shards on N local Dask worker processes (execution.pool_workers); --output is then "
+                    "a directory of parquet parts (with --no-prefect: the shards one after the other in this process)")
+    pr.add_argument("--shard-rows", type=int, default=4096, help="valid input rows per shard (execution.pool_shard_rows)")
+    pr.add_argument("--threads-per-worker", type=int, default=1, help="torch threads of each local Dask worker")
+    pr.add_argument("--dask-address", help="tcp://host:8786 of a running Dask scheduler to score the shards on "
+                    "(execution.dask_address; its workers need selftrain and access to the input, model and output)")
+    pr.add_argument("--work-dir", help="where the shards wait until the output is published "
+                    "(default: .<output name>.shards beside the output)")
     pr.add_argument("--no-prefect", action="store_true", help="call the function directly, without Prefect")
     pr.set_defaults(func=cmd_predict)
 

@@ -1,16 +1,23 @@
-"""Prefect task of the ``predict`` flow: a thin wrapper over ``selftrain.core.predict``.
+"""Prefect tasks of the ``predict`` flow: thin wrappers over ``selftrain.core.predict`` and
+``selftrain.core.predict_shards``.
 
-Not cached: the input at a URI changes between runs (an hourly drop). A retry is safe: the output is
-written atomically, so a failed attempt leaves nothing behind and the next one starts afresh.
+Not cached by Prefect: the input at a URI changes between runs (an hourly drop). A retry is safe: the
+output is written atomically, so a failed attempt leaves nothing behind. In a sharded prediction the
+cache is the shard's part file, keyed on (input content, shard, model fingerprint and version): a
+``predict-shard`` whose part exists returns at once, so a re-run scores only the missing shards.
 """
 
 from __future__ import annotations
 
 from prefect import task
 
-from selftrain.core import predict
+from selftrain.core import predict, predict_shards
 from selftrain.tasks import RETRY
 
 predict_file = task(predict.predict_file, name="predict-file", **RETRY)
+plan_shards = task(predict_shards.plan, name="predict-plan", **RETRY)
+predict_shard = task(predict_shards.score_shard, name="predict-shard", task_run_name="predict-shard-{job[index]}", **RETRY)
+finish_shards = task(predict_shards.finish, name="predict-finish", **RETRY)
 
-ALL = {"predict_file": predict_file}
+ALL = {"predict_file": predict_file, "plan_shards": plan_shards, "predict_shard": predict_shard,
+       "finish_shards": finish_shards}
