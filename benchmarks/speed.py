@@ -20,6 +20,9 @@ g. gpu           — ``--device cuda``: MLM pretraining of MiniLM and a BERT-bas
                    Trainer (best flags), tokens/s and MFU; embeddings vs sentence-transformers
                    ``encode`` in bf16 (``benchmarks/speed_gpu.py``); ``--device cpu``: the same at
                    tiny sizes (the dry run of ``benchmarks/gpu_check.sh``)
+h. predict       — batch prediction rows/s: ``predict_file`` with a saved probe (MiniLM) vs
+                   ``SentenceTransformer.encode`` + the saved head; peak RSS of predicting a 1M-row
+                   parquet in a fresh process, target ≤ 2 GiB (``benchmarks/speed_predict.py``)
 
 ``--profile`` adds, per contender of a and b, the operators where the time goes
 (``torch.profiler``, one short run after the timed ones).
@@ -52,18 +55,20 @@ bench_env()
 
 from benchmarks import speed_label, speed_system, speed_train  # after bench_env: offline, quiet
 
-SECTIONS = ("pretrain", "pseudo_label", "orchestration", "validate", "memory", "scale", "gpu")
+SECTIONS = ("pretrain", "pseudo_label", "orchestration", "validate", "memory", "scale", "predict", "gpu")
 
 SIZES = {
     # quick: the whole script in ~3-5 min on 2 cores
     True: {"pretrain_steps": 6, "pretrain_repeats": 2, "pl_texts": 1000, "pl_repeats": 2, "orch_repeats": 1,
            "validate_rows": 1_000_000, "validate_repeats": 1, "memory_pool": 1000, "gpu_steps": 20,
            "orch_warmup": False, "scale_pool": 4096, "scale_shard_rows": 1024, "scale_cpu_bf16": False,
-           "gpu_texts": 2000, "gpu_batch_tokens": 32768, "gpu_max_length": 128, "gpu_warmup": 10, "gpu_compile": True},
+           "gpu_texts": 2000, "gpu_batch_tokens": 32768, "gpu_max_length": 128, "gpu_warmup": 10, "gpu_compile": True,
+           "predict_rows": 2000, "predict_parquet_rows": 50_000, "predict_repeats": 2},
     False: {"pretrain_steps": 30, "pretrain_repeats": 3, "pl_texts": 4000, "pl_repeats": 3, "orch_repeats": 3,
             "validate_rows": 1_000_000, "validate_repeats": 3, "memory_pool": 4000, "gpu_steps": 60,
             "orch_warmup": True, "scale_pool": 20480, "scale_shard_rows": 4096, "scale_cpu_bf16": False,
-            "gpu_texts": 4000, "gpu_batch_tokens": 65536, "gpu_max_length": 128, "gpu_warmup": 20, "gpu_compile": True},
+            "gpu_texts": 4000, "gpu_batch_tokens": 65536, "gpu_max_length": 128, "gpu_warmup": 20, "gpu_compile": True,
+            "predict_rows": 20_000, "predict_parquet_rows": 1_000_000, "predict_repeats": 3},
 }
 
 
@@ -194,6 +199,16 @@ def build_rows(results: dict) -> list[Row]:
         worst = max(sc["runs"], key=lambda r: r["overhead_pct"])
         rows.append(Row(f"per-shard overhead, shards of {sc['shard_rows']} rows (worst layout)", "% of scoring", None,
                         worst["overhead_pct"], "≤ 5%", worst["overhead_pct"] <= 5, higher_is_better=False))
+    pr = results.get("predict")
+    if pr:
+        rows.append(Row(f"batch prediction throughput, CPU, probe ({pr['probe']['body']}), {pr['rows']:,} tweets", "rows/s",
+                        pr["plain"]["rows_per_s"]["median"], pr["selftrain"]["rows_per_s"]["median"], "report", None,
+                        pr["plain"]["name"], note=f"argmax agreement {100 * pr['argmax_agreement']:.1f} %; parquet in "
+                        "and out on both sides"))
+        mem = pr["memory"]
+        rows.append(Row(f"selftrain predict peak RSS, {mem['rows']:,}-row parquet", "MiB", None, mem["peak_rss_mb"],
+                        "≤ 2 GiB", mem["met"], higher_is_better=False,
+                        note=f"{mem['rows_per_s']:,.0f} rows/s, chunks of {mem['chunk_rows']:,} rows"))
     return rows
 
 
@@ -248,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.child:
-        speed_system.emit(speed_system.CHILDREN[args.child](json.loads(args.child_args)))
+        from benchmarks import speed_predict
+
+        children = {**speed_system.CHILDREN, **speed_predict.CHILDREN}
+        speed_system.emit(children[args.child](json.loads(args.child_args)))
         return 0
 
     import torch
@@ -321,6 +339,15 @@ def main(argv: list[str] | None = None) -> int:
                 ap.error(f"--scale-layouts {args.scale_layouts!r}: expected WORKERSxTHREADS items, e.g. 1x2,4x2")
         results["scale"] = speed_scale.bench_scale(sizes["scale_pool"], sizes["scale_shard_rows"], layouts,
                                                    cpu_bf16=bool(sizes["scale_cpu_bf16"]))
+    if "predict" in only:
+        from benchmarks import speed_predict
+
+        labels = sorted(speed_train.tweets_frame()["label"].dropna().astype(str).unique())
+        texts = speed_train.take(speed_train.tweet_texts("unlabeled"), sizes["predict_rows"])
+        results["predict"] = speed_predict.bench_predict(texts, speed_train.minilm_dir(), labels,
+                                                         speed_train.labeled_tweets(), sizes["predict_parquet_rows"],
+                                                         rep or sizes["predict_repeats"],
+                                                         parquet_texts=list(dict.fromkeys(speed_train.tweet_texts())))
     if "gpu" in only:
         from benchmarks import speed_gpu
 

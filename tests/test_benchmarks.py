@@ -115,6 +115,25 @@ def test_speed_memory_tiny(tmp_path):
     assert {"ingest_s", "validate_s", "pseudo_label_s"} <= set(run)
 
 
+def test_speed_predict_tiny(tweets, tiny_models, tmp_path):
+    """Section h at toy sizes: a probe on the tiny BERT, both contenders, the child's peak RSS."""
+    from benchmarks import speed, speed_predict
+
+    fit = (tweets[:30], [LABELS[i % len(LABELS)] for i in range(30)])
+    res = speed_predict.bench_predict(tweets[30:90], tiny_models[0], LABELS, fit, parquet_rows=700, repeats=1,
+                                      max_length=32, chunk_rows=128, work_dir=str(tmp_path), body_name="tiny-bert")
+    assert res["rows"] == 60 and res["fit_rows"] == 30 and res["probe"]["extra_layer"] is None
+    assert res["selftrain"]["rows_per_s"]["median"] > 0 and res["plain"]["rows_per_s"]["median"] > 0
+    assert res["speedup"] > 0 and res["plain"]["name"] and res["selftrain"]["batch_size"] > 0
+    assert res["argmax_agreement"] >= 0.95 and res["max_abs_prob_diff"] < 1e-3  # the same model answers the same
+    mem = res["memory"]
+    assert mem["rows"] == mem["predicted"] == 700 and mem["parquet"]["rows"] == 700 and mem["chunk_rows"] == 128
+    assert mem["peak_rss_mb"] >= mem["rss_start_mb"] > 0 and mem["target_mb"] == 2048 and mem["met"] in (True, False)
+    rows = {r.metric: r for r in speed.build_rows({"predict": res})}
+    assert rows["selftrain predict peak RSS, 700-row parquet"].ours == mem["peak_rss_mb"]
+    assert rows["batch prediction throughput, CPU, probe (tiny-bert), 60 tweets"].baseline == res["plain"]["rows_per_s"]["median"]
+
+
 def test_speed_orchestration_logic(monkeypatch):
     """The orchestration section's bookkeeping, with the pipeline child processes faked
     (a real Prefect run starts an ephemeral API: tens of seconds; tests/test_flow.py runs it)."""
