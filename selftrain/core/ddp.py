@@ -104,10 +104,10 @@ def _failure_text(stderr: str, tail: int = 25) -> str:
     return "\n".join(head + lines[-tail:])
 
 
-def _finish(rank_count: int) -> None:
+def _finish() -> None:
     """Wait for every rank, then leave the group: a rank that tore down gloo while rank 0 was
     still writing the model could abort (SIGABRT in a gloo thread), failing a finished run."""
-    if rank_count > 1:
+    if torch.distributed.get_world_size() > 1:
         torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
@@ -147,11 +147,11 @@ def _rank_main(job_dir: str) -> None:
             (job_path / "result.json").write_text(json.dumps(out))
         if out["error"] not in _ERRORS:
             raise
-        _finish(torch.distributed.get_world_size())
+        _finish()
         return
     if rank == 0:
         (job_path / "result.json").write_text(json.dumps(out))
-    _finish(torch.distributed.get_world_size())
+    _finish()
 
 
 if __name__ == "__main__":

@@ -54,6 +54,20 @@ def _atomic_local(path: str, write) -> None:
             os.remove(tmp)
 
 
+def write_file(uri: str, write) -> str:
+    """``write(local_path)``, then the file appears at ``uri`` whole: renamed into place locally,
+    uploaded in one piece to object storage (an S3 object appears only when its upload completes)."""
+    if not is_remote(uri):
+        _atomic_local(uri.removeprefix("file://"), write)
+        return uri
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "file")
+        write(local)
+        fs, path = fs_path(uri)
+        fs.put(local, path)
+    return uri
+
+
 def write_bytes(uri: str, data: bytes) -> str:
     if is_remote(uri):
         fs, path = fs_path(uri)

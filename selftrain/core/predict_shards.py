@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 
 import numpy as np
@@ -81,21 +80,9 @@ def _copy(src: str, dst: str) -> None:
 
 def _publish_file(src: str, dst: str) -> None:
     if io.is_remote(dst):
-        _copy(src, dst)
+        _copy(src, dst)  # a server-side copy where both are on the same store; an object appears whole
     else:
-        io._atomic_local(dst.removeprefix("file://"), lambda tmp: _copy(src, tmp))
-
-
-def _put_local(uri: str, write) -> None:
-    """``write(local_path)`` then publish it at ``uri`` whole (rename locally, one upload remotely)."""
-    if not io.is_remote(uri):
-        io._atomic_local(uri.removeprefix("file://"), write)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, "file")
-        write(local)
-        fs, path = io.fs_path(uri)
-        fs.put(local, path)
+        io.write_file(dst, lambda tmp: _copy(src, tmp))
 
 
 def _cut(source, chunks, mapping: dict, loaded, root: str, shard_rows: int) -> dict:
@@ -135,7 +122,7 @@ def _cut(source, chunks, mapping: dict, loaded, root: str, shard_rows: int) -> d
             if n:
                 flush(pd.concat(pending, ignore_index=True))
 
-    _put_local(io.join(root, "quarantine.parquet"), write)
+    io.write_file(io.join(root, "quarantine.parquet"), write)
     manifest = {"input": source.input, "rows": counts["rows"], "quarantined": counts["quarantined"],
                 "quarantine_checks": dict(sorted(counts["checks"].items())), "shard_rows": shard_rows,
                 "shards": shards}
@@ -262,12 +249,13 @@ def finish(plan: dict, results: list[dict] | None = None, *, threshold: float = 
         raise PredictError(f"shard(s) {', '.join(map(str, missing[:10]))} of {len(jobs)} have no scored part under "
                            f"{plan['work']}: run the same prediction again to score them")
     tally = P._Tally(labels, threshold)
+    no_quarantine = P._schemas(labels)[1].empty_table().to_pandas()  # the parts hold valid rows only
     for j in jobs:  # class counts and the confidence histogram, one part at a time
         fs, path = io.fs_path(j["out"])
         with fs.open(path, "rb") as f:
             t = pq.read_table(f, columns=["label", "confidence"]).to_pandas()
         pred = pd.Categorical(t["label"], categories=labels).codes.astype(np.int64)
-        tally.add(len(t), pred, t["confidence"].to_numpy(), P._schemas(labels)[1].empty_table().to_pandas())
+        tally.add(len(t), pred, t["confidence"].to_numpy(), no_quarantine)
     tally.rows, tally.quarantined, tally.checks = man["rows"], man["quarantined"], dict(man["quarantine_checks"])
     if tally.rows - tally.quarantined != sum(j["rows"] for j in jobs):
         raise PredictError(f"the parts under {plan['work']} do not add up to the manifest's rows; delete "
