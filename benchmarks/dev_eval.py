@@ -35,7 +35,7 @@ TWEETS_SAMPLE = 8000
 
 def load(name: str) -> tuple[list[str], np.ndarray, list[str]]:
     """texts, int labels, label names of a builtin dataset (exact duplicates dropped)."""
-    from selftrain.core.data import _builtin
+    from selftrain.core.data.ingest import _builtin
 
     df, mapping = _builtin(name)
     df = df.rename(columns={mapping["text"]: "text", mapping["label"]: "label"})[["text", "label"]]
@@ -50,8 +50,8 @@ def load(name: str) -> tuple[list[str], np.ndarray, list[str]]:
 
 
 def embed(texts: list[str], max_length: int, extra_layer: int | None = None) -> np.ndarray:
-    from selftrain.core import io
-    from selftrain.core.data import package_file
+    from selftrain.core.common import io
+    from selftrain.core.data.ingest import package_file
     from selftrain.plugins import RuntimeContext
     from selftrain.plugins.classifiers.embed import Embedder
 

@@ -52,7 +52,7 @@ def wise_scores(tuned_dir: str, body_dir: str, alphas: list[float], labels, rows
     from selftrain.plugins.classifiers.embed import save_tuned_body
     from selftrain.plugins.classifiers.probe import Probe
     from selftrain.plugins.classifiers.wise import interpolate_weights
-    from selftrain.core import io
+    from selftrain.core.common import io
 
     init = AutoModel.from_pretrained(body_dir).state_dict()
     tuned = AutoModel.from_pretrained(tuned_dir)
@@ -74,8 +74,8 @@ def fit_and_score(method: str, options: dict, texts, y, labels, gold, pool, ev, 
                   wise: list[float] | None = None) -> dict:
     from sklearn.metrics import f1_score
 
-    from selftrain.core import io
-    from selftrain.core.data import package_file
+    from selftrain.core.common import io
+    from selftrain.core.data.ingest import package_file
     from selftrain.plugins import LabeledRows, RuntimeContext, one_hot
     from selftrain.plugins.registry import get as load_plugin
 

@@ -153,7 +153,7 @@ def run_probe(s: dict, n_classes: int, model_dir: str | None, max_length: int) -
     """LogisticRegression on the frozen encoder's sentence embeddings (disk-cached per text)."""
     from sklearn.linear_model import LogisticRegression
 
-    from selftrain.core import io
+    from selftrain.core.common import io
     from selftrain.plugins import RuntimeContext
     from selftrain.plugins.classifiers.embed import Embedder
 

@@ -68,7 +68,7 @@ def log(msg: str) -> None:
 # ============================================================================ selftrain runs
 def run_config(config: str | None, overrides: list[str], run_dir: Path, stages=None):
     from selftrain.config import load_config
-    from selftrain.core.pipeline import run_stages
+    from selftrain.core.run.pipeline import run_stages
 
     cfg = load_config(config, [*overrides, f"output_dir={run_dir}"])
     t0 = time.perf_counter()

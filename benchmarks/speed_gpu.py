@@ -74,8 +74,8 @@ def run_ours(texts, model_dir, steps, batch_tokens, max_length, device, warmup, 
     import torch
 
     from selftrain.config import PretrainConfig
-    from selftrain.core.pretrain import pretrain
-    from selftrain.core.runtime import runtime
+    from selftrain.core.train.pretrain import pretrain
+    from selftrain.core.train.runtime import runtime
     from selftrain.plugins.objectives.mlm import MaskedLM, MLMConfig
 
     ctx = runtime(device, 0)
@@ -201,7 +201,7 @@ def bench_embed_gpu(texts, model_dir: str, max_length: int, device: str, repeats
     import numpy as np
     import torch
 
-    from selftrain.core.runtime import runtime
+    from selftrain.core.train.runtime import runtime
     from selftrain.plugins.classifiers.embed import Embedder
 
     ctx = runtime(device, 0)  # cuda: bf16 autocast; no cache_dir: every call encodes
@@ -267,7 +267,7 @@ def bench_gpu(device: str, sizes: dict, repeats: int) -> dict:
     """Both parts on BBC articles (they fill max_length, as long documents do)."""
     from benchmarks import speed_train
     from selftrain.config import DataConfig
-    from selftrain.core.data import ingest_frame
+    from selftrain.core.data.ingest import ingest_frame
 
     texts = ingest_frame(DataConfig(source="builtin:bbc", unlabeled_size=None))["text"].astype(str).tolist()
     texts = speed_train.take(texts, sizes["gpu_texts"])

@@ -60,7 +60,7 @@ def bench_pseudo_label(texts: list[str], clf_dir: str, labels: list[str], batch_
     import torch
     from transformers import pipeline
 
-    from selftrain.core.classify import load_classifier, predict_logits
+    from selftrain.core.train.classify import load_classifier, predict_logits
     from selftrain.plugins import RuntimeContext
     from selftrain.plugins.classifiers.probe import Probe
     from selftrain.plugins.inference import cpp_compiler
@@ -174,7 +174,7 @@ def profile_pseudo_label(texts: list[str], clf_dir: str, labels: list[str], batc
                          max_length: int = 64) -> dict:
     from transformers import pipeline
 
-    from selftrain.core.classify import load_classifier, predict_logits
+    from selftrain.core.train.classify import load_classifier, predict_logits
 
     log(f"[profile] pseudo-label, {len(texts)} texts per contender")
     model, tok = load_classifier(clf_dir, labels)

@@ -130,7 +130,7 @@ class PlainWay:
 
 def child_predict_memory(a: dict) -> dict:
     """``predict_file`` on ``a['input']`` in this fresh process: seconds and the peak RSS (VmHWM)."""
-    from selftrain.core.predict import predict_file
+    from selftrain.core.predict.batch import predict_file
 
     rss_start = proc_status_mb("VmRSS")
     t0 = time.perf_counter()
@@ -152,7 +152,7 @@ def bench_predict(texts: list[str], backbone_dir: str, labels: list[str], fit_on
     import pandas as pd
 
     from selftrain.config import PseudoLabelConfig
-    from selftrain.core.predict import CHUNK_ROWS, predict_file
+    from selftrain.core.predict.batch import CHUNK_ROWS, predict_file
 
     chunk_rows = chunk_rows or CHUNK_ROWS
     batch_size = PseudoLabelConfig().batch_size  # what predict scores with (the model config's pseudo_label.batch_size)
@@ -203,7 +203,7 @@ def bench_predict(texts: list[str], backbone_dir: str, labels: list[str], fit_on
            "plain": {"rows_per_s": spread([r["rows_per_s"] for r in runs["plain"]]), "name": plain.name,
                      "batch_size": plain.batch_size},
            "selftrain": {"rows_per_s": spread([r["rows_per_s"] for r in runs["selftrain"]]),
-                         "name": "selftrain.core.predict.predict_file", "batch_size": batch_size},
+                         "name": "selftrain.core.predict.batch.predict_file", "batch_size": batch_size},
            "argmax_agreement": float((p_ours.argmax(1) == p_plain.argmax(1)).mean()),
            "max_abs_prob_diff": float(np.abs(p_ours - p_plain).max()), "memory": mem}
     res["speedup"] = res["selftrain"]["rows_per_s"]["median"] / res["plain"]["rows_per_s"]["median"]

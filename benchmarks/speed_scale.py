@@ -28,7 +28,7 @@ def _setup(root: Path, pool: int, shard_rows: int, cpu_bf16: bool = False):
 
     from benchmarks import speed_label, speed_train
     from selftrain.config import load_config
-    from selftrain.core import io
+    from selftrain.core.common import io
 
     texts = speed_train.take(speed_train.tweet_texts("unlabeled"), pool)
     labels = sorted(speed_train.tweets_frame()["label"].dropna().astype(str).unique())
@@ -59,7 +59,7 @@ def bench_scale(pool: int, shard_rows: int, layouts: list[tuple[int, int]], cpu_
         cpu_bf16 = False
     from prefect.testing.utilities import prefect_test_harness
 
-    from selftrain.core import shards
+    from selftrain.core.label import shards
     from selftrain.flows.pipeline import dask_runner  # score_pool_flow maps exactly these tasks
     from selftrain import tasks
 

@@ -93,8 +93,8 @@ def child_orchestration(a: dict) -> dict:
     )
 
     from selftrain.config import load_config
-    from selftrain.core import stages  # noqa: F401
-    from selftrain.core.pipeline import run_stages
+    from selftrain.core.run import stages  # noqa: F401
+    from selftrain.core.run.pipeline import run_stages
 
     t0 = time.perf_counter()
     if a["mode"] == "prefect-init":  # create and migrate the Prefect database: a trivial flow
@@ -182,7 +182,7 @@ def synthetic_snapshot(rows: int, seed: int = 0):
     import pandas as pd
 
     from selftrain.config import DataConfig
-    from selftrain.core.data import read_source
+    from selftrain.core.data.ingest import read_source
 
     rng = np.random.default_rng(seed)
     raw, mapping = read_source(DataConfig(**TWEETS))
@@ -219,7 +219,7 @@ def synthetic_snapshot(rows: int, seed: int = 0):
 
 def child_validate(a: dict) -> dict:
     from selftrain.config import ValidateConfig
-    from selftrain.core.validate import validate_frame
+    from selftrain.core.data.validate import validate_frame
 
     t0 = time.perf_counter()
     df, labels = synthetic_snapshot(a["rows"], a.get("seed", 0))
@@ -254,7 +254,7 @@ def bench_validate(rows: int, repeats: int) -> dict:
 def child_memory(a: dict) -> dict:
     """ingest -> validate -> pseudo-label (stage functions) on a pool of ``a['pool']`` rows."""
     from selftrain.config import DataConfig, PipelineConfig
-    from selftrain.core import stages
+    from selftrain.core.run import stages
 
     rss_start = proc_status_mb("VmRSS")
     data = {**TWEETS, "labels_per_class": 16, "val_per_class": 32, "unlabeled_size": a["pool"]}
@@ -283,7 +283,7 @@ def replicated_tweets(path: Path, pool: int) -> str:
     import pandas as pd
 
     from selftrain.config import DataConfig
-    from selftrain.core.data import read_source
+    from selftrain.core.data.ingest import read_source
 
     raw, mapping = read_source(DataConfig(**TWEETS))
     base = pd.DataFrame({"text": raw[mapping["text"]].astype(str), "label": raw[mapping["label"]].astype(str)})

@@ -2,7 +2,7 @@
 every section uses (section b, pseudo-labelling: ``benchmarks/speed_label.py``).
 
 a. pretrain      — MLM pretraining throughput, real (non-pad) tokens/s: our loop
-                   (``selftrain.core.pretrain.pretrain`` + the ``mlm`` objective) vs Hugging Face
+                   (``selftrain.core.train.pretrain.pretrain`` + the ``mlm`` objective) vs Hugging Face
                    ``Trainer`` + ``DataCollatorForLanguageModeling`` on the same MiniLM, texts,
                    batch size and max_length. Both count real tokens as the sum of the attention
                    mask of the batches that reached the model. Throughput is measured over the
@@ -41,7 +41,7 @@ def tweets_frame():
     contender gains from repeated texts). Named explicitly: the default config is BBC now, whose
     articles fill any max_length and would measure another workload."""
     from selftrain.config import DataConfig
-    from selftrain.core.data import ingest_frame
+    from selftrain.core.data.ingest import ingest_frame
 
     return ingest_frame(DataConfig(**TWEETS, labels_per_class=16, val_per_class=32, test_per_class=500,
                                    unlabeled_size=None))
@@ -76,7 +76,7 @@ def make_classifier(backbone_dir: str, labels: list[str], out_dir: str,
     """A sequence classifier on ``backbone_dir``, saved with its tokenizer. Its head is random,
     or with ``fit_on`` (texts, labels) a logistic regression on the frozen pooled features, so
     that its predictions are confident like a trained teacher's (agreement checks mean something)."""
-    from selftrain.core.classify import load_classifier
+    from selftrain.core.train.classify import load_classifier
 
     model, tok = load_classifier(backbone_dir, labels)
     if fit_on is not None:
@@ -132,8 +132,8 @@ def run_ours_pretrain(texts: list[str], model_dir: str, steps: int, batch_size: 
     from selftrain.plugins.objectives.mlm import MaskedLM, MLMConfig
 
     from selftrain.config import PretrainConfig
-    from selftrain.core.pretrain import pretrain
-    from selftrain.core.runtime import runtime
+    from selftrain.core.train.pretrain import pretrain
+    from selftrain.core.train.runtime import runtime
 
     ctx = _cpu_ctx(seed) if device == "cpu" else runtime(device, seed)
     epochs = max(1.0, math.ceil(steps * batch_size / max(len(texts), 1)) + 1.0)

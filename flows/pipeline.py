@@ -29,8 +29,8 @@ from prefect.filesystems import LocalFileSystem
 
 from selftrain import tasks
 from selftrain.config import PipelineConfig
-from selftrain.core import io
-from selftrain.core.pipeline import Stages, run_stages
+from selftrain.core.common import io
+from selftrain.core.run.pipeline import Stages, run_stages
 
 
 def _storage(cfg: PipelineConfig):
@@ -72,7 +72,7 @@ def score_pool_flow(config: PipelineConfig, clean: str, members: list[str], labe
     the flow's task runner (a Dask cluster); returns the shard outputs per model (URIs)."""
     from prefect import unmapped
 
-    from selftrain.core.shards import outputs, shard_jobs
+    from selftrain.core.label.shards import outputs, shard_jobs
 
     jobs = shard_jobs(config, clean, members, labels)
     t0 = time.perf_counter()

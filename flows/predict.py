@@ -1,9 +1,9 @@
 """The ``predict`` flow: put a trained model to work on a batch of rows (docs/predict.md).
 
 It only composes: the scoring is the task of ``selftrain.tasks.predict`` (``predict_file``, pure, in
-``selftrain.core.predict``), or with ``workers`` / ``dask_address`` the sharded tasks (``plan_shards``,
+``selftrain.core.predict.batch``), or with ``workers`` / ``dask_address`` the sharded tasks (``plan_shards``,
 one ``predict-shard`` per shard mapped on the pool's Dask task runner in the subflow
-``predict-shards``, ``finish_shards``; pure, in ``selftrain.core.predict_shards``); the flow publishes the drift report as a markdown artifact and emits the
+``predict-shards``, ``finish_shards``; pure, in ``selftrain.core.predict.shards``); the flow publishes the drift report as a markdown artifact and emits the
 Prefect event ``selftrain.predict.drift`` with the drift numbers, which an automation can turn into a
 retrain (``deployments/drift-retrain-automation.yaml``).
 
@@ -21,9 +21,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
 from selftrain.config import PipelineConfig
-from selftrain.core.drift import LOW_CONFIDENCE, MAX_CLASS_SHIFT, MAX_PSI
-from selftrain.core.predict import CHUNK_ROWS
-from selftrain.core.predict_shards import SHARD_ROWS, check_scored
+from selftrain.core.predict.drift import LOW_CONFIDENCE, MAX_CLASS_SHIFT, MAX_PSI
+from selftrain.core.predict.batch import CHUNK_ROWS
+from selftrain.core.predict.shards import SHARD_ROWS, check_scored
 from selftrain.tasks import predict as predict_tasks
 
 DRIFT = "selftrain.predict.drift"

@@ -1,7 +1,7 @@
 """The ``retrain`` flow: new data in, better model out, nothing broken (docs/retraining.md).
 
 It only composes: the steps are the tasks of ``selftrain.tasks.retrain`` (pure functions in
-``selftrain.core.retrain``) injected into ``run_retrain``; the challenger is the ``pipeline``
+``selftrain.core.registry.retrain``) injected into ``run_retrain``; the challenger is the ``pipeline``
 flow, run as a subflow on the challenger's config (heavy stages go wherever
 ``execution.heavy_stages`` says). A promotion emits the Prefect event ``selftrain.model.promoted``;
 the report and the registry table are Prefect artifacts.
@@ -16,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
 from selftrain.config import PipelineConfig
-from selftrain.core.retrain import RetrainSteps, run_retrain
+from selftrain.core.registry.retrain import RetrainSteps, run_retrain
 from selftrain.flows.pipeline import pipeline
 from selftrain.tasks import retrain as retrain_tasks
 

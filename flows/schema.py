@@ -3,7 +3,7 @@
 ``prefect deploy`` stores each deployment's parameter schema as Prefect derives it from the
 flow's signature, where a plugin's ``options`` is a free-form dict. This step replaces the
 schema of every deployment whose flow takes a ``PipelineConfig`` with the typed one of
-:func:`selftrain.core.deploy_schema.typed_parameter_schema`, built from the plugins
+:func:`selftrain.core.run.deploy_schema.typed_parameter_schema`, built from the plugins
 installed in this environment, and turns ``enforce_parameter_schema`` on, so the server
 refuses a flow run with a bad option value (HTTP 409) before any work. Run it after every
 ``prefect deploy`` (which writes the untyped schema again).
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from selftrain.core.deploy_schema import TypedSchema, chosen_plugins, typed_parameter_schema
+from selftrain.core.run.deploy_schema import TypedSchema, chosen_plugins, typed_parameter_schema
 
 
 @dataclass

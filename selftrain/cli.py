@@ -40,7 +40,7 @@ def cmd_run(args) -> int:
     if args.output:
         overrides.append(f"output_dir={args.output}")
     # the data's obvious errors first: before load_config (whose plugin checks import torch) and any write
-    from selftrain.core.preflight import check_run
+    from selftrain.core.data.preflight import check_run
 
     problem = check_run(args.config, overrides)
     if problem:
@@ -54,7 +54,7 @@ def cmd_run(args) -> int:
         print(f"selftrain: {exc}", file=sys.stderr)
         return 2
     if args.no_prefect:
-        from selftrain.core.pipeline import run_stages
+        from selftrain.core.run.pipeline import run_stages
 
         _stage_log_lines()
         result = run_stages(cfg)
@@ -142,8 +142,8 @@ def _registry(args):
     """The registry named by --root/--name, else by the config's retrain.artifacts_root/model_name.
     ``--root`` may also be the registry folder itself (the one holding registry.json)."""
     from selftrain.config import RetrainConfig, load_config
-    from selftrain.core import io
-    from selftrain.core.registry import Registry
+    from selftrain.core.common import io
+    from selftrain.core.registry.store import Registry
 
     root, name = args.root, args.name
     if root is None or args.config or args.set:
@@ -175,8 +175,8 @@ def _announce(reg, change: dict) -> None:
 
 def cmd_models(args) -> int:
     from selftrain.config import ConfigError
-    from selftrain.core.model_card import registry_rows, rows_markdown
-    from selftrain.core.registry import RegistryError
+    from selftrain.core.registry.model_card import registry_rows, rows_markdown
+    from selftrain.core.registry.store import RegistryError
 
     try:
         reg = _registry(args)
@@ -196,7 +196,7 @@ def cmd_models(args) -> int:
             else:
                 champ = reg.champion()
                 print(f"{v}: {'the champion' if v == champ else f'not the champion (champion: {champ})'}; {reg.version_uri(v)}\n")
-                from selftrain.core import io
+                from selftrain.core.common import io
 
                 print(io.read_bytes(io.join(reg.version_uri(v), "README.md")).decode())
         elif args.models_command == "promote":
@@ -224,7 +224,7 @@ def cmd_retrain(args) -> int:
         print(f"selftrain: {exc}", file=sys.stderr)
         return 2
     if args.no_prefect:
-        from selftrain.core.retrain import run_retrain
+        from selftrain.core.registry.retrain import run_retrain
 
         _stage_log_lines()
         out = run_retrain(cfg, force=args.force)
@@ -240,7 +240,7 @@ def cmd_retrain(args) -> int:
 def cmd_predict(args) -> int:
     """Score a file with a run's model or a registry version; print the counts and the drift summary."""
     from selftrain.config import ConfigError
-    from selftrain.core.predict import PredictError, parse_columns
+    from selftrain.core.predict.batch import PredictError, parse_columns
 
     kw = dict(run_dir=args.run, model=args.model, root=args.root, name=args.name, version=args.version,
               format=args.format, encoding=args.encoding, chunk_rows=args.chunk_rows, threshold=args.threshold,
@@ -253,11 +253,11 @@ def cmd_predict(args) -> int:
         if args.no_prefect:
             _stage_log_lines()
             if sharded:  # the shards are scored one after the other in this process, as `run --no-prefect` does
-                from selftrain.core.predict_shards import predict_sharded
+                from selftrain.core.predict.shards import predict_sharded
 
                 out = predict_sharded(args.input, args.output, columns=columns, **kw, **shard_kw)
             else:
-                from selftrain.core.predict import predict_file
+                from selftrain.core.predict.batch import predict_file
 
                 out = predict_file(args.input, args.output, columns=columns, **kw)
         else:

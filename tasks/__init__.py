@@ -1,4 +1,4 @@
-"""Prefect tasks: thin wrappers over the pure stage functions in ``selftrain.core.stages``.
+"""Prefect tasks: thin wrappers over the pure stage functions in ``selftrain.core.run.stages``.
 
 Retries back off exponentially; results (small dicts of URIs) are persisted as JSON and
 cached on the stage's config sections plus the content of its inputs, so an unchanged
@@ -10,7 +10,9 @@ from __future__ import annotations
 from prefect import task
 from prefect.tasks import exponential_backoff
 
-from selftrain.core import shards, stages
+from selftrain.core.label import shards
+
+from selftrain.core.run import stages
 from selftrain.tasks.caching import stage_key
 
 RETRY = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=2), "retry_jitter_factor": 0.2}

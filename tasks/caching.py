@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from selftrain.config import PipelineConfig
-from selftrain.core import io
+from selftrain.core.common import io
 from selftrain.plugins.registry import plugin_versions
 
 

@@ -1,5 +1,5 @@
-"""Prefect tasks of the ``predict`` flow: thin wrappers over ``selftrain.core.predict`` and
-``selftrain.core.predict_shards``.
+"""Prefect tasks of the ``predict`` flow: thin wrappers over ``selftrain.core.predict.batch`` and
+``selftrain.core.predict.shards``.
 
 Not cached by Prefect: the input at a URI changes between runs (an hourly drop). A retry is safe: the
 output is written atomically, so a failed attempt leaves nothing behind. In a sharded prediction the
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from prefect import task
 
-from selftrain.core import predict, predict_shards
+from selftrain.core.predict import batch as predict
+from selftrain.core.predict import shards as predict_shards
 from selftrain.tasks import RETRY
 
 predict_file = task(predict.predict_file, name="predict-file", **RETRY)

@@ -1,4 +1,4 @@
-"""Prefect tasks of the ``retrain`` flow: thin wrappers over ``selftrain.core.retrain``.
+"""Prefect tasks of the ``retrain`` flow: thin wrappers over ``selftrain.core.registry.retrain``.
 
 Nothing here is cached: ``plan`` is what notices new data, and the others write the registry
 (``register`` and ``promote`` are idempotent, so retrying them is safe).
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from selftrain.core import retrain
+from selftrain.core.registry import retrain
 from selftrain.tasks import RETRY
 
 plan = task(retrain.plan, name="retrain-plan", **RETRY)

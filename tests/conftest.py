@@ -42,7 +42,7 @@ def tiny_config(tmp_path):
 def shared_tiny_run(tmp_path_factory):
     """One pure (Prefect-free) tiny pipeline run shared by read-only tests."""
     from selftrain.config import load_config
-    from selftrain.core.pipeline import run_stages
+    from selftrain.core.run.pipeline import run_stages
 
     out = tmp_path_factory.mktemp("shared") / "run"
     cfg = load_config(TINY, [f"output_dir={out}"])

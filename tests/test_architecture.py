@@ -1,7 +1,9 @@
 """Imports flow one way: deployments -> flows -> tasks -> core; plugins API <- core.
 
 The core (selftrain/*.py, selftrain/core) never imports Prefect, tasks or flows; tasks
-never import flows; plugins never import the core, tasks or flows.
+never import flows; plugins never import the core, tasks or flows. Inside the core, a stream's
+sub-package imports only the streams before it (``selftrain.core.LAYERS``) and no two core
+modules import each other, directly or round a circle.
 """
 
 from __future__ import annotations
@@ -50,9 +52,10 @@ def test_import_direction(folder):
 
 def test_tasks_are_thin_wrappers():
     """Each task wraps a pure function of the core (no logic of its own): the pipeline's over
-    selftrain.core.stages, the retrain flow's over selftrain.core.retrain."""
+    selftrain.core.run.stages, the retrain flow's over selftrain.core.registry.retrain."""
     from selftrain import tasks
-    from selftrain.core import retrain, stages
+    from selftrain.core.registry import retrain
+    from selftrain.core.run import stages
     from selftrain.tasks import retrain as retrain_tasks
 
     for name, t in tasks.ALL.items():
@@ -69,3 +72,74 @@ def test_modules_stay_readable():
     long = [f"{f.relative_to(ROOT)} ({n} lines)" for d in ("selftrain", "plugins", "tasks", "flows")
             for f in _files(d) if (n := len(f.read_text().splitlines())) > 600]
     assert not long, long
+
+
+def _core_modules() -> dict[str, Path]:
+    core = ROOT / "selftrain" / "core"
+    return {"selftrain.core." + ".".join(f.relative_to(core).with_suffix("").parts): f
+            for f in core.rglob("*.py") if f.name != "__init__.py"}
+
+
+def _core_imports(path: Path) -> set[str]:
+    """The core modules ``path`` imports, at the top or inside a function (``from pkg import mod`` counted as mod)."""
+    mods = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            mods.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            mods.add(node.module)
+            mods.update(f"{node.module}.{a.name}" for a in node.names)
+    return {m for m in mods if m.startswith("selftrain.core.")}
+
+
+def test_core_streams_import_in_layer_order():
+    from selftrain.core import LAYERS
+
+    modules, bad = _core_modules(), []
+    for name, f in modules.items():
+        layer = name.split(".")[2]
+        assert layer in LAYERS, f"{f.relative_to(ROOT)} sits in no stream of selftrain.core.LAYERS"
+        for mod in _core_imports(f):
+            other = mod.split(".")[2]
+            if other not in LAYERS:
+                bad.append(f"{f.relative_to(ROOT)} imports {mod}: an old flat path, import its new home")
+            elif LAYERS.index(other) > LAYERS.index(layer):
+                bad.append(f"{f.relative_to(ROOT)} ({layer}) imports {mod} ({other}), a later stream")
+    assert not bad, "\n".join(bad)
+
+
+def test_core_modules_import_no_circle():
+    modules = _core_modules()
+    graph = {name: sorted(m for m in _core_imports(f) if m in modules and m != name) for name, f in modules.items()}
+    done, on_path = set(), []
+
+    def visit(node):
+        if node in on_path:
+            raise AssertionError("import circle: " + " -> ".join(on_path[on_path.index(node):] + [node]))
+        if node in done:
+            return
+        on_path.append(node)
+        for nxt in graph[node]:
+            visit(nxt)
+        on_path.pop()
+        done.add(node)
+
+    for node in graph:
+        visit(node)
+
+
+def test_the_old_flat_module_paths_still_import():
+    """Plugins, notebooks and the docs of earlier releases import ``selftrain.core.<module>``."""
+    import importlib
+
+    from selftrain.core import MOVED
+
+    for old, new in MOVED.items():
+        assert importlib.import_module(f"selftrain.core.{old}") is importlib.import_module(f"selftrain.core.{new}"), old
+    from selftrain.core.data import read_source  # the modules that became packages keep their names
+    from selftrain.core.predict import PredictError, predict_file
+    from selftrain.core.registry import Registry
+
+    assert predict_file.__module__ == "selftrain.core.predict.batch" and PredictError and Registry and read_source
+    with pytest.raises(ImportError):
+        from selftrain.core.predict import no_such_name  # noqa: F401

@@ -242,7 +242,7 @@ def test_pseudo_label_stage_streams_the_pool_in_chunks(tiny_config, tiny_models,
     same as when the whole pool is one chunk."""
     import pandas as pd
 
-    from selftrain.core import stages
+    from selftrain.core.run import stages
 
     cfg = tiny_config("data.unlabeled_size=300", "pseudo_label.options={k_per_class: 15}")
     ing = stages.ingest(cfg)
@@ -272,7 +272,7 @@ def speed_classifier(backbone: str, labels: list[str], where: str) -> str:
 def test_quality_peers_tiny(val):
     from benchmarks import peers as peer_module
     from selftrain.config import DataConfig
-    from selftrain.core.data import ingest_frame
+    from selftrain.core.data.ingest import ingest_frame
 
     df = ingest_frame(DataConfig(source="builtin:tweets", labels_per_class=4, val_per_class=val, test_per_class=10,
                                  unlabeled_size=100))

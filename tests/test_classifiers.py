@@ -224,7 +224,7 @@ def _saved_probe(tmp_path, **options):
 @pytest.mark.parametrize("extra_layer", ["middle", None])
 def test_the_model_cards_snippet_loads_a_saved_probe_without_selftrain(tmp_path, extra_layer):
     """The model card's promise, run as written: AutoModel + pooling + head.safetensors."""
-    from selftrain.core.model_card import PROBE_SNIPPET
+    from selftrain.core.registry.model_card import PROBE_SNIPPET
 
     probe, texts, path = _saved_probe(tmp_path, extra_layer=extra_layer)
     meta = json.loads((Path(path) / "selftrain_classifier.json").read_text())
@@ -276,8 +276,8 @@ def test_label_names_join_the_head_as_rows_of_their_class(tmp_path):
 
 
 def test_the_model_card_says_how_each_classifier_loads():
-    from selftrain.core.model_card import load_snippet
-    from selftrain.core.registry import Registry
+    from selftrain.core.registry.model_card import load_snippet
+    from selftrain.core.registry.store import Registry
 
     reg = Registry("/tmp/reg")
     assert "SentenceTransformer(path)" in load_snippet(reg, "v1", "probe")
@@ -289,7 +289,7 @@ def test_the_model_card_says_how_each_classifier_loads():
 def test_cpu_bf16_embeddings_are_close_to_fp32_and_cached_apart(tmp_path):
     import torch
 
-    from selftrain.core.runtime import runtime
+    from selftrain.core.train.runtime import runtime
 
     assert runtime("cpu").autocast_dtype is None and runtime("cpu", cpu_bf16=True).autocast_dtype == torch.bfloat16
     body = TinyBert(TinyBert.Config()).materialize(SENTENCES, str(tmp_path / "body"), seed=0)

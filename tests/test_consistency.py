@@ -116,7 +116,7 @@ def test_the_finetune_stage_hands_the_pool_to_a_pool_classifier_but_not_to_the_b
     import pandas as pd
 
     from selftrain.config import load_config
-    from selftrain.core import stages
+    from selftrain.core.run import stages
     from selftrain.plugins.classifiers.fixmatch import FixMatch
     from selftrain.plugins.classifiers.probe import Probe
 
@@ -151,8 +151,8 @@ def test_evaluate_baseline_classifier_makes_the_probe_the_yardstick_of_a_pool_cl
     import pandas as pd
 
     from selftrain.config import ConfigError, load_config
-    from selftrain.core import stages
-    from selftrain.core.classifiers import saved_info
+    from selftrain.core.run import stages
+    from selftrain.core.train.classifiers import saved_info
     from selftrain.plugins import FitReport
     from selftrain.plugins.classifiers.fixmatch import FixMatch
     from selftrain.plugins.classifiers.probe import Probe

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from selftrain.config import ConfigError
-from selftrain.core import stages
-from selftrain.core.pretrain import rank_slice
+from selftrain.core.run import stages
+from selftrain.core.train.pretrain import rank_slice
 
 
 def _prepare(cfg):
@@ -78,7 +78,7 @@ def test_nccl_on_cpu_is_a_config_error(tiny_config):
 
 
 def test_a_failed_launch_reports_the_ranks_error_lines_not_only_torchruns_summary():
-    from selftrain.core.ddp import _failure_text
+    from selftrain.core.train.ddp import _failure_text
 
     ranks = ["[rank1]: Traceback (most recent call last):", "[rank1]:   File x.py, line 3",
              "[rank1]: RuntimeError: Connection closed by peer [127.0.0.1]:29500",

@@ -1,4 +1,4 @@
-"""The typed parameter schema of the deployments (selftrain.core.deploy_schema), no server.
+"""The typed parameter schema of the deployments (selftrain.core.run.deploy_schema), no server.
 
 Built from the flows' own Prefect schema (what `prefect deploy` stores) and checked with
 Prefect's own validator (what the server runs on POST /deployments/{id}/create_flow_run).
@@ -26,7 +26,7 @@ def flow_schemas():
 
 @pytest.fixture(scope="module")
 def typed(flow_schemas):
-    from selftrain.core.deploy_schema import typed_parameter_schema
+    from selftrain.core.run.deploy_schema import typed_parameter_schema
 
     return typed_parameter_schema(flow_schemas["pipeline"], {"pseudo_label": "threshold"})
 
@@ -47,7 +47,7 @@ def _section(schema: dict, section: str) -> dict:
 
 def _variants(schema: dict, section: str) -> dict[str, dict]:
     """{plugin: its variant's fields}, in form order, following the two $ref hops."""
-    from selftrain.core.deploy_schema import variant
+    from selftrain.core.run.deploy_schema import variant
 
     defs = schema["definitions"]
     titles = [defs[r["$ref"].removeprefix("#/definitions/")]["title"] for r in _section(schema, section)["anyOf"]]
@@ -56,7 +56,7 @@ def _variants(schema: dict, section: str) -> dict[str, dict]:
 
 def test_every_installed_plugin_gets_a_typed_variant(typed):
     from selftrain.config import PipelineConfig
-    from selftrain.core.deploy_schema import SECTIONS
+    from selftrain.core.run.deploy_schema import SECTIONS
     from selftrain.plugins.registry import discover
 
     assert typed is not None and not typed.skipped and not typed.untyped
@@ -140,7 +140,7 @@ def test_every_shipped_config_and_the_deployments_own_parameters_validate(flow_s
     import yaml
 
     from selftrain.config import load_config
-    from selftrain.core.deploy_schema import chosen_plugins, typed_parameter_schema
+    from selftrain.core.run.deploy_schema import chosen_plugins, typed_parameter_schema
 
     configs = sorted((ROOT / "examples" / "configs").glob("*.yaml"))
     assert configs
@@ -160,7 +160,7 @@ def test_every_shipped_config_and_the_deployments_own_parameters_validate(flow_s
 
 
 def test_retyping_is_idempotent_and_a_flow_without_config_is_left_alone(flow_schemas, typed):
-    from selftrain.core.deploy_schema import typed_parameter_schema
+    from selftrain.core.run.deploy_schema import typed_parameter_schema
 
     again = typed_parameter_schema(typed.schema, {"pseudo_label": "threshold"})
     assert again.schema == typed.schema
@@ -169,7 +169,7 @@ def test_retyping_is_idempotent_and_a_flow_without_config_is_left_alone(flow_sch
 
 
 def test_a_broken_plugin_is_skipped_and_named_and_an_absent_chosen_one_stays_untyped(monkeypatch, flow_schemas):
-    from selftrain.core import deploy_schema
+    from selftrain.core.run import deploy_schema
     from selftrain.plugins.registry import PluginRecord, discover
 
     broken = PluginRecord(group="selftrain.labelers", name="broken", value="x:Y", dist="acme-labelers", version="0.1",
@@ -190,7 +190,7 @@ def test_a_plugin_config_with_its_own_definitions_keeps_them(monkeypatch, flow_s
     """A Config with an Enum (or a nested model) has $defs: they move into the shared definitions."""
     from enum import Enum
 
-    from selftrain.core import deploy_schema
+    from selftrain.core.run import deploy_schema
     from selftrain.plugins import PluginConfig
     from selftrain.plugins.registry import PluginRecord, discover
 

@@ -61,7 +61,7 @@ def test_zombie_automation_file_is_valid():
 def test_placement_swaps_only_the_heavy_stages(monkeypatch, tiny_config):
     import importlib
 
-    from selftrain.core.pipeline import Stages
+    from selftrain.core.run.pipeline import Stages
 
     fp = importlib.import_module("selftrain.flows.pipeline")  # the module (selftrain.flows.pipeline is also the flow)
     monkeypatch.setattr(fp, "task_stages", lambda cfg: Stages())  # no Prefect API needed
@@ -80,7 +80,7 @@ def _fake_run_deployment(cfg, outcomes: list[str], calls: list):
     a completed run writes its result where the stage flow would."""
     from prefect import states
 
-    from selftrain.core import io
+    from selftrain.core.common import io
     from selftrain.flows.pipeline import stage_result_uri
 
     def run_deployment(name, parameters, **kw):

@@ -99,8 +99,8 @@ def test_retry_succeeds_without_redoing_finished_stages(prefect_api, tiny_config
     from prefect import task
 
     from selftrain import tasks
-    from selftrain.core import stages
-    from selftrain.core.pipeline import run_stages
+    from selftrain.core.run import stages
+    from selftrain.core.run.pipeline import run_stages
     from selftrain.flows.pipeline import task_stages
 
     cfg = tiny_config("pseudo_label.enabled=false")

@@ -56,7 +56,7 @@ def test_auto_counts_a_models_workload_over_its_calls(body, monkeypatch):
 def test_compiled_embeddings_and_logits_equal_eager(body):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from selftrain.core.classify import predict_logits
+    from selftrain.core.train.classify import predict_logits
 
     layer = resolve_layer("middle", body)
     eager = Embedder(body, 32, RuntimeContext(), extra_layer=layer)(TEXTS, batch_size=8)  # (N, 2H)

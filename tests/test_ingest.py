@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from selftrain.config import DataConfig
-from selftrain.core.data import DataSourceError, ingest_frame
-from selftrain.core.text import normalize_text
+from selftrain.core.data.ingest import DataSourceError, ingest_frame
+from selftrain.core.data.text import normalize_text
 
 
 def test_builtin_tweets_split_is_balanced_and_leak_free():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from selftrain.core import io
+from selftrain.core.common import io
 
 
 def test_output_dir_is_atomic_locally(tmp_path):

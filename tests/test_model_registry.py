@@ -1,4 +1,4 @@
-"""The model registry (selftrain/core/registry.py) on a local directory and on S3 (moto's
+"""The model registry (selftrain/core/registry/store.py) on a local directory and on S3 (moto's
 server): versions, the champion pointer, promotion and rollback, crash safety (a process
 SIGKILLed in the middle of a commit or a promotion), the frozen-eval helpers and the
 ``selftrain models`` CLI. Models are real (tiny) Hugging Face classifiers with tokenizers."""
@@ -50,7 +50,7 @@ def _meta(i: int, macro_f1: float = 0.5) -> dict:
 
 
 def _make(root: str, models: list[str], n: int = 2):
-    from selftrain.core.registry import Registry
+    from selftrain.core.registry.store import Registry
 
     reg = Registry(root, "news")
     reg.create({"labels": LABELS, "eval": {"rows": 0, "fingerprint": "x"}}, pd.DataFrame({"id": ["a"], "text": ["good"], "label": ["pos"]}))
@@ -62,7 +62,7 @@ def _make(root: str, models: list[str], n: int = 2):
 def test_register_list_load_and_resolve(tmp_path, tiny_models):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from selftrain.core.registry import MARKER, RegistryError
+    from selftrain.core.registry.store import MARKER, RegistryError
 
     reg, versions = _make(str(tmp_path / "news"), tiny_models, 2)
     assert versions == ["v0001", "v0002"] == reg.versions()
@@ -87,7 +87,7 @@ def test_register_list_load_and_resolve(tmp_path, tiny_models):
 
 
 def test_promote_rollback_and_history(tmp_path, tiny_models):
-    from selftrain.core.registry import RegistryError
+    from selftrain.core.registry.store import RegistryError
 
     reg, (v1, v2) = _make(str(tmp_path / "news"), tiny_models, 2)
     assert reg.champion() is None
@@ -118,7 +118,7 @@ def test_half_written_versions_are_never_listed(tmp_path, tiny_models):
     (vdir / "v0002" / "model").mkdir(parents=True)
     (vdir / "v0002" / "version.json").write_text("{}")
     assert reg.versions() == ["v0001"]
-    from selftrain.core.registry import RegistryError
+    from selftrain.core.registry.store import RegistryError
 
     with pytest.raises(RegistryError, match="has v0001"):
         reg.promote("v2")
@@ -128,7 +128,7 @@ def test_half_written_versions_are_never_listed(tmp_path, tiny_models):
 
 KILL_SCRIPT = r"""
 import pathlib, sys, time
-from selftrain.core import registry
+from selftrain.core.registry import store as registry
 point, flag, root, arg = sys.argv[1:5]
 
 def pause(at):
@@ -171,7 +171,7 @@ def test_killed_during_version_commit_leaves_no_listed_version(where, tmp_path, 
     if where == "local":  # the kill left its temp folder, fully written, under a name nobody lists
         assert any(p.name.startswith(".tmp-v0002") for p in (tmp_path / "news" / "versions").iterdir())
     else:  # the files are uploaded under versions/v0002/, but the commit marker is not
-        from selftrain.core import io
+        from selftrain.core.common import io
 
         assert io.exists(f"{root}/versions/v0002/version.json") and not io.exists(f"{root}/versions/v0002/COMMITTED")
     assert reg.register(tiny_models[1], _meta(7), {}) in ("v0002", "v0003")
@@ -183,7 +183,7 @@ def test_killed_during_promotion_keeps_the_old_champion(where, tmp_path, tiny_mo
     root = str(tmp_path / "news") if where == "local" else f"s3://{request.getfixturevalue('s3_bucket')}/registry/news"
     reg, (v1, v2) = _make(root, tiny_models, 2)
     reg.promote(v1)
-    from selftrain.core import io
+    from selftrain.core.common import io
 
     before = io.read_bytes(f"{root}/champion.json")
     _run_and_kill(tmp_path, "champion-write", root, v2)
@@ -198,7 +198,7 @@ def test_killed_during_promotion_keeps_the_old_champion(where, tmp_path, tiny_mo
 def test_registry_on_s3(s3_bucket, tiny_models):
     from transformers import AutoModelForSequenceClassification
 
-    from selftrain.core import io
+    from selftrain.core.common import io
 
     root = f"s3://{s3_bucket}/artifacts/news"
     reg, (v1, v2) = _make(root, tiny_models, 2)
@@ -215,7 +215,7 @@ def test_registry_on_s3(s3_bucket, tiny_models):
 
 # ---------------------------------------------------------------- frozen evaluation set helpers
 def test_frozen_eval_is_drawn_per_class_and_excluded_by_text_and_id(tiny_config):
-    from selftrain.core.retrain import RetrainError, build_frozen_eval, exclude_frozen
+    from selftrain.core.registry.retrain import RetrainError, build_frozen_eval, exclude_frozen
 
     rows = [(f"id{i}", f"{lab} news item number {i} about things", lab) for i, lab in enumerate(["a", "b"] * 10)]
     df = pd.DataFrame(rows + [("u1", "unlabeled text", None)], columns=["id", "text", "label"]).astype("string")
@@ -242,7 +242,7 @@ def test_frozen_eval_is_drawn_per_class_and_excluded_by_text_and_id(tiny_config)
 
 
 def test_promotion_rule(tiny_config):
-    from selftrain.core.retrain import decide
+    from selftrain.core.registry.retrain import decide
 
     def ev(chall, champ):
         return {"rows": 10, "challenger": {"metrics": {"macro_f1": chall, "accuracy": 0.0}},

@@ -1,4 +1,4 @@
-"""Batch prediction (selftrain.core.predict, the CLI, the flow) with a real trained model.
+"""Batch prediction (selftrain.core.predict.batch, the CLI, the flow) with a real trained model.
 
 One small real run is trained once for the module: the demo's recipe (frozen MiniLM + probe) on
 4 gold BBC articles per class, 10 test articles per class, no pool, no pseudo-labels (~15 s on 2
@@ -21,7 +21,7 @@ RUN_OVERRIDES = ["data.labels_per_class=4", "data.val_per_class=0", "data.test_p
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     from selftrain.config import load_config
-    from selftrain.core.pipeline import run_stages
+    from selftrain.core.run.pipeline import run_stages
 
     out = tmp_path_factory.mktemp("predict") / "run"
     cfg = load_config(None, [f"output_dir={out}", *RUN_OVERRIDES])
@@ -33,7 +33,7 @@ def run(tmp_path_factory):
 
 def _test_predictions(run) -> tuple[list[str], np.ndarray]:
     """The run's test-split predictions, as evaluate computes them (metrics.json keeps only the metrics)."""
-    from selftrain.core.classifiers import load_trained, saved_info
+    from selftrain.core.train.classifiers import load_trained, saved_info
 
     uri = str(Path(run["dir"]) / "models" / run["final"])
     labels = saved_info(uri)[1]
@@ -42,7 +42,7 @@ def _test_predictions(run) -> tuple[list[str], np.ndarray]:
 
 
 def test_predictions_equal_the_runs_own_test_predictions(run, tmp_path):
-    from selftrain.core.predict import predict_file
+    from selftrain.core.predict.batch import predict_file
 
     src = tmp_path / "test.parquet"
     run["test"][["id", "text"]].to_parquet(src, index=False)
@@ -65,7 +65,7 @@ def test_predictions_equal_the_runs_own_test_predictions(run, tmp_path):
 
 
 def test_bad_rows_are_quarantined_with_reasons_and_counts_add_up(run, tmp_path):
-    from selftrain.core.predict import predict_file
+    from selftrain.core.predict.batch import predict_file
 
     good = run["test"].head(6)
     rows = [{"id": i, "text": t} for i, t in zip(good["id"], good["text"])]
@@ -89,8 +89,8 @@ def test_bad_rows_are_quarantined_with_reasons_and_counts_add_up(run, tmp_path):
 
 
 def test_a_column_mismatch_is_refused_before_any_model_loads(run, tmp_path):
-    from selftrain.core import shards
-    from selftrain.core.predict import PredictError, predict_file
+    from selftrain.core.label import shards
+    from selftrain.core.predict.batch import PredictError, predict_file
 
     src = tmp_path / "tickets.csv"
     pd.DataFrame({"ticket_id": ["t1", "t2"], "body": run["test"]["text"].head(2)}).to_csv(src, index=False)
@@ -109,7 +109,7 @@ def test_a_column_mismatch_is_refused_before_any_model_loads(run, tmp_path):
 
 
 def test_drift_report_flags_a_shifted_class_mix_and_a_confidence_shift():
-    from selftrain.core.drift import confidence_histogram, drift_report
+    from selftrain.core.predict.drift import confidence_histogram, drift_report
 
     prior = {c: 4 for c in "abcde"}
     hist = confidence_histogram(np.linspace(0.3, 0.9, 50))
@@ -124,7 +124,7 @@ def test_drift_report_flags_a_shifted_class_mix_and_a_confidence_shift():
 
 
 def test_one_class_input_makes_the_prediction_report_drift(run):
-    from selftrain.core.predict import predict_frame
+    from selftrain.core.predict.batch import predict_frame
 
     test = run["test"]
     balanced = predict_frame(test[["id", "text"]], run_dir=run["dir"], reference=False)
@@ -137,7 +137,7 @@ def test_one_class_input_makes_the_prediction_report_drift(run):
 
 
 def test_the_output_appears_whole_or_not_at_all(run, tmp_path):
-    from selftrain.core.predict import PredictError, predict_file
+    from selftrain.core.predict.batch import PredictError, predict_file
 
     texts = [t.replace("\n", " ").replace('"', "'") for t in run["test"]["text"].head(12)]
     lines = ["id,text"] + [f'r{i},"{t}"' for i, t in enumerate(texts)]
@@ -178,8 +178,8 @@ def test_predict_with_the_registry_champion(run, tmp_path):
     """--root: the champion of a registry (version, prior and PSI reference from the registry's files)."""
     import yaml
 
-    from selftrain.core.predict import predict_file
-    from selftrain.core.registry import Registry
+    from selftrain.core.predict.batch import predict_file
+    from selftrain.core.registry.store import Registry
 
     reg = Registry(str(tmp_path / "artifacts" / "news"), "news")
     reg.create({"labels": sorted(run["test"]["label"].unique())}, run["test"])
@@ -235,7 +235,7 @@ def test_input_and_output_on_s3(run, s3_bucket):
     """Any fsspec URI: read from and write to a real S3 API (moto); the objects appear complete."""
     import s3fs
 
-    from selftrain.core.predict import predict_file
+    from selftrain.core.predict.batch import predict_file
 
     fs = s3fs.S3FileSystem()
     with fs.open(f"{s3_bucket}/in/batch.csv", "wb") as f:

@@ -1,4 +1,4 @@
-"""Sharded batch prediction (selftrain.core.predict_shards, the predict flow with workers): the same
+"""Sharded batch prediction (selftrain.core.predict.shards, the predict flow with workers): the same
 rows and probabilities as the single-file prediction, published whole; a re-run scores only the
 shards an earlier attempt did not finish; on real Dask worker processes, one of them SIGKILLed
 mid-prediction. The model is a probe on the tiny from-scratch BERT (seconds to train)."""
@@ -23,7 +23,7 @@ TINY = Path(__file__).resolve().parents[1] / "examples" / "configs" / "tiny.yaml
 def teacher(tmp_path_factory):
     """A run dir with a probe ``teacher`` on the tiny BERT and an input of its texts plus bad rows."""
     from selftrain.config import load_config
-    from selftrain.core import stages
+    from selftrain.core.run import stages
 
     base = tmp_path_factory.mktemp("predict-shards")
     cfg = load_config(TINY, [f"output_dir={base / 'run'}", "classifier.name=probe", "pretrain.enabled=false",
@@ -52,8 +52,8 @@ def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 
 def test_sharded_equals_single_file_and_a_rerun_scores_only_missing_shards(teacher, tmp_path):
-    from selftrain.core import predict_shards as S
-    from selftrain.core.predict import predict_file
+    from selftrain.core.predict import shards as S
+    from selftrain.core.predict.batch import predict_file
 
     kw = dict(run_dir=teacher["run"], model="teacher", chunk_rows=40, reference=False)
     single = predict_file(teacher["input"], str(tmp_path / "one.parquet"), **kw)
@@ -91,8 +91,8 @@ def test_sharded_on_s3(teacher, s3_bucket, tmp_path):
     work prefix removed."""
     import s3fs
 
-    from selftrain.core.predict import predict_file
-    from selftrain.core.predict_shards import predict_sharded
+    from selftrain.core.predict.batch import predict_file
+    from selftrain.core.predict.shards import predict_sharded
 
     fs = s3fs.S3FileSystem()
     fs.put(teacher["input"], f"{s3_bucket}/in/batch.parquet")
@@ -108,7 +108,7 @@ def test_sharded_on_s3(teacher, s3_bucket, tmp_path):
 
 
 def test_sharded_refuses_bad_arguments_before_any_work(teacher, tmp_path):
-    from selftrain.core import predict_shards as S
+    from selftrain.core.predict import shards as S
 
     kw = dict(run_dir=teacher["run"], model="teacher")
     (tmp_path / "file").write_text("x")
@@ -142,8 +142,8 @@ def test_a_worker_killed_mid_prediction_then_the_rerun_scores_only_the_missing_s
     import dask
     from dask.distributed import Client, LocalCluster
 
-    from selftrain.core.predict import predict_file
-    from selftrain.core.predict_shards import PredictError, work_root
+    from selftrain.core.predict.batch import predict_file
+    from selftrain.core.predict.shards import PredictError, work_root
     from selftrain.flows import predict
 
     out = str(tmp_path / "preds")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from selftrain.core.preflight import PreflightError, check_data, check_run
+from selftrain.core.data.preflight import PreflightError, check_data, check_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def test_wrong_label_column_names_the_columns_and_the_fix(tmp_path, csv):
 
 
 def test_preflight_module_imports_neither_torch_nor_transformers():
-    code = ("import sys\nfrom selftrain.core import preflight\n"
+    code = ("import sys\nfrom selftrain.core.data import preflight\n"
             "preflight.check_run(None, ['data.source=missing.csv'])\n"
             "print(sorted(m for m in ('torch', 'transformers', 'prefect') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)

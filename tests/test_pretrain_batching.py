@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from selftrain.config import PretrainConfig
-from selftrain.core.pretrain import peak_lr, plan_batches
-from selftrain.core.runtime import token_buckets
+from selftrain.core.train.pretrain import peak_lr, plan_batches
+from selftrain.core.train.runtime import token_buckets
 
 
 def test_token_buckets_cover_every_row_once_within_the_budget():
@@ -55,7 +55,7 @@ def test_a_compiled_backbone_trains_and_saves_plain_weights(tiny_config):
 
     from safetensors.torch import load_file
 
-    from selftrain.core import stages
+    from selftrain.core.run import stages
 
     cfg = tiny_config("pretrain.max_steps=3", "pretrain.compile=true", "pretrain.batch_tokens=256")
     ing = stages.ingest(cfg)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from selftrain.core.pretrain import CheckpointError, load_optim_state
+from selftrain.core.train.pretrain import CheckpointError, load_optim_state
 
 
 class _Evil:
@@ -26,7 +26,7 @@ class _Evil:
 def _real_state() -> dict:
     from transformers import get_linear_schedule_with_warmup
 
-    from selftrain.core.runtime import fused_adamw
+    from selftrain.core.train.runtime import fused_adamw
 
     m = torch.nn.Linear(4, 3)
     opt = torch.optim.AdamW([{"params": [m.weight], "weight_decay": 0.01}, {"params": [m.bias], "weight_decay": 0.0}],
@@ -67,7 +67,7 @@ def test_a_plain_pickle_of_a_custom_class_is_refused(tmp_path):
 
 
 def _prepare(cfg):
-    from selftrain.core import stages
+    from selftrain.core.run import stages
 
     ing = stages.ingest(cfg)
     return stages.validate(cfg, ing["snapshot"], ing["fingerprint"])
@@ -79,7 +79,7 @@ def _ckpts(cfg) -> list[str]:
 
 
 def test_last_two_checkpoints_are_kept_including_the_final_step(tiny_config):
-    from selftrain.core import stages
+    from selftrain.core.run import stages
 
     cfg = tiny_config("pretrain.max_steps=6", "pretrain.checkpoint_every=3")
     val = _prepare(cfg)
@@ -93,7 +93,7 @@ def test_last_two_checkpoints_are_kept_including_the_final_step(tiny_config):
 
 
 def test_resume_refuses_a_tampered_checkpoint(tiny_config):
-    from selftrain.core import stages
+    from selftrain.core.run import stages
 
     cfg = tiny_config("pretrain.max_steps=4", "pretrain.checkpoint_every=2")
     val = _prepare(cfg)

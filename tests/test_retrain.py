@@ -26,7 +26,7 @@ BAD_LR = "finetune.lr=0.000001"  # a challenger that learns nothing (predicts on
 
 
 def _bbc() -> pd.DataFrame:
-    from selftrain.core.data import _builtin
+    from selftrain.core.data.ingest import _builtin
 
     return _builtin("bbc")[0]
 
@@ -83,7 +83,7 @@ def _artifact(key: str):
 
 
 def _norm(texts) -> set:
-    from selftrain.core.text import normalize_text
+    from selftrain.core.data.text import normalize_text
 
     return set(normalize_text(pd.Series(list(texts), dtype="string")).dropna())
 
@@ -94,9 +94,9 @@ def test_retrain_champion_challenger_cycle(prefect_api, tmp_path):
 
     from selftrain import __version__
     from selftrain.config import load_config
-    from selftrain.core import io
-    from selftrain.core.registry import Registry
-    from selftrain.core.retrain import read_rows
+    from selftrain.core.common import io
+    from selftrain.core.registry.store import Registry
+    from selftrain.core.registry.retrain import read_rows
     from selftrain.flows import retrain
     from selftrain.plugins.registry import plugin_versions
 
@@ -208,7 +208,7 @@ def test_cli_promotion_emits_the_event(prefect_api, tmp_path):
     from transformers import BertConfig, BertForSequenceClassification
 
     from selftrain.cli import main
-    from selftrain.core.registry import Registry
+    from selftrain.core.registry.store import Registry
 
     name = f"cli-{uuid.uuid4().hex[:6]}"
     reg = Registry(str(tmp_path / name), name)
@@ -256,7 +256,7 @@ def test_cli_retrain_twice_second_run_does_nothing(tmp_path, capsys):
     """`selftrain retrain` (plain functions): the first run registers and promotes v0001,
     the second on unchanged data and config trains nothing and says so."""
     from selftrain.cli import main
-    from selftrain.core.registry import Registry
+    from selftrain.core.registry.store import Registry
 
     source = tmp_path / "news.csv"
     _slice(_bbc(), 0, 30, 10).to_csv(source, index=False)

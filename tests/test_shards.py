@@ -1,4 +1,4 @@
-"""The pool scored in shards (``selftrain.core.shards``): the same pseudo-labels as scoring it
+"""The pool scored in shards (``selftrain.core.label.shards``): the same pseudo-labels as scoring it
 in one process; on real Dask worker processes (1, 2, 4) under Prefect against moto's S3 server;
 re-runs skip finished shards; a worker killed mid-shard loses only that shard."""
 
@@ -13,7 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from selftrain.core import io, shards, stages
+from selftrain.core.common import io
+
+from selftrain.core.data import clean as clean_io
+from selftrain.core.label import shards
+
+from selftrain.core.run import stages
 
 
 def _teacher(cfg):
@@ -63,7 +68,7 @@ def test_merge_refuses_outputs_that_do_not_cover_the_pool(tiny_config):
 
 
 def test_the_pipeline_scores_in_shards_when_pool_workers_is_set(tiny_config):
-    from selftrain.core.pipeline import run_stages
+    from selftrain.core.run.pipeline import run_stages
 
     cfg = _cfg(tiny_config, "execution.pool_workers=1", "pseudo_label.rounds=2")
     out = run_stages(cfg)  # plain functions: the shards are scored in this process
@@ -74,9 +79,9 @@ def test_the_pipeline_scores_in_shards_when_pool_workers_is_set(tiny_config):
 
 def _reference(cfg, clean, teacher, labels):
     """Probabilities and embeddings of the pool, scored in this process in one piece."""
-    from selftrain.core.classifiers import load_trained
+    from selftrain.core.train.classifiers import load_trained
 
-    pool = pd.concat([rb.to_pandas() for rb in stages._scan_parquet(clean, ["text"], unlabeled=True)])
+    pool = pd.concat([rb.to_pandas() for rb in clean_io.scan_clean(clean, ["text"], unlabeled=True)])
     return load_trained(cfg, teacher, labels).score(pool["text"].astype(str).tolist(), embeddings=True)
 
 

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
-from selftrain.core import stages
-from selftrain.core.evaluate import expected_calibration_error
+from selftrain.core.run import stages
+from selftrain.core.run.evaluate import expected_calibration_error
 
 
 def _prepare(cfg):
@@ -77,7 +77,7 @@ def test_pipeline_outputs(shared_tiny_run):
 def test_student_worse_than_teacher_keeps_teacher(tiny_config):
     """Weighting pseudo-labels absurdly low and training one epoch makes students useless:
     the pipeline must say so and keep the teacher (known failure mode at few labels)."""
-    from selftrain.core.pipeline import Stages, run_stages
+    from selftrain.core.run.pipeline import Stages, run_stages
 
     cfg = tiny_config("evaluate.baseline=false", "pretrain.enabled=false", "finetune.epochs=8", "finetune.patience=8")
     real = Stages()
@@ -98,7 +98,7 @@ def test_student_worse_than_teacher_keeps_teacher(tiny_config):
 def test_student_is_distilled_then_refit_on_gold(tiny_config, refit):
     """pseudo_label.refit_on_gold: the round's student is the distilled model finetuned again on
     the gold rows alone; without it the distilled model is the student."""
-    from selftrain.core.pipeline import Stages, run_stages
+    from selftrain.core.run.pipeline import Stages, run_stages
 
     cfg = tiny_config("evaluate.baseline=false", "pretrain.enabled=false", "finetune.epochs=1",
                       f"pseudo_label.refit_on_gold={str(refit).lower()}", "pseudo_label.keep_teacher_if_worse=false")
@@ -127,8 +127,8 @@ def test_student_is_distilled_then_refit_on_gold(tiny_config, refit):
 def test_finetune_folds_a_validation_temperature_into_the_output_layer(tiny_config):
     """finetune.calibrate: the saved model emits the uncalibrated model's logits divided by the
     temperature fitted on validation (so its predictions are unchanged); off, T stays 1."""
-    from selftrain.core.classify import fit_temperature, load_classifier, predict_logits
-    from selftrain.core.runtime import runtime
+    from selftrain.core.train.classify import fit_temperature, load_classifier, predict_logits
+    from selftrain.core.train.runtime import runtime
 
     cfg = tiny_config()
     val = _prepare(cfg)
@@ -160,7 +160,7 @@ def test_ece_known_values():
 
 
 def test_baseline_is_recommended_when_it_validates_best(tiny_config):
-    from selftrain.core.pipeline import Stages, run_stages
+    from selftrain.core.run.pipeline import Stages, run_stages
 
     cfg = tiny_config("pseudo_label.enabled=false", "finetune.epochs=2")  # pretrained: teacher != baseline
     real = Stages()
@@ -182,7 +182,7 @@ def test_baseline_is_recommended_when_it_validates_best(tiny_config):
 
 def test_small_validation_dip_keeps_the_self_trained_model(tiny_config):
     """One validation row of difference is noise: the teacher stays the pick, with a note."""
-    from selftrain.core.pipeline import Stages, run_stages
+    from selftrain.core.run.pipeline import Stages, run_stages
 
     cfg = tiny_config("pseudo_label.enabled=false", "finetune.epochs=1")  # pretrained: teacher != baseline
     real = Stages()
@@ -206,7 +206,7 @@ def test_small_validation_dip_keeps_the_self_trained_model(tiny_config):
 def test_prob_worse_matches_sklearn_and_orders_models():
     from sklearn.metrics import f1_score
 
-    from selftrain.core.evaluate import _macro_f1_rows, prob_worse
+    from selftrain.core.run.evaluate import _macro_f1_rows, prob_worse
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, size=(5, 40))
@@ -223,7 +223,7 @@ def test_prob_worse_matches_sklearn_and_orders_models():
 
 
 def test_drop_tokens_keeps_the_ends_and_one_inner_token():
-    from selftrain.core.classify import drop_tokens
+    from selftrain.core.train.classify import drop_tokens
 
     rng = np.random.default_rng(0)
     ids = [101, *range(1000, 1040), 102]
@@ -240,7 +240,7 @@ def test_drop_tokens_keeps_the_ends_and_one_inner_token():
 def test_student_noise_drops_tokens_of_pseudo_rows_only(tiny_config, monkeypatch, noise):
     """pseudo_label.noise: every epoch, each pseudo-labelled row (never a gold row) goes through
     token dropout at that rate; at 0 nothing is dropped."""
-    from selftrain.core import classify
+    from selftrain.core.train import classify
 
     cfg = tiny_config("finetune.epochs=1", "finetune.student_epochs=2", f"pseudo_label.noise={noise}")
     val = _prepare(cfg)
@@ -280,7 +280,7 @@ def test_every_labelers_empty_selection_goes_through_the_stages(tiny_config, mon
     """docs/plugins.md 2.8: an empty selection (M = 0) is valid. Whatever the labeler, the run
     completes, trains no student on it, and metrics.json / report.md say no pseudo-label was kept."""
     from selftrain.config import plugin_options
-    from selftrain.core.pipeline import run_stages
+    from selftrain.core.run.pipeline import run_stages
     from selftrain.plugins import Selection
 
     cfg = tiny_config("pretrain.enabled=false", "classifier.name=probe", "pseudo_label.refit_on_gold=false",

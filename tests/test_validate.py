@@ -10,7 +10,7 @@ import pandera.pandas as pa
 import pytest
 
 from selftrain.config import ValidateConfig
-from selftrain.core.validate import (
+from selftrain.core.data.validate import (
     DataValidationError,
     SnapshotSchema,
     ValidationResult,

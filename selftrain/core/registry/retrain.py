@@ -34,13 +34,13 @@ import yaml
 
 from selftrain import __version__
 from selftrain.config import PipelineConfig, validate_config
-from selftrain.core import io
-from selftrain.core.classifiers import load_trained, saved_info
-from selftrain.core.data import normalize_columns, read_source
-from selftrain.core.evaluate import classification_metrics
-from selftrain.core.model_card import model_card, registry_rows, retrain_markdown
-from selftrain.core.registry import Registry, RegistryError, now
-from selftrain.core.text import normalize_text
+from selftrain.core.common import io
+from selftrain.core.train.classifiers import load_trained, saved_info
+from selftrain.core.data.ingest import normalize_columns, read_source
+from selftrain.core.run.evaluate import classification_metrics
+from selftrain.core.registry.model_card import model_card, registry_rows, retrain_markdown
+from selftrain.core.registry.store import Registry, RegistryError, now
+from selftrain.core.data.text import normalize_text
 from selftrain.plugins.registry import plugin_versions
 
 log = logging.getLogger("selftrain")
@@ -301,7 +301,7 @@ class RetrainSteps:
 
 
 def _run_pipeline_plain(cfg: PipelineConfig) -> dict:
-    from selftrain.core.pipeline import run_stages
+    from selftrain.core.run.pipeline import run_stages
 
     return run_stages(cfg)
 

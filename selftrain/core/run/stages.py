@@ -23,15 +23,16 @@ from tqdm.auto import tqdm
 
 from selftrain import __version__
 from selftrain.config import PipelineConfig, plugin_options
-from selftrain.core import io
-from selftrain.core.classifiers import classifier, load_trained, write_meta
-from selftrain.core.classify import fit_temperature, softmax
-from selftrain.core.data import ingest_frame
-from selftrain.core.ddp import pretrain_ddp
-from selftrain.core.evaluate import classification_metrics, confusion_png, markdown_table
-from selftrain.core.pretrain import pretrain
-from selftrain.core.runtime import runtime
-from selftrain.core.validate import check_thresholds, validate_frame
+from selftrain.core.common import io
+from selftrain.core.train.classifiers import classifier, load_trained, write_meta
+from selftrain.core.train.classify import fit_temperature, softmax
+from selftrain.core.data.clean import scan_clean
+from selftrain.core.data.ingest import ingest_frame
+from selftrain.core.train.ddp import pretrain_ddp
+from selftrain.core.run.evaluate import classification_metrics, confusion_png, markdown_table
+from selftrain.core.train.pretrain import pretrain
+from selftrain.core.train.runtime import runtime
+from selftrain.core.data.validate import check_thresholds, validate_frame
 from selftrain.plugins import LabeledRows, LabelerInputs, Selection, one_hot
 from selftrain.plugins.registry import plugin_versions
 
@@ -195,25 +196,10 @@ POOL_CHUNK_ROWS = 8192
 not by the pool (a pool up to this size is scored in one call, exactly as before chunking)."""
 
 
-def _scan_parquet(uri: str, columns: list[str], unlabeled: bool):
-    """Arrow batches (``POOL_CHUNK_ROWS`` file rows at a time) of the columns among ``columns``
-    that the file has, of the rows whose split is (not) 'unlabeled'; never the whole file at once."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    fs, path = io.fs_path(uri)
-    with fs.open(path, "rb") as f:
-        pf = pq.ParquetFile(f)
-        cols = [c for c in dict.fromkeys([*columns, "split"]) if c in pf.schema_arrow.names]
-        for rb in pf.iter_batches(batch_size=POOL_CHUNK_ROWS, columns=cols):
-            is_pool = pc.fill_null(pc.equal(rb.column("split"), "unlabeled"), False)
-            yield rb.filter(is_pool if unlabeled else pc.invert(is_pool)).select([c for c in cols if c in columns])
-
-
 def _pool_text_chunks(uri: str):
     """The unlabeled texts in file order, in lists of ``POOL_CHUNK_ROWS`` (the last one shorter)."""
     rows, buf = POOL_CHUNK_ROWS, []
-    for rb in _scan_parquet(uri, ["text"], unlabeled=True):
+    for rb in scan_clean(uri, ["text"], unlabeled=True, batch_rows=POOL_CHUNK_ROWS):
         buf.extend(str(t) for t in rb.column("text").to_pylist())
         while len(buf) >= rows:
             yield buf[:rows]
@@ -227,7 +213,7 @@ def _pool_rows(uri: str, positions: np.ndarray, columns: list[str]) -> pd.DataFr
     import pyarrow as pa
 
     parts, found, offset = [], [], 0
-    for rb in _scan_parquet(uri, columns, unlabeled=True):
+    for rb in scan_clean(uri, columns, unlabeled=True, batch_rows=POOL_CHUNK_ROWS):
         local = np.unique(positions[(positions >= offset) & (positions < offset + rb.num_rows)]) - offset
         if len(local):
             parts.append(rb.take(pa.array(local)))
@@ -264,14 +250,14 @@ def pseudo_label_stage(cfg: PipelineConfig, clean: str, teacher: str, round_: in
 
     The pool is streamed from ``clean`` in chunks of ``POOL_CHUNK_ROWS`` rows: only its (N, C)
     probabilities (and (N, H) embeddings for labelers that need them) stay in memory, and each
-    chunk is encoded once for both. ``scores`` (model URI -> shard outputs, ``selftrain.core.shards``):
+    chunk is encoded once for both. ``scores`` (model URI -> shard outputs, ``selftrain.core.label.shards``):
     the pool was scored in shards elsewhere (``execution.pool_workers``); merge those instead."""
     plc = cfg.pseudo_label
     lcls, lopts = plugin_options("selftrain.labelers", plc.labeler, plc.options, "pseudo_label")
-    df = pd.concat([rb.to_pandas() for rb in _scan_parquet(clean, ["text", "label", "split"], unlabeled=False)],
+    df = pd.concat([rb.to_pandas() for rb in scan_clean(clean, ["text", "label", "split"], unlabeled=False, batch_rows=POOL_CHUNK_ROWS)],
                    ignore_index=True)  # the labeled rows (train / val / test): small
     labels = label_names(cfg, df)
-    n_pool = sum(rb.num_rows for rb in _scan_parquet(clean, ["split"], unlabeled=True))
+    n_pool = sum(rb.num_rows for rb in scan_clean(clean, ["split"], unlabeled=True, batch_rows=POOL_CHUNK_ROWS))
     if n_pool == 0:
         raise ValueError("the unlabeled pool is empty: add unlabeled rows or set pseudo_label.enabled: false")
     val_texts, val_y = _gold(df, "val", labels)
@@ -283,7 +269,7 @@ def pseudo_label_stage(cfg: PipelineConfig, clean: str, teacher: str, round_: in
         model = load_trained(cfg, uri, labels)
         want_emb = i == 0 and lcls.needs_embeddings  # the teacher's own sentence embeddings
         if scores is not None and uri in scores:
-            from selftrain.core.shards import merge
+            from selftrain.core.label.shards import merge
 
             pool_p, emb = merge(scores[uri])  # (N, C), (N, H) | None
             if len(pool_p) != n_pool or (want_emb and emb is None):

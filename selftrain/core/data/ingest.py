@@ -22,7 +22,7 @@ import pandas as pd
 import logging
 
 from selftrain.config import DataConfig
-from selftrain.core.text import normalize_text
+from selftrain.core.data.text import normalize_text
 
 log = logging.getLogger("selftrain")
 

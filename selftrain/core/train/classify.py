@@ -21,7 +21,7 @@ from sklearn.metrics import f1_score
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
 from selftrain.config import FinetuneConfig
-from selftrain.core.runtime import autocast, fused_adamw, length_buckets, seed_everything, tokenize
+from selftrain.core.train.runtime import autocast, fused_adamw, length_buckets, seed_everything, tokenize
 from selftrain.plugins import Classifier, FitReport, LabeledRows, RuntimeContext, TrainedClassifier
 from selftrain.plugins.inference import InferenceForward
 from selftrain.plugins.objectives.common import pad_batch

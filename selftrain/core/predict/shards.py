@@ -1,7 +1,7 @@
 """Batch prediction in shards, so that it can run on many workers (pure functions, Prefect-free).
 
-The pool's scheme (``selftrain.core.shards``) applied to a file to predict. The input is read once,
-in chunks, through the training row rules (``selftrain.core.predict``), and its valid rows are cut
+The pool's scheme (``selftrain.core.label.shards``) applied to a file to predict. The input is read once,
+in chunks, through the training row rules (``selftrain.core.predict.batch``), and its valid rows are cut
 into shard files of ``shard_rows`` rows; a *job* scores one shard with one model and writes its part
 of the output in one piece::
 
@@ -40,11 +40,11 @@ import numpy as np
 import pandas as pd
 
 from selftrain.config import ExecutionConfig
-from selftrain.core import io
-from selftrain.core import predict as P
-from selftrain.core.classifiers import saved_info
-from selftrain.core.drift import LOW_CONFIDENCE, MAX_CLASS_SHIFT, MAX_PSI
-from selftrain.core.predict_source import PredictError, resolve_model
+from selftrain.core.common import io
+from selftrain.core.predict import batch as P
+from selftrain.core.train.classifiers import saved_info
+from selftrain.core.predict.drift import LOW_CONFIDENCE, MAX_CLASS_SHIFT, MAX_PSI
+from selftrain.core.predict.source import PredictError, resolve_model
 
 SHARD_ROWS = ExecutionConfig.model_fields["pool_shard_rows"].default
 """Valid input rows per shard (``execution.pool_shard_rows``): the memory bound of one job."""
@@ -182,7 +182,7 @@ def plan(input: str, output: str, *, run_dir: str | None = None, model: str | No
 def score_shard(cfg, job: dict, threads: int | None = None) -> dict:
     """Score one shard -> its part (``job['out']``), skipped when the part exists already.
     ``threads``: torch intra-op threads for this process (a Dask worker gets its share of the cores)."""
-    from selftrain.core.shards import _load  # the pool's loader: one model per process, loaded once
+    from selftrain.core.label.shards import load_model  # the pool's loader: one model per process, loaded once
 
     if io.exists(job["out"]):
         return {"index": job["index"], "out": job["out"], "skipped": True, "rows": job["rows"], "seconds": 0.0,
@@ -193,7 +193,7 @@ def score_shard(cfg, job: dict, threads: int | None = None) -> dict:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     df = io.read_parquet(job["shard"])
-    model = _load(cfg, job["model"], job["labels"], cache=False)
+    model = load_model(cfg, job["model"], job["labels"], cache=False)
     probs = model.score(df["text"].astype(str).tolist(), cfg.pseudo_label.batch_size)[0]
     io.write_parquet(P.output_frame(df["id"].to_numpy(), probs, job["labels"], job["version"], job["fingerprint"]),
                      job["out"])
@@ -266,9 +266,9 @@ def finish(plan: dict, results: list[dict] | None = None, *, threshold: float = 
     names = _publish_dir(plan["output"], [j["out"] for j in jobs], success, labels)
     model = None
     if reference and tally.rows > tally.quarantined:
-        from selftrain.core.shards import _load
+        from selftrain.core.label.shards import load_model
 
-        model = _load(plan["config"], source.model_uri, labels, cache=False)
+        model = load_model(plan["config"], source.model_uri, labels, cache=False)
     loaded = P._Loaded(source, plan["config"], labels, plan["fingerprint"], model)
     drift = P._drift(loaded, tally, reference, threshold, max_class_shift, max_psi)
     fs, path = io.fs_path(plan["cleanup"])

@@ -2,7 +2,7 @@
 
 Not to be confused with ``selftrain.plugins.registry`` (the plugin registry). Layout under
 ``<retrain.artifacts_root>/<retrain.model_name>/`` (a local path or s3://, through
-``selftrain.core.io``)::
+``selftrain.core.common.io``)::
 
     registry.json            name, creation time, label set, the frozen evaluation set's summary
     eval/frozen.parquet      the frozen evaluation set (id, text, label), drawn once, never trained on
@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from selftrain.core import io
+from selftrain.core.common import io
 
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 MARKER = "COMMITTED"

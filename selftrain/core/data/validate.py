@@ -29,7 +29,6 @@ the failing rows' reasons and the checks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Optional
 
@@ -40,8 +39,8 @@ from pandera.errors import SchemaErrors
 from pandera.typing import Series
 
 from selftrain.config import ValidateConfig
-from selftrain.core.text import normalize_text  # noqa: F401  (re-exported)
-from selftrain.core.validate_report import (  # noqa: F401  (re-exported)
+from selftrain.core.data.text import normalize_text  # noqa: F401  (re-exported)
+from selftrain.core.data.validate_report import (  # noqa: F401  (re-exported)
     CHECKS,
     DUPLICATE_CHECKS,
     LABELED_SPLITS,
@@ -49,12 +48,14 @@ from selftrain.core.validate_report import (  # noqa: F401  (re-exported)
     REQUIRED_COLUMNS,
     SPLIT_PRIORITY,
     SPLITS,
+    ValidationResult,
     DataValidationError,
     check_thresholds,
     markdown_report,
     md_escape,
 )
 
+# pandera's built-in check names -> our rule names
 _BUILTIN_CHECKS: dict[tuple[str, str], str] = {
     ("id", "not_nullable"): "id_missing",
     ("text", "not_nullable"): "text_missing",
@@ -128,19 +129,6 @@ def snapshot_model(cfg: ValidateConfig, labels: list[str]) -> type[SnapshotSchem
 def snapshot_schema(cfg: ValidateConfig, labels: list[str]) -> pa.DataFrameSchema:
     """The row-level rules as a pandera ``DataFrameSchema``."""
     return snapshot_model(cfg, labels).to_schema()
-
-
-@dataclass
-class ValidationResult:
-    clean: pd.DataFrame
-    quarantine: pd.DataFrame
-    report: dict = field(default_factory=dict)
-    markdown: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """No split-sanity errors (thresholds are checked by :func:`check_thresholds`)."""
-        return not self.report.get("split_errors")
 
 
 # ---------------------------------------------------------------------------------------------

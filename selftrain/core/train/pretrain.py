@@ -6,7 +6,7 @@ generator seeded with (seed, s), so it is the same too. Checkpoints hold the bac
 (safetensors, save_pretrained), the objective's heads (safetensors), optimizer and
 scheduler state and the step.
 
-Under ``torch.distributed`` (several processes, see :mod:`selftrain.core.ddp`) every rank
+Under ``torch.distributed`` (several processes, see :mod:`selftrain.core.train.ddp`) every rank
 takes its slice of each step's global batch, so the plan and the checkpoints are those of
 one process; gradients of the backbone and the heads are all-reduced by
 DistributedDataParallel, rank 0 alone writes checkpoints and the final model.
@@ -29,7 +29,7 @@ from transformers import AutoModel, AutoTokenizer, get_linear_schedule_with_warm
 
 from selftrain.config import PretrainConfig
 from selftrain.plugins import Backbone, Objective, PluginConfig, RuntimeContext
-from selftrain.core.runtime import autocast, fused_adamw, length_buckets, pack, seed_everything, token_buckets, tokenize
+from selftrain.core.train.runtime import autocast, fused_adamw, length_buckets, pack, seed_everything, token_buckets, tokenize
 
 
 @dataclass

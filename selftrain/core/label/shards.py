@@ -26,7 +26,8 @@ import time
 import numpy as np
 
 from selftrain.config import PipelineConfig, plugin_options
-from selftrain.core import io
+from selftrain.core.common import io
+from selftrain.core.data.clean import scan_clean
 
 _LOADED: dict[tuple, object] = {}
 """Models loaded in this process (key: model URI + its content + labels): a worker scoring many
@@ -39,7 +40,6 @@ def _pool_key(cfg: PipelineConfig, clean: str) -> str:
 
 def plan_shards(cfg: PipelineConfig, clean: str) -> dict:
     """Cut the unlabeled rows of ``clean`` into shard files (once per clean snapshot and shard size)."""
-    from selftrain.core.stages import _scan_parquet  # the pool reader: streams, never the whole file
 
     import pandas as pd
 
@@ -56,7 +56,7 @@ def plan_shards(cfg: PipelineConfig, clean: str) -> dict:
         io.write_parquet(pd.DataFrame({"pool_index": np.arange(start, n, dtype=np.int64), "text": texts}), uri)
         shards.append(uri)
 
-    for rb in _scan_parquet(clean, ["text"], unlabeled=True):
+    for rb in scan_clean(clean, ["text"], unlabeled=True):
         for t in rb.column("text").to_pylist():
             buf.append(str(t))
             n += 1
@@ -89,9 +89,9 @@ def shard_jobs(cfg: PipelineConfig, clean: str, members: list[str], labels: list
     return jobs
 
 
-def _load(cfg: PipelineConfig, model: str, labels: list[str], cache: bool = True):
+def load_model(cfg: PipelineConfig, model: str, labels: list[str], cache: bool = True):
     """``cache``: the embedding cache (the pool's embeddings are reused across rounds; rows to predict are not)."""
-    from selftrain.core.classifiers import load_trained
+    from selftrain.core.train.classifiers import load_trained
 
     key = (model, repr(io.content_id(model)), tuple(labels), cfg.classifier.name, cfg.model.max_length, cache)
     if key not in _LOADED:
@@ -114,7 +114,7 @@ def score_job(cfg: PipelineConfig, job: dict, threads: int | None = None) -> dic
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     df = io.read_parquet(job["shard"])
-    model = _load(cfg, job["model"], job["labels"])
+    model = load_model(cfg, job["model"], job["labels"])
     t1 = time.perf_counter()
     probs, emb = model.score(df["text"].astype(str).tolist(), cfg.pseudo_label.batch_size, embeddings=job["embeddings"])
     tensors = {"probs": np.ascontiguousarray(probs, np.float32), "pool_index": df["pool_index"].to_numpy(np.int64)}

@@ -8,7 +8,7 @@ model_fingerprint``. ``predict_frame`` does the same on a DataFrame in memory an
 Why it looks like this:
 
 - **Same inference as training.** The model is loaded through the classifier plugin that saved it
-  (``selftrain.core.shards._load`` -> ``classifiers.load_trained``) and scored with the plugin's
+  (``selftrain.core.label.shards.load_model`` -> ``classifiers.load_trained``) and scored with the plugin's
   ``score``, exactly as pseudo-labelling scores the pool: no second copy of tokenisation or embedding.
 - **Same row rules as training.** Each chunk goes through validate's pandera row schema
   (``SnapshotSchema``, bounds from the model run's ``validate`` section); rows failing ``ROW_CHECKS``
@@ -17,7 +17,7 @@ Why it looks like this:
   repeated id is harmless in a prediction.
 - **Bounded memory.** The input is read ``chunk_rows`` rows at a time (parquet record batches, csv /
   jsonl chunked readers) and each chunk is written as one row group; only class counts and a
-  confidence histogram are kept for the drift report (``selftrain.core.drift``).
+  confidence histogram are kept for the drift report (``selftrain.core.predict.drift``).
 - **Atomic output.** Both files are written to temp files beside their targets and renamed at the end
   (``io._atomic_local``); on object storage they are uploaded only after the last chunk is scored. A
   failure midway leaves no output, and an older output at the same place intact.
@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from selftrain.config import PipelineConfig
-from selftrain.core import io
-from selftrain.core.classifiers import saved_info
-from selftrain.core.drift import LOW_CONFIDENCE, MAX_CLASS_SHIFT, MAX_PSI, confidence_histogram, drift_report
-from selftrain.core.predict_source import ModelSource, PredictError, reference_texts, resolve_model
-from selftrain.core.validate import _row_failures, snapshot_model
+from selftrain.core.common import io
+from selftrain.core.train.classifiers import saved_info
+from selftrain.core.predict.drift import LOW_CONFIDENCE, MAX_CLASS_SHIFT, MAX_PSI, confidence_histogram, drift_report
+from selftrain.core.predict.source import ModelSource, PredictError, reference_texts, resolve_model
+from selftrain.core.data.validate import _row_failures, snapshot_model
 
 log = logging.getLogger("selftrain")
 
@@ -174,13 +174,13 @@ class _Loaded:
 
 
 def _load_model(source: ModelSource) -> _Loaded:
-    from selftrain.core.shards import _load  # the pseudo-label path's loader (cached per process)
+    from selftrain.core.label.shards import load_model  # the pseudo-label path's loader (cached per process)
 
     local = io.local_dir(source.model_uri)
     _, labels = saved_info(local)
     # no embedding cache: a prediction's rows are seen once, and a cache would keep every one of them (disk and memory)
     return _Loaded(source, source.config, labels, model_fingerprint(local),
-                   _load(source.config, source.model_uri, labels, cache=False))
+                   load_model(source.config, source.model_uri, labels, cache=False))
 
 
 # ---------------------------------------------------------------- scoring

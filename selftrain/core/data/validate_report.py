@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from selftrain.config import ValidateConfig
-
-if TYPE_CHECKING:
-    from selftrain.core.validate import ValidationResult
 
 SPLITS: tuple[str, ...] = ("train", "val", "test", "unlabeled")
 LABELED_SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -34,7 +31,22 @@ CHECKS: dict[str, str] = {
 #: Rules whose failures count as duplicates; every other rule counts as invalid.
 DUPLICATE_CHECKS: frozenset[str] = frozenset({"duplicate_text", "near_duplicate"})
 
-# pandera's built-in check names -> our rule names
+
+@dataclass
+class ValidationResult:
+    """What :func:`selftrain.core.data.validate.validate_frame` returns: the rows kept, the rows
+    quarantined (with their reason), the report and its markdown."""
+
+    clean: pd.DataFrame
+    quarantine: pd.DataFrame
+    report: dict = field(default_factory=dict)
+    markdown: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """No split-sanity errors (thresholds are checked by :func:`check_thresholds`)."""
+        return not self.report.get("split_errors")
+
 
 class DataValidationError(ValueError):
     """Too much of the data is bad. The message says what, where (quarantine file) and how to fix."""

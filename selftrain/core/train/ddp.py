@@ -2,7 +2,7 @@
 
 ``pretrain.nproc_per_node: N`` (N > 1) makes the pretrain stage write its job to a temp
 folder and launch ``python -m torch.distributed.run --standalone --nproc-per-node N -m
-selftrain.core.ddp JOB``; each rank runs :func:`selftrain.core.pretrain.pretrain` on its
+selftrain.core.train.ddp JOB``; each rank runs :func:`selftrain.core.train.pretrain.pretrain` on its
 slice of every step's global batch (so the batch plan, ``step-N`` checkpoints and resume are
 those of one process), DDP all-reduces the gradients of backbone and objective heads, rank 0
 writes checkpoints, the final model and the result, which the stage reads back.
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from selftrain.config import PretrainConfig
-from selftrain.core.pretrain import CheckpointError, PretrainResult, pretrain
+from selftrain.core.train.pretrain import CheckpointError, PretrainResult, pretrain
 from selftrain.plugins import Objective, PluginConfig, RuntimeContext
 
 LOG_PREFIX = "@@selftrain-log "
@@ -72,7 +72,7 @@ def pretrain_ddp(texts: list[str], model_dir: str, kind: str, objective_cls: typ
         if ctx.device.type == "cpu":
             env.setdefault("OMP_NUM_THREADS", "1")  # N ranks share the cores
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-               "-m", "selftrain.core.ddp", str(job)]
+               "-m", "selftrain.core.train.ddp", str(job)]
         with open(job / "stderr.log", "w") as err, subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env) as proc:
             assert proc.stdout is not None

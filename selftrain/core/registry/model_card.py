@@ -3,7 +3,7 @@ registry table (``selftrain models list``, the Prefect table artifact) and the r
 
 from __future__ import annotations
 
-from selftrain.core.registry import Registry
+from selftrain.core.registry.store import Registry
 
 
 def _f(x) -> str:
@@ -37,14 +37,14 @@ def load_snippet(reg: Registry, version: str, classifier: str = "finetune") -> s
     """How to load a version with plain libraries (which ones depends on the classifier plugin that
     trained it), or with selftrain for any plugin."""
     if "://" in reg.root:
-        get = (f'from selftrain.core.registry import Registry\n'
+        get = (f'from selftrain.core.registry.store import Registry\n'
                f'path = Registry("{reg.root}").local_model("{version}")  # downloaded once into ~/.cache/selftrain\n')
     else:
         get = f'path = "{reg.uri("versions", version, "model")}"\n'
     plain = {"probe": PROBE_SNIPPET, "setfit": PROBE_SNIPPET, "finetune": FINETUNE_SNIPPET}.get(classifier)
     body = ("```python\n" + get + plain + "```\n\n") if plain else ""
     return (f"Trained by the `{classifier}` classifier plugin. " + ("With plain libraries:\n\n" + body if body else "\n\n") +
-            "With selftrain, for any classifier plugin: `selftrain.core.classifiers.load_trained(cfg, path).predict_proba(texts)`.\n\n"
+            "With selftrain, for any classifier plugin: `selftrain.core.train.classifiers.load_trained(cfg, path).predict_proba(texts)`.\n\n"
             f'The champion, whichever version it is: `Registry("{reg.root}").local_model("champion")`.')
 
 

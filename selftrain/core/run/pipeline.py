@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from selftrain.config import PipelineConfig
-from selftrain.core import shards, stages
-from selftrain.core.evaluate import prob_worse
+from selftrain.core.label import shards
+from selftrain.core.run import stages
+from selftrain.core.run.evaluate import prob_worse
 from selftrain.plugins.registry import get as get_plugin
 
 

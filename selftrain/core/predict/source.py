@@ -26,8 +26,8 @@ import numpy as np
 import yaml
 
 from selftrain.config import PipelineConfig, validate_config
-from selftrain.core import io
-from selftrain.core.registry import Registry, RegistryError
+from selftrain.core.common import io
+from selftrain.core.registry.store import Registry, RegistryError
 
 REFERENCE_MAX_ROWS = 2000
 """Rows of the evaluation data scored for the PSI reference (a sample beyond that: a bounded cost)."""

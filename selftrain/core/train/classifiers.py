@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 from selftrain.config import PipelineConfig, plugin_options
-from selftrain.core import io
-from selftrain.core.runtime import runtime
+from selftrain.core.common import io
+from selftrain.core.train.runtime import runtime
 from selftrain.plugins import Classifier, TrainedClassifier
 
 META_FILE = "selftrain_classifier.json"

@@ -1,0 +1,1 @@
+"""Pseudo-labelling at scale: the unlabeled pool cut into shards and scored by one job per shard."""
