@@ -63,12 +63,14 @@ SIZES = {
            "validate_rows": 1_000_000, "validate_repeats": 1, "memory_pool": 1000, "gpu_steps": 20,
            "orch_warmup": False, "scale_pool": 4096, "scale_shard_rows": 1024, "scale_cpu_bf16": False,
            "gpu_texts": 2000, "gpu_batch_tokens": 32768, "gpu_max_length": 128, "gpu_warmup": 10, "gpu_compile": True,
-           "predict_rows": 2000, "predict_parquet_rows": 50_000, "predict_repeats": 2},
+           "predict_rows": 2000, "predict_parquet_rows": 50_000, "predict_repeats": 2, "predict_cycle": 512,
+           "predict_distinct_rows": 4096},
     False: {"pretrain_steps": 30, "pretrain_repeats": 3, "pl_texts": 4000, "pl_repeats": 3, "orch_repeats": 3,
             "validate_rows": 1_000_000, "validate_repeats": 3, "memory_pool": 4000, "gpu_steps": 60,
             "orch_warmup": True, "scale_pool": 20480, "scale_shard_rows": 4096, "scale_cpu_bf16": False,
             "gpu_texts": 4000, "gpu_batch_tokens": 65536, "gpu_max_length": 128, "gpu_warmup": 20, "gpu_compile": True,
-            "predict_rows": 20_000, "predict_parquet_rows": 1_000_000, "predict_repeats": 3},
+            "predict_rows": 20_000, "predict_parquet_rows": 1_000_000, "predict_repeats": 3, "predict_cycle": 512,
+            "predict_distinct_rows": 40_000},
 }
 
 
@@ -205,10 +207,11 @@ def build_rows(results: dict) -> list[Row]:
                         pr["plain"]["rows_per_s"]["median"], pr["selftrain"]["rows_per_s"]["median"], "report", None,
                         pr["plain"]["name"], note=f"argmax agreement {100 * pr['argmax_agreement']:.1f} %; parquet in "
                         "and out on both sides"))
-        mem = pr["memory"]
-        rows.append(Row(f"selftrain predict peak RSS, {mem['rows']:,}-row parquet", "MiB", None, mem["peak_rss_mb"],
-                        "≤ 2 GiB", mem["met"], higher_is_better=False,
-                        note=f"{mem['rows_per_s']:,.0f} rows/s, chunks of {mem['chunk_rows']:,} rows"))
+        for mem in filter(None, (pr["memory"], pr.get("memory_distinct"))):
+            rows.append(Row(f"selftrain predict peak RSS, {mem['rows']:,}-row parquet", "MiB", None, mem["peak_rss_mb"],
+                            "≤ 2 GiB", mem["met"], higher_is_better=False,
+                            note=f"{mem['parquet']['distinct_texts']:,} distinct texts, {mem['rows_per_s']:,.0f} rows/s, "
+                            f"chunks of {mem['chunk_rows']:,} rows"))
     return rows
 
 
@@ -347,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
         results["predict"] = speed_predict.bench_predict(texts, speed_train.minilm_dir(), labels,
                                                          speed_train.labeled_tweets(), sizes["predict_parquet_rows"],
                                                          rep or sizes["predict_repeats"],
-                                                         parquet_texts=list(dict.fromkeys(speed_train.tweet_texts())))
+                                                         parquet_texts=list(dict.fromkeys(speed_train.tweet_texts())),
+                                                         parquet_cycle=sizes["predict_cycle"],
+                                                         distinct_rows=sizes["predict_distinct_rows"])
     if "gpu" in only:
         from benchmarks import speed_gpu
 

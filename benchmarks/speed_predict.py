@@ -7,9 +7,15 @@ h. predict       — rows/s of ``selftrain predict``'s core (``predict_file``: p
                    (its defaults) -> the saved head (``head.safetensors``) -> softmax -> ``to_parquet``
                    (without sentence-transformers: a transformers ``AutoModel`` mean-pool loop), both
                    alternating in one process on the same distinct tweets, model loads outside the clock;
-                   and the peak RSS of predicting a large parquet (1M rows: every distinct tweet, ~40k,
-                   repeated in order, so that a chunk's texts are distinct; written in row groups, never
-                   held whole) in a fresh child process (VmHWM), target <= 2 GiB.
+                   and the peak RSS (VmHWM) of ``predict_file`` in a fresh child process, target <= 2 GiB,
+                   twice: on a large parquet (1M rows at full size, written in row groups, never held
+                   whole) whose texts cycle through ``parquet_cycle`` distinct tweets (a chunk's repeated
+                   texts are encoded once, so 1M rows cost ~1M / chunk x cycle encodes, minutes, not the
+                   ~1.5 h of 1M distinct tweets on 2 cores): what grows with the input (reading, row
+                   rules, quarantine, output, drift counts) is all there; and on ``distinct_rows`` rows
+                   that are all distinct (~40k tweets: several full chunks of distinct texts): the
+                   encoder's share at its largest. Memory bounded by the chunk shows as the two peaks
+                   being alike while the inputs differ 25-fold.
 
 The probe is trained with ``extra_layer: null``, so that its features are exactly the checkpoint's
 sentence embedding: what ``encode`` returns (the default probe appends the middle layer's view,
@@ -144,10 +150,12 @@ def child_predict_memory(a: dict) -> dict:
 
 def bench_predict(texts: list[str], backbone_dir: str, labels: list[str], fit_on: tuple[list[str], list[str]],
                   parquet_rows: int, repeats: int, max_length: int = 128, chunk_rows: int | None = None,
-                  work_dir: str | None = None, body_name: str = "MiniLM", parquet_texts: list[str] | None = None) -> dict:
+                  work_dir: str | None = None, body_name: str = "MiniLM", parquet_texts: list[str] | None = None,
+                  parquet_cycle: int | None = None, distinct_rows: int | None = None) -> dict:
     """Alternating rows/s of ``predict_file`` and the plain way on ``texts``; the peak RSS of
-    ``predict_file`` on a ``parquet_rows``-row parquet of ``parquet_texts`` (default ``texts``) repeated,
-    in a child process. Give it many distinct texts: a chunk's repeated texts are encoded once."""
+    ``predict_file`` in a child process on a ``parquet_rows``-row parquet cycling through the first
+    ``parquet_cycle`` (default all) of ``parquet_texts`` (default ``texts``), and, with ``distinct_rows``,
+    on that many distinct rows of ``parquet_texts`` (``memory_distinct``)."""
     import numpy as np
     import pandas as pd
 
@@ -184,16 +192,23 @@ def bench_predict(texts: list[str], backbone_dir: str, labels: list[str], fit_on
         ours = pd.read_parquet(tmp / "ours.parquet")
         p_plain = plain.probs(texts)
         p_ours = ours[[f"prob_{c}" for c in labels]].to_numpy()
-        big = str(tmp / "big.parquet")
-        t0 = time.perf_counter()
-        data = write_parquet(big, list(dict.fromkeys(parquet_texts or texts)), parquet_rows)
-        log(f"  wrote {parquet_rows:,} rows ({data['distinct_texts']:,} distinct texts, {data['mb']:.1f} MiB) in "
-            f"{time.perf_counter() - t0:.1f} s")
-        mem = run_child("predict_memory", {"input": big, "output": str(tmp / "big-preds.parquet"), "run_dir": run,
-                                           "chunk_rows": chunk_rows}, timeout=6 * 3600)
-        mem.update({"parquet": data, "target_mb": RSS_TARGET_MB, "met": mem["peak_rss_mb"] <= RSS_TARGET_MB})
-        log(f"  peak RSS {mem['peak_rss_mb']:.0f} MiB (after imports {mem['rss_start_mb']:.0f} MiB), "
-            f"{mem['rows_per_s']:,.0f} rows/s over {mem['rows']:,} rows")
+        pool = list(dict.fromkeys(parquet_texts or texts))
+
+        def peak(name: str, rows: int, cycle: list[str]) -> dict:
+            path = str(tmp / f"{name}.parquet")
+            t0 = time.perf_counter()
+            data = write_parquet(path, cycle, rows)
+            log(f"  wrote {rows:,} rows ({data['distinct_texts']:,} distinct texts, {data['mb']:.1f} MiB) in "
+                f"{time.perf_counter() - t0:.1f} s")
+            mem = run_child("predict_memory", {"input": path, "output": str(tmp / f"{name}-preds.parquet"),
+                                               "run_dir": run, "chunk_rows": chunk_rows}, timeout=6 * 3600)
+            mem.update({"parquet": data, "target_mb": RSS_TARGET_MB, "met": mem["peak_rss_mb"] <= RSS_TARGET_MB})
+            log(f"  peak RSS {mem['peak_rss_mb']:.0f} MiB (after imports {mem['rss_start_mb']:.0f} MiB), "
+                f"{mem['rows_per_s']:,.0f} rows/s over {mem['rows']:,} rows")
+            return mem
+
+        mem = peak("big", parquet_rows, pool[:parquet_cycle] if parquet_cycle else pool)
+        mem_distinct = peak("distinct", min(distinct_rows, len(pool)), pool) if distinct_rows else None
     finally:
         if work_dir is None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -206,6 +221,8 @@ def bench_predict(texts: list[str], backbone_dir: str, labels: list[str], fit_on
                          "name": "selftrain.core.predict.batch.predict_file", "batch_size": batch_size},
            "argmax_agreement": float((p_ours.argmax(1) == p_plain.argmax(1)).mean()),
            "max_abs_prob_diff": float(np.abs(p_ours - p_plain).max()), "memory": mem}
+    if mem_distinct:
+        res["memory_distinct"] = mem_distinct
     res["speedup"] = res["selftrain"]["rows_per_s"]["median"] / res["plain"]["rows_per_s"]["median"]
     return res
 

@@ -121,7 +121,8 @@ def test_speed_predict_tiny(tweets, tiny_models, tmp_path):
 
     fit = (tweets[:30], [LABELS[i % len(LABELS)] for i in range(30)])
     res = speed_predict.bench_predict(tweets[30:90], tiny_models[0], LABELS, fit, parquet_rows=700, repeats=1,
-                                      max_length=32, chunk_rows=128, work_dir=str(tmp_path), body_name="tiny-bert")
+                                      max_length=32, chunk_rows=128, work_dir=str(tmp_path), body_name="tiny-bert",
+                                      parquet_texts=tweets, parquet_cycle=20, distinct_rows=150)
     assert res["rows"] == 60 and res["fit_rows"] == 30 and res["probe"]["extra_layer"] is None
     assert res["selftrain"]["rows_per_s"]["median"] > 0 and res["plain"]["rows_per_s"]["median"] > 0
     assert res["speedup"] > 0 and res["plain"]["name"] and res["selftrain"]["batch_size"] > 0
@@ -129,8 +130,12 @@ def test_speed_predict_tiny(tweets, tiny_models, tmp_path):
     mem = res["memory"]
     assert mem["rows"] == mem["predicted"] == 700 and mem["parquet"]["rows"] == 700 and mem["chunk_rows"] == 128
     assert mem["peak_rss_mb"] >= mem["rss_start_mb"] > 0 and mem["target_mb"] == 2048 and mem["met"] in (True, False)
+    assert mem["parquet"]["distinct_texts"] == 20  # the large parquet cycles through 20 texts
+    dist = res["memory_distinct"]  # the second child: every row distinct
+    assert dist["rows"] == dist["predicted"] == dist["parquet"]["distinct_texts"] == 150 and dist["peak_rss_mb"] > 0
     rows = {r.metric: r for r in speed.build_rows({"predict": res})}
     assert rows["selftrain predict peak RSS, 700-row parquet"].ours == mem["peak_rss_mb"]
+    assert rows["selftrain predict peak RSS, 150-row parquet"].ours == dist["peak_rss_mb"]
     assert rows["batch prediction throughput, CPU, probe (tiny-bert), 60 tweets"].baseline == res["plain"]["rows_per_s"]["median"]
 
 
