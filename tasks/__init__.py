@@ -11,11 +11,13 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from selftrain.core.label import shards
-
 from selftrain.core.run import stages
 from selftrain.tasks.caching import stage_key
+from selftrain.tasks.retry import retry_unless_user_error
 
-RETRY = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=2), "retry_jitter_factor": 0.2}
+# user errors (a wrong column, too many bad rows, ...) fail at once: tasks/retry.py
+RETRY = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=2), "retry_jitter_factor": 0.2,
+         "retry_condition_fn": retry_unless_user_error}
 PERSIST = {"persist_result": True, "result_serializer": "json"}
 
 ingest = task(stages.ingest, name="ingest", **RETRY)

@@ -65,7 +65,8 @@ def test_tasks_are_thin_wrappers():
     # and a task module defines no functions of its own
     for f in _files("tasks"):
         own = [n.name for n in ast.parse(f.read_text()).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
-        assert f.name == "caching.py" or not own, f"{f.name} defines {own}: move the logic into selftrain/core"
+        # caching.py / retry.py: Prefect's cache keys and retry condition, glue with no logic of the core
+        assert f.name in ("caching.py", "retry.py") or not own, f"{f.name} defines {own}: move the logic into selftrain/core"
 
 
 def test_modules_stay_readable():

@@ -139,3 +139,30 @@ def test_retry_succeeds_without_redoing_finished_stages(prefect_api, tiny_config
     assert teacher.read_bytes() == teacher_before and (Path(cfg.run_dir) / "metrics.json").read_bytes() == metrics_before
     finished = {r.name: r.state.name for r in _task_runs(state.state_details.flow_run_id)}
     assert any(n.startswith("finetune-teacher") and s == "Cached" for n, s in finished.items()), finished
+
+
+def test_a_user_error_is_not_retried_a_transient_one_is(prefect_api, tmp_path):
+    """tasks.RETRY's condition: a PredictError (e.g. a column that is not in the file) fails on the
+    first attempt; a ConnectionError goes through the retries."""
+    from prefect import flow, task
+
+    from selftrain import tasks
+    from selftrain.core.predict.source import PredictError
+
+    attempts = {"user": 0, "transient": 0}
+
+    def failing(kind: str):
+        attempts[kind] += 1
+        raise (PredictError("column 'body' not in new.csv. Fix: --column text=...") if kind == "user"
+               else ConnectionError("storage hiccup"))
+
+    t = task(failing, name="failing", **{**tasks.RETRY, "retry_delay_seconds": 0, "retry_jitter_factor": None})
+
+    @flow
+    def both():
+        return [t(k, return_state=True) for k in ("user", "transient")]
+
+    state = both(return_state=True)
+    assert attempts == {"user": 1, "transient": 1 + tasks.RETRY["retries"]}
+    counts = sorted(r.run_count for r in _task_runs(state.state_details.flow_run_id))
+    assert counts == [1, 1 + tasks.RETRY["retries"]], counts
