@@ -1,4 +1,4 @@
-"""Prefect flows: ``pipeline`` (the whole job), one flow per stage, ``retrain`` (champion/challenger) and ``predict`` (batch prediction)."""
+"""Prefect flows: ``pipeline`` (the whole job), one flow per stage, ``retrain`` (champion/challenger), ``predict`` (batch prediction) and ``predict_landing`` (the files new under a prefix)."""
 
 from selftrain.flows.pipeline import (  # noqa: F401
     HEAVY,
@@ -14,4 +14,4 @@ from selftrain.flows.pipeline import (  # noqa: F401
     validate_flow,
 )
 from selftrain.flows.retrain import PROMOTED, emit_promoted, retrain  # noqa: F401
-from selftrain.flows.predict import DRIFT, drift_event, emit_drift, predict  # noqa: F401
+from selftrain.flows.predict import DRIFT, drift_event, emit_drift, predict, predict_landing  # noqa: F401

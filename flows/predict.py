@@ -99,3 +99,33 @@ def predict(input: str, output: str, run_dir: str | None = None, model: str | No
     print(f"predicted {result['predicted']} of {result['rows']} rows ({result['quarantined']} quarantined) -> {output}; "
           f"drift: {', '.join(result['drift']['flags']) or 'none'}")
     return result
+
+
+@flow(name="predict-landing", log_prints=True)
+def predict_landing(prefix: str, output_prefix: str, run_dir: str | None = None, model: str | None = None,
+                    root: str | None = None, name: str | None = None, version: str | None = None,
+                    columns: dict[str, str] | None = None, encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS,
+                    threshold: float = LOW_CONFIDENCE, max_class_shift: float = MAX_CLASS_SHIFT,
+                    max_psi: float = MAX_PSI, reference: bool = True, max_files: int = 100) -> list[dict]:
+    """Score every file that landed under ``prefix`` since the last run into ``output_prefix`` (same
+    relative path, ``.parquet``): one ``predict`` subflow per file, each with its drift artifact and event.
+    A file that fails leaves no output, so the next run tries it again; the others go on, and this run
+    then fails naming it. ``max_files``: the most files one run takes (the rest wait for the next)."""
+    jobs = predict_tasks.pending_files(prefix, output_prefix, max_files)
+    print(f"{len(jobs)} new file(s) under {prefix}")
+    done, failed = [], []
+    for job in jobs:
+        state = predict(job["input"], job["output"], run_dir=run_dir, model=model, root=root, name=name,
+                        version=version, columns=columns, encoding=encoding, chunk_rows=chunk_rows,
+                        threshold=threshold, max_class_shift=max_class_shift, max_psi=max_psi, reference=reference,
+                        return_state=True)
+        if state.is_completed():
+            res = state.result()
+            done.append({**job, "rows": res["rows"], "predicted": res["predicted"], "quarantined": res["quarantined"],
+                         "drift": res["drift"]["drift"], "flags": res["drift"]["flags"]})
+        else:
+            failed.append(f"{job['input']} ({state.message})")
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(jobs)} landed file(s) failed; they have no output, so the next run "
+                           f"tries them again: {'; '.join(failed)}")
+    return done

@@ -35,14 +35,22 @@ def test_prefect_yaml_declares_the_pipeline_and_the_heavy_stage_deployments():
     from selftrain.flows import HEAVY
 
     configs = _deploy_configs()
-    assert set(configs) == {"pipeline/retrain", "retrain/nightly", "predict/hourly", "pretrain/gpu", "finetune/gpu",
-                            "pseudo-label/gpu"}
+    assert set(configs) == {"pipeline/retrain", "retrain/nightly", "predict-landing/hourly", "predict/cpu", "predict/gpu",
+                            "pretrain/gpu", "finetune/gpu", "pseudo-label/gpu"}
     retrain = configs["pipeline/retrain"]["deployment"]
     assert retrain.work_pool.name == "cpu"
     (sched,) = retrain.schedules
     assert (sched.cron, sched.timezone, sched.active) == ("0 2 * * *", "UTC", False), "retrain/nightly is the scheduled job"
     (nightly,) = configs["retrain/nightly"]["deployment"].schedules
     assert (nightly.cron, nightly.timezone, nightly.active) == ("0 3 * * *", "UTC", True)
+    hourly = configs["predict-landing/hourly"]["deployment"]
+    (sched,) = hourly.schedules
+    assert (hourly.work_pool.name, sched.cron, sched.active) == ("cpu", "0 * * * *", False)
+    assert configs["predict/cpu"]["deployment"].work_pool.name == "cpu"
+    assert configs["predict/gpu"]["deployment"].work_pool.name == "gpu"
+    for key in ("predict-landing/hourly", "predict/cpu", "predict/gpu"):  # every parameter is one the flow takes
+        d = configs[key]
+        assert set(d["deployment"].parameters) <= set(d["flow"].parameters.properties), key
     cfg = validate_config(retrain.parameters["config"], "deployments/prefect.yaml")
     assert cfg.execution.heavy_stages == "deployments"
     # the pipeline finds each heavy stage's deployment under <flow name>/<execution.deployment>

@@ -247,3 +247,57 @@ def test_input_and_output_on_s3(run, s3_bucket):
         out = pd.read_parquet(f)
     assert out["id"].tolist() == run["test"]["id"].head(5).tolist() and res["predicted"] == 5
     assert fs.exists(f"{s3_bucket}/out/preds.quarantine.parquet")
+
+
+def _landing(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
+def test_landing_prefix_lists_only_new_prediction_inputs(tmp_path):
+    from selftrain.core.predict.landing import pending
+    from selftrain.core.predict.source import PredictError
+
+    inc, out = tmp_path / "incoming", tmp_path / "predictions"
+    _landing(inc, {"a.csv": "id,text\n1,x\n", "day2/b.jsonl": "{}\n", "c.parquet": "", "notes.txt": "",
+                   ".upload.csv": "", "_SUCCESS": "", "day2/_tmp.csv": ""})
+    _landing(out, {"c.parquet": ""})  # c was predicted by an earlier run
+    jobs = pending(str(inc) + "/", str(out))
+    assert [(j["input"], j["output"]) for j in jobs] == [
+        (f"{inc}/a.csv", str(out / "a.parquet")), (f"{inc}/day2/b.jsonl", str(out / "day2" / "b.parquet"))]
+    assert len(pending(str(inc), str(out), max_files=1)) == 1
+    with pytest.raises(PredictError, match="not a folder.*Fix"):
+        pending(str(tmp_path / "nowhere"), str(out))
+
+
+def test_landing_prefix_on_s3(s3_bucket):
+    import s3fs
+
+    from selftrain.core.predict.landing import pending
+
+    fs = s3fs.S3FileSystem()
+    for key in ("in/a.csv", "in/b.parquet", "out/b.parquet"):
+        fs.pipe(f"{s3_bucket}/{key}", b"x")
+    fs.invalidate_cache()
+    jobs = pending(f"s3://{s3_bucket}/in/", f"s3://{s3_bucket}/out")
+    assert jobs == [{"input": f"s3://{s3_bucket}/in/a.csv", "output": f"s3://{s3_bucket}/out/a.parquet"}]
+
+
+def test_predict_landing_flow_scores_each_new_file_once_and_retries_a_failed_one(prefect_api, run, tmp_path):
+    from selftrain.flows import predict_landing
+
+    inc, out = tmp_path / "incoming", tmp_path / "predictions"
+    inc.mkdir()
+    rows = run["test"][["id", "text"]]
+    rows.head(6).to_csv(inc / "a.csv", index=False)
+    rows.tail(4).rename(columns={"text": "body"}).to_csv(inc / "b.csv", index=False)  # no text column: refused
+    with pytest.raises(Exception, match="1 of 2 landed file.*b.csv"):
+        predict_landing(str(inc), str(out), run_dir=run["dir"], reference=False)
+    assert pd.read_parquet(out / "a.parquet")["id"].astype(str).tolist() == rows.head(6)["id"].astype(str).tolist()
+    assert not (out / "b.parquet").exists()
+
+    rows.tail(4).to_csv(inc / "b.csv", index=False)  # fixed upstream: the next run takes b, and only b
+    done = predict_landing(str(inc), str(out), run_dir=run["dir"], reference=False)
+    assert [d["input"] for d in done] == [f"{inc}/b.csv"] and done[0]["predicted"] == 4
+    assert predict_landing(str(inc), str(out), run_dir=run["dir"], reference=False) == []
