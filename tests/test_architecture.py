@@ -23,13 +23,17 @@ RULES = {
 }
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path, names: bool = False) -> set[str]:
+    """The modules ``path`` imports, at the top or inside a function; ``names``: also ``pkg.name`` for
+    every ``from pkg import name`` (``from selftrain.core.run import stages`` imports that module)."""
     mods = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             mods.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             mods.add(node.module)
+            if names:
+                mods.update(f"{node.module}.{a.name}" for a in node.names)
     return mods
 
 
@@ -82,15 +86,7 @@ def _core_modules() -> dict[str, Path]:
 
 
 def _core_imports(path: Path) -> set[str]:
-    """The core modules ``path`` imports, at the top or inside a function (``from pkg import mod`` counted as mod)."""
-    mods = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            mods.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            mods.add(node.module)
-            mods.update(f"{node.module}.{a.name}" for a in node.names)
-    return {m for m in mods if m.startswith("selftrain.core.")}
+    return {m for m in _imports(path, names=True) if m.startswith("selftrain.core.")}
 
 
 def test_core_streams_import_in_layer_order():

@@ -38,6 +38,23 @@ MOVED: dict[str, str] = {
 }
 
 
+def reexport(package: str, module: str):
+    """A package's ``__getattr__`` (PEP 562) that serves the names of its module ``module`` (the flat
+    module the package replaced), loading it on first use; a module of the package itself comes first."""
+
+    def __getattr__(name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if importlib.util.find_spec(f"{package}.{name}") is not None:  # a module of this package
+            return importlib.import_module(f"{package}.{name}")
+        try:
+            return getattr(importlib.import_module(f"{package}.{module}"), name)
+        except AttributeError:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
+
+    return __getattr__
+
+
 class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """``import selftrain.core.<old>`` gives the module at its new path (one object: a patch on
     either name is seen through both)."""

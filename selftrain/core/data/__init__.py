@@ -6,17 +6,6 @@ streaming reader (``clean``) and the CLI's cheap pre-flight checks (``preflight`
 import from here (loaded on first use, so importing a sibling module does not load it).
 """
 
+from selftrain.core import reexport
 
-import importlib
-import importlib.util
-
-
-def __getattr__(name: str):
-    if name.startswith("__"):
-        raise AttributeError(name)
-    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a module of this package
-        return importlib.import_module(f"{__name__}.{name}")
-    try:
-        return getattr(importlib.import_module(f"{__name__}.ingest"), name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+__getattr__ = reexport(__name__, "ingest")
