@@ -186,7 +186,7 @@ def summary(records: list[dict], names: list[str]) -> str:
         parts = []
         for m in names:
             v = np.array(list(by[m].values()))
-            s = f"{v.mean():.3f} ± {v.std():.3f}"
+            s = f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"  # sample sd, as quality.py and the docs
             if base and m != "probe":
                 d = np.array([by[m][sd] - base[sd] for sd in by[m]])
                 s += f" ({d.mean():+.3f}, {int((d > 0).sum())}/{len(d)})"
