@@ -197,6 +197,21 @@ def test_retrain_champion_challenger_cycle(prefect_api, tmp_path):
     assert _sha(source) == source_sha and Path(reg.uri("eval", "frozen.parquet")).read_bytes() == frozen_bytes
     assert not list(Path(reg.root, "versions").rglob("*.parquet"))
 
+    # the champion predicts (selftrain predict --root), and --version picks an older version
+    from selftrain.cli import main
+
+    batch = tmp_path / "batch.csv"
+    frozen[["id", "text"]].head(8).to_csv(batch, index=False)
+    picked = {}
+    for extra, out in (([], "champion.parquet"), (["--version", "v0001"], "v1.parquet")):
+        rc = main(["predict", "--input", str(batch), "--root", str(tmp_path / "artifacts"), "--name", name,
+                   "-o", str(tmp_path / out), "--no-reference", "--no-prefect", *extra])
+        assert rc == 0
+        preds = pd.read_parquet(tmp_path / out)
+        assert preds["id"].tolist() == frozen["id"].head(8).tolist()
+        picked[out] = set(preds["model_version"])
+    assert picked == {"champion.parquet": {"v0002"}, "v1.parquet": {"v0001"}}
+
     # rollback restores the previous champion
     assert reg.rollback(reason="test")["version"] == "v0001" and reg.champion() == "v0001"
 
