@@ -157,30 +157,30 @@ def main(argv: list[str] | None = None) -> None:
             for seed in a.seeds:
                 gold, pool, ev = draw(y, k, pool_n, seed)
                 ev = np.random.default_rng(seed).permutation(ev)[: a.eval_rows]
-                for m in a.methods:
-                    r = fit_and_score(m, opts.get(METHODS[m][0], {}), texts, y, labels, gold, pool, ev, seed, MAX_LENGTH[ds],
-                                      a.wise if m == "fixmatch" else None)
-                    wise = r.pop("wise", {})
-                    records.append({"dataset": ds, "k": k, "seed": seed, "method": m, **r,
-                                    "options": opts.get(METHODS[m][0], {})})
-                    log(f"  {ds} k={k} seed={seed} {m}: {r['macro_f1']:.3f} ({r['seconds']:.0f} s) {'; '.join(r['notes'])}")
-                    for alpha, f1 in wise.items():
-                        records.append({"dataset": ds, "k": k, "seed": seed, "method": f"{m}-wise{alpha:g}", "macro_f1": f1,
-                                        "options": {**opts.get(METHODS[m][0], {}), "wise_alpha": alpha}})
-                        log(f"  {ds} k={k} seed={seed} {m}-wise{alpha:g}: {f1:.3f}")
+                def run_methods(body: str | None = None, suffix: str = "", pretrain: dict | None = None) -> None:
+                    """Every method on this draw, on the checkpoint (``body`` None) or a pretrained body."""
+                    for m in a.methods:
+                        o = opts.get(METHODS[m][0], {})
+                        r = fit_and_score(m, o, texts, y, labels, gold, pool, ev, seed, MAX_LENGTH[ds],
+                                          a.wise if m == "fixmatch" and body is None else None, body=body)
+                        wise = r.pop("wise", {})
+                        records.append({"dataset": ds, "k": k, "seed": seed, "method": m + suffix, **r, "options": o,
+                                        **({"pretrain": pretrain} if pretrain else {})})
+                        log(f"  {ds} k={k} seed={seed} {m}{suffix}: {r['macro_f1']:.3f} ({r['seconds']:.0f} s) "
+                            f"{'; '.join(r['notes'])}")
+                        for alpha, f1 in wise.items():
+                            records.append({"dataset": ds, "k": k, "seed": seed, "method": f"{m}-wise{alpha:g}",
+                                            "macro_f1": f1, "options": {**o, "wise_alpha": alpha}})
+                            log(f"  {ds} k={k} seed={seed} {m}-wise{alpha:g}: {f1:.3f}")
+
+                run_methods()
                 for obj in a.pretrain:
                     with tempfile.TemporaryDirectory(prefix=f"dev-{obj}-") as body:
                         texts_seen = [texts[i] for i in (*gold, *pool)]  # labels hidden; dev-eval rows unseen
                         pre = pretrain_body(texts_seen, obj, MAX_LENGTH[ds], seed, body, overrides=pre_opts)
                         log(f"  {ds} k={k} seed={seed} pretrain {obj}: {pre['steps']} steps on {len(texts_seen)} texts "
                             f"in {pre['seconds']:.0f} s, final loss {pre['final_loss']}")
-                        for m in a.methods:
-                            r = fit_and_score(m, opts.get(METHODS[m][0], {}), texts, y, labels, gold, pool, ev, seed,
-                                              MAX_LENGTH[ds], body=body)
-                            r.pop("wise", None)
-                            records.append({"dataset": ds, "k": k, "seed": seed, "method": f"{m}+{obj}", **r,
-                                            "options": opts.get(METHODS[m][0], {}), "pretrain": {**pre, **pre_opts}})
-                            log(f"  {ds} k={k} seed={seed} {m}+{obj}: {r['macro_f1']:.3f} ({r['seconds']:.0f} s)")
+                        run_methods(body, f"+{obj}", {**pre, **pre_opts})
                 if a.out:  # after every draw: a stopped run keeps what it measured
                     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
                     Path(a.out).write_text(json.dumps({"protocol": __doc__.split("\n\n")[1], "records": records}, indent=1))

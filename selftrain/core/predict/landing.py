@@ -29,7 +29,7 @@ def pending(prefix: str, output_prefix: str, max_files: int | None = None) -> li
     for path in sorted(fs.find(root)):
         rel = path[len(root) + 1:]
         name = rel.rsplit("/", 1)[-1]
-        stem, dot, ext = name.rpartition(".")
+        _, dot, ext = name.rpartition(".")
         if name.startswith((".", "_")) or not dot or ext.lower() not in FORMATS:
             continue
         out = io.join(output_prefix, rel[: len(rel) - len(ext) - 1] + ".parquet")

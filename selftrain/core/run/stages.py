@@ -26,7 +26,7 @@ from selftrain.config import PipelineConfig, plugin_options
 from selftrain.core.common import io
 from selftrain.core.train.classifiers import classifier, load_trained, write_meta
 from selftrain.core.train.classify import fit_temperature, softmax
-from selftrain.core.data.clean import scan_clean
+from selftrain.core.data.clean import BATCH_ROWS, scan_clean
 from selftrain.core.data.ingest import ingest_frame
 from selftrain.core.train.ddp import pretrain_ddp
 from selftrain.core.run.evaluate import classification_metrics, confusion_png, markdown_table
@@ -191,7 +191,7 @@ def finetune_stage(cfg: PipelineConfig, clean: str, base_model: str | None, name
 
 
 # ---------------------------------------------------------------- pseudo-labels
-POOL_CHUNK_ROWS = 8192
+POOL_CHUNK_ROWS = BATCH_ROWS
 """Unlabeled rows the teacher scores at once: the pseudo-label stage's memory is bounded by this,
 not by the pool (a pool up to this size is scored in one call, exactly as before chunking)."""
 
