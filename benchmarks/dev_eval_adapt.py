@@ -139,8 +139,13 @@ def main(argv: list[str] | None = None) -> None:
                     help="also run every method on the body pretrained with each objective (method <m>+<objective>)")
     ap.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
                     help="a pretrain config field for --pretrain, e.g. epochs=2")
+    ap.add_argument("--pretrained-only", action="store_true",
+                    help="with --pretrain: skip the methods on the checkpoint (their records are on file from an "
+                         "earlier run of the same draws: the fits are seeded and reproduce to the digit on the CPU)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
+    if a.pretrained_only and not a.pretrain:
+        ap.error("--pretrained-only needs --pretrain OBJECTIVE: without it nothing would run")
     import yaml
 
     pre_opts = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in a.pretrain_set)}
@@ -173,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
                                             "macro_f1": f1, "options": {**o, "wise_alpha": alpha}})
                             log(f"  {ds} k={k} seed={seed} {m}-wise{alpha:g}: {f1:.3f}")
 
-                run_methods()
+                if not a.pretrained_only:
+                    run_methods()
                 for obj in a.pretrain:
                     with tempfile.TemporaryDirectory(prefix=f"dev-{obj}-") as body:
                         texts_seen = [texts[i] for i in (*gold, *pool)]  # labels hidden; dev-eval rows unseen

@@ -230,9 +230,9 @@ def pretrain_flow(config: PipelineConfig, clean: str, fingerprint: str) -> dict:
 
 @flow(name="finetune")
 def finetune_flow(config: PipelineConfig, clean: str, base_model: str | None, name: str,
-                  pseudo_labels: str | None = None) -> dict:
-    """Classifier finetuning: baseline, teacher or student-N (a heavy stage: the gpu pool's work)."""
-    return _record(config, task_stages(config).finetune(config, clean, base_model, name, pseudo_labels))
+                  pseudo_labels: str | None = None, adapt: bool = False) -> dict:
+    """Classifier finetuning: baseline, teacher, student-N or the adapted core (a heavy stage: the gpu pool's work)."""
+    return _record(config, task_stages(config).finetune(config, clean, base_model, name, pseudo_labels, adapt=adapt))
 
 
 @flow(name="pseudo-label")

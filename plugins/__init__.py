@@ -30,11 +30,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-PLUGIN_API_VERSION = "1.3"
+PLUGIN_API_VERSION = "1.4"
 """Version of this API. Bumped in the major part on breaking changes (1.1 added the
 classifiers group and the embedding fields of :class:`LabelerInputs`; 1.2 added
 :attr:`RuntimeContext.compile_inference` and :mod:`selftrain.plugins.inference`; 1.3 added
-:attr:`LabeledRows.unlabeled` and :attr:`Classifier.uses_unlabeled`)."""
+:attr:`LabeledRows.unlabeled` and :attr:`Classifier.uses_unlabeled`; 1.4 added
+:attr:`Labeler.guards_pool` and :attr:`Selection.pool_refused`)."""
 
 BackboneKind = Literal["encoder", "decoder"]
 
@@ -184,6 +185,13 @@ class Selection:
     weights: np.ndarray
     notes: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def pool_refused(self) -> bool:
+        """True when a labeler's guard refused the pool as a whole (``notes["pool_refused"]``, API
+        1.4): the gold rows measured that pseudo-labels from this teacher do not pay. The pipeline
+        then trains ``classifier.adapt``, a core that moves the body, if one is configured."""
+        return bool(self.notes.get("pool_refused", False))
+
     def validate(self, n_pool: int, n_classes: int) -> None:
         m = len(self.index)
         if self.targets.shape != (m, n_classes) or self.weights.shape != (m,):
@@ -237,6 +245,10 @@ class Labeler(_Plugin):
 
     #: True: the stage hands over sentence embeddings of the pool and the gold rows.
     needs_embeddings: ClassVar[bool] = False
+    #: True: round 1 may refuse the pool as a whole, measured on the gold rows (a guard), and says
+    #: so with ``Selection.notes["pool_refused"] = True`` and its evidence in ``notes["guard"]``
+    #: (API 1.4). ``classifier.adapt`` needs such a labeler: the refusal is what picks it.
+    guards_pool: ClassVar[bool] = False
 
     def __init__(self, config: PluginConfig):
         self.config = config

@@ -79,12 +79,22 @@ class ModelConfig(Section):
     max_length: int = Field(256, ge=8, le=4096, description="Tokens per text; longer texts are truncated.")
 
 
+class AdaptConfig(Section):
+    name: str | None = Field(
+        None, description="Classifier plugin that moves the body on gold + pool (fixmatch, ...), trained when the labeler's "
+        "guard refuses the pool (the frozen space does not separate the classes, so self-training inside it cannot pay); "
+        "it becomes final. null: the supervised core stands. Needs a labeler with a guard (agree).")
+    options: dict[str, Any] = Field(default_factory=dict, description="That plugin's options (e.g. flex: false for fixmatch).")
+
+
 class ClassifierConfig(Section):
     name: str = Field(
         "probe", description="Classifier plugin (entry point in selftrain.classifiers): probe (frozen body + logistic "
         "regression on its sentence embeddings), finetune (full finetuning), ... Trains the baseline, teacher and students."
     )
     options: dict[str, Any] = Field(default_factory=dict, description="The classifier plugin's options (e.g. C for probe).")
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig, description="The core the guard turns to when it refuses the "
+                               "pool: {frozen core, frozen core + pool, adapted body + pool}, chosen per run on the gold rows.")
 
 
 class PretrainConfig(Section):
@@ -315,6 +325,24 @@ def plugin_options(group: str, name: str, options: dict, where: str, key: str | 
         raise ConfigError(f"{errs}. Fields of {name!r}: {', '.join(cls.Config.model_fields) or 'none'}.") from None
 
 
+def check_adapt(cfg: PipelineConfig) -> None:
+    """``classifier.adapt``: a classifier plugin whose options validate, picked by a labeler guard."""
+    ad, plc = cfg.classifier.adapt, cfg.pseudo_label
+    acls, _ = plugin_options("selftrain.classifiers", ad.name, ad.options, "classifier.adapt", "classifier.adapt.name")
+    if acls.needs_validation and cfg.data.val_per_class == 0 and cfg.data.columns.split is None:
+        raise ConfigError(f"classifier.adapt.name={ad.name!r} needs validation rows, but data.val_per_class is 0. "
+                          "Fix: set data.val_per_class (e.g. 8) or classifier.adapt.name: fixmatch.")
+    if not plc.enabled:
+        raise ConfigError(f"classifier.adapt.name={ad.name!r} is trained when the pseudo-labeler's guard refuses the pool, "
+                          "but pseudo_label.enabled is false, so no guard ever runs. Fix: set pseudo_label.enabled: true "
+                          "(labeler: agree) or classifier.adapt.name: null.")
+    lcls, _ = plugin_options("selftrain.labelers", plc.labeler, plc.options, "pseudo_label")
+    if not getattr(lcls, "guards_pool", False):
+        raise ConfigError(f"classifier.adapt.name={ad.name!r} is trained when the labeler's guard refuses the pool, but "
+                          f"pseudo_label.labeler={plc.labeler!r} has no guard (guards_pool is false), so it never would be. "
+                          "Fix: set pseudo_label.labeler: agree or classifier.adapt.name: null.")
+
+
 def check_plugins(cfg: PipelineConfig) -> None:
     """Plugins exist, their options validate and the objective fits the backbone — before any work."""
     mcls, mopts = plugin_options("selftrain.models", cfg.model.name, cfg.model.options, "model")
@@ -330,6 +358,8 @@ def check_plugins(cfg: PipelineConfig) -> None:
             raise ConfigError(f"evaluate.baseline_classifier={cfg.evaluate.baseline_classifier!r} needs validation rows, "
                               "but data.val_per_class is 0. Fix: set data.val_per_class (e.g. 8) or "
                               "evaluate.baseline_classifier: probe.")
+    if cfg.classifier.adapt.name is not None:
+        check_adapt(cfg)
     if cfg.pseudo_label.enabled:
         plugin_options("selftrain.labelers", plc.labeler, plc.options, "pseudo_label")
         if plc.noise > 0 and not ccls.supports_token_noise:

@@ -246,6 +246,7 @@ class AgreementLabeler(Labeler):
     summary = "embedding-space self-training: classifier and k-NN agree, class-balanced growth over rounds, drift guards"
     Config = AgreeConfig
     needs_embeddings = True
+    guards_pool = True  # round 1's guard may refuse the pool: notes["pool_refused"] (API 1.4)
 
     def select(self, inputs: LabelerInputs) -> Selection:
         c, P = self.config, np.asarray(inputs.probs, np.float64)
@@ -269,7 +270,7 @@ class AgreementLabeler(Labeler):
                                        f"({g['selftrained_right']} vs {g['supervised_right']} rows right; margin "
                                        f"{c.guard_margin}): the pool does not pay here, keeping no pseudo-label")
                     return Selection(prev.index, prev.targets, prev.weights,
-                                     {**notes, "prior": prior1.tolist(), "mix1": mix1.tolist()})
+                                     {**notes, "prior": prior1.tolist(), "mix1": mix1.tolist(), "pool_refused": True})
         else:
             prior1 = np.asarray(prev.notes.get("prior", estimate_prior(c.prior, P, gold_y, C)))
             mix1 = np.asarray(prev.notes.get("mix1", P.mean(0)))

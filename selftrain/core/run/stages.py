@@ -144,9 +144,10 @@ def _gold(df: pd.DataFrame, split: str, labels: list[str]) -> tuple[list[str], n
 
 
 def finetune_stage(cfg: PipelineConfig, clean: str, base_model: str | None, name: str,
-                   pseudo_labels: str | None = None) -> dict:
+                   pseudo_labels: str | None = None, adapt: bool = False) -> dict:
     """Classifier from ``base_model`` (None: the un-pretrained backbone) on gold train rows
-    (+ pseudo-labelled rows) with early stopping on validation -> ``models/<name>``."""
+    (+ pseudo-labelled rows) with early stopping on validation -> ``models/<name>``.
+    ``adapt``: train ``classifier.adapt`` (the core that moves the body) instead of ``classifier``."""
     df = io.read_parquet(clean)
     labels = label_names(cfg, df)
     texts, y = _gold(df, "train", labels)
@@ -162,8 +163,13 @@ def finetune_stage(cfg: PipelineConfig, clean: str, base_model: str | None, name
     val_texts, val_y = _gold(df, "val", labels)
     model_dir = io.local_dir(base_model) if base_model else backbone(cfg, clean)[0]
     # the baseline may be another core than the run's (evaluate.baseline_classifier: the best one without the pool)
-    plugin = (cfg.evaluate.baseline_classifier or cfg.classifier.name) if name == "baseline" else cfg.classifier.name
-    clf = classifier(cfg, plugin)
+    if adapt:
+        if cfg.classifier.adapt.name is None:
+            raise ValueError("finetune_stage(adapt=True) needs classifier.adapt.name; it is null")
+        plugin, options = cfg.classifier.adapt.name, cfg.classifier.adapt.options
+    else:
+        plugin, options = (cfg.evaluate.baseline_classifier or cfg.classifier.name) if name == "baseline" else cfg.classifier.name, None
+    clf = classifier(cfg, plugin, options=options)
     epochs = cfg.finetune.student_epochs if n_pseudo else cfg.finetune.epochs
 
     def on_log(rec: dict) -> None:
@@ -359,9 +365,12 @@ def evaluate_stage(cfg: PipelineConfig, clean: str, models: dict[str, str], val_
                **extra}
     io.write_json(_uri(cfg, "metrics.json"), metrics)
     notes = "\n".join(f"- {n}" for n in extra.get("notes", []))
+    core = extra.get("core")
+    core_md = (f"## Core\nChosen: **{core['chosen']}** ({core['candidates'].get(core['chosen'])}) — {core['why']}.\n\n"
+               if core else "")
     report = (f"# selftrain run `{cfg.run_name}`\n\nTest split: {len(y)} rows, labels {', '.join(labels)}. "
               f"`final` is chosen on validation macro-F1 when there are validation rows, else it is the last model the labeler's guards let through; never on test.\n\n{table}\n\n"
-              + (f"## Notes\n{notes}\n" if notes else ""))
+              + core_md + (f"## Notes\n{notes}\n" if notes else ""))
     io.write_text(_uri(cfg, "report.md"), report)
     return {"metrics": _uri(cfg, "metrics.json"), "report": _uri(cfg, "report.md"), "markdown": report,
             "table": table, "summary": {n: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for n, r in results.items()}}

@@ -19,12 +19,13 @@ from selftrain.plugins import Classifier, TrainedClassifier
 META_FILE = "selftrain_classifier.json"
 
 
-def classifier(cfg: PipelineConfig, name: str | None = None, cache: bool = True) -> Classifier:
-    """The configured classifier plugin (or ``name``, with default options), ready to fit or load.
-    ``cache``: the plugin may cache derived arrays (embeddings) under the user's cache; off for rows
-    seen once (batch prediction), which a cache would only pile up."""
+def classifier(cfg: PipelineConfig, name: str | None = None, cache: bool = True, options: dict | None = None) -> Classifier:
+    """The configured classifier plugin (or ``name``, with ``options`` or its defaults), ready to fit
+    or load. ``cache``: the plugin may cache derived arrays (embeddings) under the user's cache; off
+    for rows seen once (batch prediction), which a cache would only pile up."""
     name = name or cfg.classifier.name
-    options = cfg.classifier.options if name == cfg.classifier.name else {}
+    if options is None:
+        options = cfg.classifier.options if name == cfg.classifier.name else {}
     cls, opts = plugin_options("selftrain.classifiers", name, options, "classifier")
     ctx = runtime(cfg.device, cfg.seed, cfg.cpu_bf16, cfg.inference_compile)
     ctx.cache_dir = str(io.cache_root() / "embeddings") if cache else None

@@ -1,0 +1,100 @@
+"""The guard chooses the core: {frozen core, frozen core + pool, adapted body + pool}.
+
+The agree labeler's round-1 guard (cross-validation over the gold rows) refuses the pool where
+self-training in the frozen embedding space does not pay; ``classifier.adapt`` then names the core
+that moves the body (fixmatch), which is trained on gold + pool and becomes final. The choice, the
+guard's scores and why go into metrics.json (``core``) and report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from selftrain.core.run.pipeline import core_choice
+
+# the frozen tiny-BERT probe + agree; guard_margin -5: self-training must lead by 5 nats per row,
+# so the guard refuses whatever the draw (the real decision is tested in test_agree.py)
+TINY_PROBE = ["classifier.name=probe", "pretrain.enabled=false", "data.val_per_class=0",
+              "pseudo_label.labeler=agree", "pseudo_label.rounds=2", "pseudo_label.refit_on_gold=false",
+              "pseudo_label.ensemble_baseline=false", "pseudo_label.options={guard_folds: 2}"]
+ADAPT = ["classifier.adapt.name=fixmatch", "classifier.adapt.options={steps: 3, batch_size: 4, mu: 1}"]
+
+
+def test_core_choice_names_the_core_and_why(tiny_config):
+    cfg = tiny_config(*TINY_PROBE, *ADAPT)
+    guard = {"metric": "log_loss", "selftrained_log_loss": 1.4, "supervised_log_loss": 1.1, "use_pool": False}
+    refused = core_choice(cfg, "baseline", {"pool_refused": True, "guard": guard})
+    assert refused["chosen"] == "adapted" and refused["refused"] and refused["guard"] == guard
+    assert "1.400 vs supervised 1.100" in refused["why"] and "fixmatch" in refused["why"]
+    assert refused["candidates"] == {"supervised": "probe", "pool": "probe + agree pseudo-labels",
+                                     "adapted": "fixmatch on gold + pool"}
+    passed = core_choice(cfg, "student-2", None)
+    assert passed["chosen"] == "pool" and not passed["refused"]
+    nothing = core_choice(cfg, "baseline", None)
+    assert nothing["chosen"] == "supervised"
+    no_adapt = core_choice(tiny_config(*TINY_PROBE), "baseline", {"pool_refused": True, "guard": guard})
+    assert no_adapt["chosen"] == "supervised" and "classifier.adapt.name: fixmatch" in no_adapt["why"]
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["pseudo_label.labeler=soft", "pseudo_label.options={}"], "has no guard"),
+    (["pseudo_label.enabled=false"], "no guard ever runs"),
+    (["classifier.adapt.name=fixmacth"], "classifier.adapt.name"),
+    (["classifier.adapt.options={stepz: 3}"], "classifier.adapt.options"),
+])
+def test_impossible_adapt_combinations_are_refused_up_front(tiny_config, overrides, match):
+    from selftrain.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        tiny_config(*TINY_PROBE, *ADAPT, *overrides)
+
+
+def test_the_agree_guard_marks_a_refused_pool():
+    from selftrain.plugins import LabelerInputs
+    from selftrain.plugins.labelers.agree import AgreeConfig, AgreementLabeler
+
+    rng = np.random.default_rng(0)
+    gold_y = np.repeat([0, 1], 6)
+    gold_x = rng.normal(size=(12, 8)) + gold_y[:, None]
+    gold_x /= np.linalg.norm(gold_x, axis=1, keepdims=True)
+    pool_x = rng.normal(size=(40, 8))
+    pool_x /= np.linalg.norm(pool_x, axis=1, keepdims=True)
+    probs = np.full((40, 2), 0.5)
+    inputs = LabelerInputs(probs=probs, val_probs=np.zeros((0, 2)), val_labels=np.zeros(0, np.int64),
+                           train_counts=np.array([6, 6]), label_names=["a", "b"], pool_embeddings=pool_x,
+                           train_embeddings=gold_x, train_labels=gold_y, rounds=2)
+    assert AgreementLabeler.guards_pool
+    refused = AgreementLabeler(AgreeConfig(guard_margin=-5, guard_folds=3)).select(inputs)
+    assert refused.pool_refused and len(refused.index) == 0 and refused.notes["guard"]["use_pool"] is False
+    passed = AgreementLabeler(AgreeConfig(guard_margin=5, guard_folds=3)).select(inputs)
+    assert not passed.pool_refused and passed.notes["guard"]["use_pool"] is True
+
+
+@pytest.mark.slow
+def test_a_refused_pool_trains_the_adapted_core_and_reports_the_choice(tiny_config):
+    from selftrain.core.run.pipeline import run_stages
+
+    cfg = tiny_config(*TINY_PROBE, *ADAPT, "pseudo_label.options={guard_folds: 2, guard_margin: -5}")
+    res = run_stages(cfg)
+    run = Path(cfg.run_dir)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert res["final"] == metrics["final"] == "adapted"
+    assert metrics["core"]["chosen"] == "adapted" and metrics["core"]["refused"]
+    assert metrics["core"]["guard"]["use_pool"] is False
+    assert set(metrics["models"]) == {"baseline", "adapted"}  # no student: the pool was refused for the frozen core
+    from selftrain.core.train.classifiers import saved_info
+
+    assert saved_info(str(run / "models" / "adapted"))[0] == "fixmatch"
+    report = (run / "report.md").read_text()
+    assert "## Core" in report and "Chosen: **adapted**" in report and "the guard refused the pool" in report
+
+    # the same run without classifier.adapt: the supervised core stands, and the report says how to adapt
+    cfg2 = tiny_config(*TINY_PROBE, "pseudo_label.options={guard_folds: 2, guard_margin: -5}",
+                       f"output_dir={run.parent / 'run2'}")
+    res2 = run_stages(cfg2)
+    m2 = json.loads((Path(cfg2.run_dir) / "metrics.json").read_text())
+    assert res2["final"] == "baseline" and m2["core"]["chosen"] == "supervised"
+    assert "classifier.adapt.name: fixmatch" in m2["core"]["why"]
