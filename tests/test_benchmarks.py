@@ -414,3 +414,12 @@ def test_dev_eval_adapt_pretrains_a_body_as_the_pretrain_stage_does(tweets, tiny
     before, after = load_file(f"{tiny_models[0]}/model.safetensors"), load_file(str(out / "model.safetensors"))
     moved = [k for k in after if k in before and not np.allclose(before[k], after[k])]
     assert moved and (out / "config.json").exists()
+
+
+def test_dev_eval_adapt_pretrained_only_needs_an_objective(capsys):
+    """--pretrained-only skips the checkpoint's methods, so without --pretrain nothing would run: refused."""
+    from benchmarks.dev_eval_adapt import main
+
+    with pytest.raises(SystemExit):
+        main(["--pretrained-only", "--seeds", "0"])
+    assert "--pretrained-only needs --pretrain OBJECTIVE" in capsys.readouterr().err

@@ -209,6 +209,22 @@ def test_setfit_tunes_the_body_and_saves_a_probe_layout(tmp_path):
     assert clf.load(str(tmp_path / "m"), ["a", "b"]).predict_proba(texts).shape == (12, 2)
 
 
+def test_setfit_pairs_take_the_confident_pseudo_labelled_rows(tmp_path):
+    """Self-trained SetFit: pseudo-labelled rows of at least pseudo_min_weight join the pairs with
+    their hard label; lighter ones only reach the head."""
+    from selftrain.plugins import LabeledRows
+    from selftrain.plugins.classifiers.setfit import SetFit
+    from selftrain.plugins.testing import TOPIC_ROWS
+
+    body = TinyBert(TinyBert.Config()).materialize(SENTENCES, str(tmp_path / "body"), seed=0)
+    texts, y = [t for t, _ in TOPIC_ROWS], np.array([c for _, c in TOPIC_ROWS])
+    weights = np.array([1.0] * 8 + [0.6, 0.6, 0.2, 0.2], np.float32)  # 8 gold rows, then 4 pseudo-labelled
+    clf = SetFit(SetFit.Config(iterations=1, lr=1e-3, pseudo_min_weight=0.5), RuntimeContext(), 32)
+    rep = clf.fit(body, ["a", "b"], LabeledRows(texts, one_hot(y, 2), weights, 8), [], np.zeros(0, np.int64),
+                  str(tmp_path / "m"))
+    assert "pairs of 10 rows (2 pseudo-labelled)" in rep.notes[-1]
+
+
 def _saved_probe(tmp_path, **options):
     from selftrain.plugins import LabeledRows
     from selftrain.plugins.testing import TOPIC_ROWS
