@@ -31,10 +31,11 @@ def test_core_choice_names_the_core_and_why(tiny_config):
     assert "1.400 vs supervised 1.100" in refused["why"] and "fixmatch" in refused["why"]
     assert refused["candidates"] == {"supervised": "probe", "pool": "probe + agree pseudo-labels",
                                      "adapted": "fixmatch on gold + pool"}
-    passed = core_choice(cfg, "student-2", None)
-    assert passed["chosen"] == "pool" and not passed["refused"]
-    nothing = core_choice(cfg, "baseline", None)
-    assert nothing["chosen"] == "supervised"
+    passed = core_choice(cfg, "student-2", {"guard": {**guard, "selftrained_log_loss": 0.4, "use_pool": True}})
+    assert passed["chosen"] == "pool" and not passed["refused"] and passed["guard"]["use_pool"]
+    assert "let the pool through (held-out log_loss per gold row: self-trained 0.400 vs supervised 1.100)" in passed["why"]
+    nothing = core_choice(cfg, "baseline", None)  # no pseudo-labelling ran
+    assert nothing["chosen"] == "supervised" and nothing["guard"] is None and not nothing["refused"]
     no_adapt = core_choice(tiny_config(*TINY_PROBE), "baseline", {"pool_refused": True, "guard": guard})
     assert no_adapt["chosen"] == "supervised" and "classifier.adapt.name: fixmatch" in no_adapt["why"]
 

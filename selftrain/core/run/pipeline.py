@@ -61,7 +61,7 @@ def run_stages(cfg: PipelineConfig, S: Stages | None = None, publish: Callable[[
         final, current = "baseline", done["baseline"]
     else:
         final, current = "teacher", finetune(base, "teacher")
-    pseudo_reports, previous, refused = [], None, None
+    pseudo_reports, previous, first = [], None, None
     if cfg.pseudo_label.enabled:
         for r in range(1, cfg.pseudo_label.rounds + 1):
             # round 1 may average the teacher with the baseline (see pseudo_label.ensemble_baseline)
@@ -73,8 +73,8 @@ def run_stages(cfg: PipelineConfig, S: Stages | None = None, publish: Callable[[
             else:
                 pl = S.pseudo_label(cfg, clean, current["model"], r, also, previous)
             pseudo_reports.append(pl["report"])
-            if pl["report"]["notes"].get("pool_refused"):
-                refused = pl["report"]["notes"]
+            if r == 1:
+                first = pl["report"]["notes"]  # the guard's verdict and scores, if the labeler has one
             if pl["report"]["kept"] == 0:
                 reason = pl["report"].get("empty_reason", "the labeler kept no row")
                 notes.append(f"round {r}: no pseudo-label kept ({reason}); no student trained, {final} stays")
@@ -97,7 +97,7 @@ def run_stages(cfg: PipelineConfig, S: Stages | None = None, publish: Callable[[
                              "self-training (pseudo-labels hurt here; try more labels, a stricter labeler or pretraining)")
                 break
             final, current = s["name"], s
-    core = core_choice(cfg, final, refused)
+    core = core_choice(cfg, final, first)
     if core["chosen"] == "adapted":  # the frozen space does not separate the classes: move the body on gold + pool
         notes.append(core["why"])
         final, current = "adapted", finetune(base, "adapted", adapt=True)
@@ -120,30 +120,32 @@ def run_stages(cfg: PipelineConfig, S: Stages | None = None, publish: Callable[[
             "summary": ev["summary"], "table": ev["table"], "run_dir": cfg.run_dir, "notes": notes}
 
 
-def core_choice(cfg: PipelineConfig, final: str, refused: dict | None) -> dict:
+def core_choice(cfg: PipelineConfig, final: str, round1: dict | None) -> dict:
     """Which of {the frozen core, the core + the pool, the adapted body + the pool} the run takes,
     with the guard's scores and why (``metrics.json`` under ``core``). The labeler's guard measures
     on the gold rows' cross-validation whether self-training in the frozen embedding space pays
     (``plugins/labelers/agree.py``); when it refuses, that space does not separate the classes and
-    ``classifier.adapt`` (a core that moves the body with the pool: fixmatch) is trained instead."""
+    ``classifier.adapt`` (a core that moves the body with the pool: fixmatch) is trained instead.
+    ``round1``: the labeler's notes of round 1 (None: no pseudo-labelling ran)."""
     frozen, adapt = cfg.classifier.name, cfg.classifier.adapt.name
-    guard = (refused or {}).get("guard")
+    guard = (round1 or {}).get("guard")
+    refused = bool((round1 or {}).get("pool_refused"))
+    metric = guard.get("metric", "log_loss") if guard else None
+    score = (f" (held-out {metric} per gold row: self-trained {guard.get('selftrained_' + metric, float('nan')):.3f} vs "
+             f"supervised {guard.get('supervised_' + metric, float('nan')):.3f})") if guard else ""
     out = {"candidates": {"supervised": frozen, "pool": f"{frozen} + {cfg.pseudo_label.labeler} pseudo-labels"
                           if cfg.pseudo_label.enabled else None,
                           "adapted": f"{adapt} on gold + pool" if adapt else None},
-           "guard": guard, "refused": refused is not None}
-    if refused is None:
+           "guard": guard, "refused": refused}
+    if not refused:
         chosen = "pool" if final.startswith("student") else "supervised"
-        why = ("the guard let the pool through and a student was trained" if chosen == "pool" else
+        why = (f"the guard let the pool through{score} and a student was trained" if chosen == "pool" else
                "no student was trained (pseudo-labelling off, or no row kept)")
     elif adapt is None:
-        chosen, why = "supervised", ("the guard refused the pool and classifier.adapt is null: the supervised core stands "
+        chosen, why = "supervised", (f"the guard refused the pool{score} and classifier.adapt is null: the supervised core stands "
                                      "(set classifier.adapt.name: fixmatch to move the body with the pool instead)")
     else:
         chosen = "adapted"
-        metric = guard.get("metric", "log_loss") if guard else None
-        score = (f" (held-out {metric}: self-trained {guard.get('selftrained_' + metric, float('nan')):.3f} vs supervised "
-                 f"{guard.get('supervised_' + metric, float('nan')):.3f})") if guard else ""
         why = (f"the guard refused the pool{score}: self-training in the frozen embedding space does not pay here, "
                f"so {adapt} moves the body on gold + pool and becomes final")
     return {**out, "chosen": chosen, "why": why}
