@@ -41,18 +41,23 @@ def plugin_options(group: str, name: str, options: dict, where: str, key: str | 
         raise ConfigError(f"{errs}. Fields of {name!r}: {', '.join(cls.Config.model_fields) or 'none'}.") from None
 
 
-def check_adapt(cfg: PipelineConfig) -> None:
-    """``classifier.adapt``: a classifier plugin whose options validate, picked by a labeler guard."""
+def _lacks_validation(cfg: PipelineConfig, cls: type) -> bool:
+    """The classifier plugin ``cls`` needs validation rows and the run will have none."""
+    return cls.needs_validation and cfg.data.val_per_class == 0 and cfg.data.columns.split is None
+
+
+def check_adapt(cfg: PipelineConfig, lcls: type | None) -> None:
+    """``classifier.adapt``: a classifier plugin whose options validate, picked by the guard of the
+    labeler ``lcls`` (None: pseudo-labelling is off)."""
     ad, plc = cfg.classifier.adapt, cfg.pseudo_label
     acls, _ = plugin_options("selftrain.classifiers", ad.name, ad.options, "classifier.adapt", "classifier.adapt.name")
-    if acls.needs_validation and cfg.data.val_per_class == 0 and cfg.data.columns.split is None:
+    if _lacks_validation(cfg, acls):
         raise ConfigError(f"classifier.adapt.name={ad.name!r} needs validation rows, but data.val_per_class is 0. "
                           "Fix: set data.val_per_class (e.g. 8) or classifier.adapt.name: fixmatch.")
-    if not plc.enabled:
+    if lcls is None:
         raise ConfigError(f"classifier.adapt.name={ad.name!r} is trained when the pseudo-labeler's guard refuses the pool, "
                           "but pseudo_label.enabled is false, so no guard ever runs. Fix: set pseudo_label.enabled: true "
                           "(labeler: agree) or classifier.adapt.name: null.")
-    lcls, _ = plugin_options("selftrain.labelers", plc.labeler, plc.options, "pseudo_label")
     if not getattr(lcls, "guards_pool", False):
         raise ConfigError(f"classifier.adapt.name={ad.name!r} is trained when the labeler's guard refuses the pool, but "
                           f"pseudo_label.labeler={plc.labeler!r} has no guard (guards_pool is false), so it never would be. "
@@ -64,20 +69,20 @@ def check_plugins(cfg: PipelineConfig) -> None:
     mcls, mopts = plugin_options("selftrain.models", cfg.model.name, cfg.model.options, "model")
     ccls, _ = plugin_options("selftrain.classifiers", cfg.classifier.name, cfg.classifier.options, "classifier")
     name, plc = cfg.classifier.name, cfg.pseudo_label
-    if ccls.needs_validation and cfg.data.val_per_class == 0 and cfg.data.columns.split is None:
+    if _lacks_validation(cfg, ccls):
         raise ConfigError(f"classifier.name={name!r} needs validation rows (early stopping, calibration), but "
                           "data.val_per_class is 0. Fix: set data.val_per_class (e.g. 8) or classifier.name: probe.")
     if cfg.evaluate.baseline_classifier is not None:
         bcls, _ = plugin_options("selftrain.classifiers", cfg.evaluate.baseline_classifier, {}, "evaluate",
                                  "evaluate.baseline_classifier")
-        if bcls.needs_validation and cfg.data.val_per_class == 0 and cfg.data.columns.split is None:
+        if _lacks_validation(cfg, bcls):
             raise ConfigError(f"evaluate.baseline_classifier={cfg.evaluate.baseline_classifier!r} needs validation rows, "
                               "but data.val_per_class is 0. Fix: set data.val_per_class (e.g. 8) or "
                               "evaluate.baseline_classifier: probe.")
+    lcls = plugin_options("selftrain.labelers", plc.labeler, plc.options, "pseudo_label")[0] if plc.enabled else None
     if cfg.classifier.adapt.name is not None:
-        check_adapt(cfg)
-    if cfg.pseudo_label.enabled:
-        plugin_options("selftrain.labelers", plc.labeler, plc.options, "pseudo_label")
+        check_adapt(cfg, lcls)
+    if plc.enabled:
         if plc.noise > 0 and not ccls.supports_token_noise:
             raise ConfigError(f"pseudo_label.noise={plc.noise} needs a classifier that drops tokens; {name!r} does not. "
                               "Fix: set pseudo_label.noise: 0 or classifier.name: finetune.")

@@ -45,8 +45,9 @@ def run_stages(cfg: PipelineConfig, S: Stages | None = None, publish: Callable[[
     done: dict[str, dict] = {}  # name -> its finetune result: model URI, validation score and predictions
 
     def finetune(base_model: str | None, name: str, pseudo_labels: str | None = None, adapt: bool = False) -> dict:
-        done[name] = (S.finetune(cfg, clean, base_model, name, pseudo_labels, adapt=True) if adapt
-                      else S.finetune(cfg, clean, base_model, name, pseudo_labels))
+        # adapt= only when set: a stage callable written before classifier.adapt (a test double, a user's
+        # Stages) takes (cfg, clean, base, name, pseudo) and still works for every other model
+        done[name] = S.finetune(cfg, clean, base_model, name, pseudo_labels, **({"adapt": True} if adapt else {}))
         return done[name]
 
     notes: list[str] = []
@@ -100,7 +101,7 @@ def run_stages(cfg: PipelineConfig, S: Stages | None = None, publish: Callable[[
     core = core_choice(cfg, final, first)
     if core["chosen"] == "adapted":  # the frozen space does not separate the classes: move the body on gold + pool
         notes.append(core["why"])
-        final, current = "adapted", finetune(base, "adapted", adapt=True)
+        final = finetune(base, "adapted", adapt=True)["name"]
     vals = {name: res["val_macro_f1"] for name, res in done.items()}
     for name, res in done.items():
         notes.extend(f"{name}: {n}" for n in res.get("notes", []))

@@ -163,12 +163,13 @@ def finetune_stage(cfg: PipelineConfig, clean: str, base_model: str | None, name
     val_texts, val_y = _gold(df, "val", labels)
     model_dir = io.local_dir(base_model) if base_model else backbone(cfg, clean)[0]
     # the baseline may be another core than the run's (evaluate.baseline_classifier: the best one without the pool)
+    plugin, options = cfg.classifier.name, None  # None: the classifier's own options (classifiers.classifier)
     if adapt:
         if cfg.classifier.adapt.name is None:
             raise ValueError("finetune_stage(adapt=True) needs classifier.adapt.name; it is null")
         plugin, options = cfg.classifier.adapt.name, cfg.classifier.adapt.options
-    else:
-        plugin, options = (cfg.evaluate.baseline_classifier or cfg.classifier.name) if name == "baseline" else cfg.classifier.name, None
+    elif name == "baseline":
+        plugin = cfg.evaluate.baseline_classifier or cfg.classifier.name
     clf = classifier(cfg, plugin, options=options)
     epochs = cfg.finetune.student_epochs if n_pseudo else cfg.finetune.epochs
 
