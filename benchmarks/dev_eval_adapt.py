@@ -24,6 +24,9 @@ run), at the product's ``pretrain`` defaults (``--pretrain-set epochs=2`` to cha
 pipeline's pretrain stage calls ``selftrain.core.train.pretrain.pretrain``; each method then runs
 again on that body as ``<method>+<objective>``, paired with the same method on the checkpoint.
 
+``--variants last agree last+agree``: more readouts of each fixmatch fit, scored from the same
+adapted body (``variant_scores``), as ``fixmatch-<variant>``.
+
 Prints macro-F1 mean ± sd per cell and each method's paired gain over ``probe`` (wins / seeds).
 """
 
@@ -44,6 +47,7 @@ bench_env()
 
 METHODS = {"probe": ("probe", {}), "fixmatch": ("fixmatch", {}), "fixmatch-nopool": ("fixmatch", {"mu": 0}),
            "setfit-plugin": ("setfit", {})}
+VARIANTS = ["last", "agree", "last+agree"]
 
 
 def wise_scores(tuned_dir: str, body_dir: str, alphas: list[float], labels, rows, ev_texts, ev_y, seed: int,
@@ -97,8 +101,50 @@ def pretrain_body(texts: list[str], objective: str, max_length: int, seed: int, 
             "final_loss": float(np.mean(res.losses[-10:])) if res.losses else None}
 
 
+def variant_scores(tuned_dir: str, variants: list[str], labels, rows, gold_y, pool_texts, ev_texts, ev_y, seed: int,
+                   max_length: int) -> dict[str, dict]:
+    """Readouts of one fixmatch fit (the saved adapted body in ``tuned_dir``), each scored on dev-eval:
+
+    - ``last``: the probe's head refit on the adapted body's own sentence embedding alone
+      (``extra_layer: null``): training moved the last layer, the default head also reads the middle one;
+    - ``agree``: the agreement labeler's self-training (with its guard, ``benchmarks.dev_eval.self_train``,
+      the proxy sessions 5-7 chose it on) in the adapted model's feature space: the adapted body as the
+      teacher of a pool round, the product's "adapted body + pool";
+    - ``last+agree``: both.
+    Returns {variant: {"macro_f1", "features" (the head's input width), and for agree "use_pool"}}."""
+    from sklearn.metrics import f1_score
+    from transformers import AutoModel, AutoTokenizer
+
+    from benchmarks.dev_eval import self_train
+    from selftrain.core.common import io
+    from selftrain.plugins import RuntimeContext
+    from selftrain.plugins.classifiers.embed import save_tuned_body
+    from selftrain.plugins.classifiers.probe import Probe
+
+    C, out = len(labels), {}
+    f1 = lambda pred: float(f1_score(ev_y, pred, average="macro", labels=list(range(C))))  # noqa: E731
+    with tempfile.TemporaryDirectory(prefix="dev-variant-") as tmp:
+        save_tuned_body(AutoModel.from_pretrained(tuned_dir), AutoTokenizer.from_pretrained(tuned_dir), tuned_dir,
+                        Path(tmp) / "body")
+        models = {}
+        for head in ("default", "last"):
+            ctx = RuntimeContext(seed=seed, cache_dir=str(io.cache_root() / "embeddings"))
+            probe = Probe(Probe.Config(**({"extra_layer": None} if head == "last" else {})), ctx, max_length, {})
+            probe.fit(str(Path(tmp) / "body"), labels, rows, [], np.zeros(0, np.int64), str(Path(tmp) / head))
+            models[head] = probe.load(str(Path(tmp) / head), labels)
+        for v in variants:
+            m = models["last" if v.startswith("last") else "default"]
+            if not v.endswith("agree"):
+                out[v] = {"macro_f1": f1(m.predict_proba(ev_texts).argmax(1)), "features": int(m.W.shape[1])}
+                continue
+            gx, px, ex = m.embed(list(rows.texts)), m.embed(pool_texts), m.embed(ev_texts)  # (G|P|E, F)
+            pred, used = self_train(gx, gold_y, px, ex, C, seed)
+            out[v] = {"macro_f1": f1(pred), "use_pool": bool(used), "features": int(gx.shape[1])}
+    return out
+
+
 def fit_and_score(method: str, options: dict, texts, y, labels, gold, pool, ev, seed: int, max_length: int,
-                  wise: list[float] | None = None, body: str | None = None) -> dict:
+                  wise: list[float] | None = None, body: str | None = None, variants: list[str] | None = None) -> dict:
     from sklearn.metrics import f1_score
 
     from selftrain.core.common import io
@@ -121,6 +167,9 @@ def fit_and_score(method: str, options: dict, texts, y, labels, gold, pool, ev, 
         seconds = time.perf_counter() - t0
         extra = ({"wise": wise_scores(tmp, body, wise, labels, rows, [texts[i] for i in ev], y[ev], seed, max_length)}
                  if wise and name == "fixmatch" else {})
+        if variants and name == "fixmatch":
+            extra["variants"] = variant_scores(tmp, variants, labels, rows, y[gold], [texts[i] for i in pool],
+                                               [texts[i] for i in ev], y[ev], seed, max_length)
     return {"macro_f1": float(f1_score(y[ev], pred, average="macro", labels=list(range(C)))),
             "seconds": seconds, "notes": rep.notes, **extra}
 
@@ -135,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-rows", type=int, default=2000)
     ap.add_argument("--wise", nargs="+", type=float, default=[],
                     help="also score fixmatch's wise_alpha = each of these from the same fit (method fixmatch-wiseA)")
+    ap.add_argument("--variants", nargs="+", default=[], choices=VARIANTS,
+                    help="also score these readouts of every fixmatch fit (method fixmatch-<variant>; see variant_scores)")
     ap.add_argument("--pretrain", nargs="+", default=[], metavar="OBJECTIVE",
                     help="also run every method on the body pretrained with each objective (method <m>+<objective>)")
     ap.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
@@ -167,8 +218,9 @@ def main(argv: list[str] | None = None) -> None:
                     for m in a.methods:
                         o = opts.get(METHODS[m][0], {})
                         r = fit_and_score(m, o, texts, y, labels, gold, pool, ev, seed, MAX_LENGTH[ds],
-                                          a.wise if m == "fixmatch" and body is None else None, body=body)
-                        wise = r.pop("wise", {})
+                                          a.wise if m == "fixmatch" and body is None else None, body=body,
+                                          variants=a.variants)
+                        wise, variants = r.pop("wise", {}), r.pop("variants", {})
                         records.append({"dataset": ds, "k": k, "seed": seed, "method": m + suffix, **r, "options": o,
                                         **({"pretrain": pretrain} if pretrain else {})})
                         log(f"  {ds} k={k} seed={seed} {m}{suffix}: {r['macro_f1']:.3f} ({r['seconds']:.0f} s) "
@@ -177,6 +229,11 @@ def main(argv: list[str] | None = None) -> None:
                             records.append({"dataset": ds, "k": k, "seed": seed, "method": f"{m}-wise{alpha:g}",
                                             "macro_f1": f1, "options": {**o, "wise_alpha": alpha}})
                             log(f"  {ds} k={k} seed={seed} {m}-wise{alpha:g}: {f1:.3f}")
+                        for v, rec in variants.items():
+                            records.append({"dataset": ds, "k": k, "seed": seed, "method": f"{m}-{v}{suffix}", **rec,
+                                            "options": o, **({"pretrain": pretrain} if pretrain else {})})
+                            log(f"  {ds} k={k} seed={seed} {m}-{v}{suffix}: {rec['macro_f1']:.3f}"
+                                + (f" (guard {'kept' if rec['use_pool'] else 'refused'} the pool)" if "use_pool" in rec else ""))
 
                 if not a.pretrained_only:
                     run_methods()

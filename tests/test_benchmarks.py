@@ -399,27 +399,3 @@ def test_dev_eval_summary_prints_the_sample_sd_and_paired_gain():
             for s, v in enumerate(vals)]
     line = summary(recs, ["probe", "fixmatch"]).splitlines()[-1]
     assert line == "| tweets | 16 | 0.520 ± 0.020 | 0.540 ± 0.036 (+0.020, 2/3) |"
-
-
-def test_dev_eval_adapt_pretrains_a_body_as_the_pretrain_stage_does(tweets, tiny_models, tmp_path):
-    """--pretrain's body: the objective plugin at the pretrain defaults (+ overrides) on the given texts,
-    saved where the classifier plugins load a body from; its weights moved."""
-    from safetensors.numpy import load_file
-
-    from benchmarks.dev_eval_adapt import pretrain_body
-
-    out = tmp_path / "body"
-    res = pretrain_body(tweets[:64], "simcse", 32, 0, str(out), body=tiny_models[0], overrides={"batch_size": 16})
-    assert res["steps"] == 4 and np.isfinite(res["final_loss"])  # 64 texts / 16, one epoch (the default)
-    before, after = load_file(f"{tiny_models[0]}/model.safetensors"), load_file(str(out / "model.safetensors"))
-    moved = [k for k in after if k in before and not np.allclose(before[k], after[k])]
-    assert moved and (out / "config.json").exists()
-
-
-def test_dev_eval_adapt_pretrained_only_needs_an_objective(capsys):
-    """--pretrained-only skips the checkpoint's methods, so without --pretrain nothing would run: refused."""
-    from benchmarks.dev_eval_adapt import main
-
-    with pytest.raises(SystemExit):
-        main(["--pretrained-only", "--seeds", "0"])
-    assert "--pretrained-only needs --pretrain OBJECTIVE" in capsys.readouterr().err

@@ -1,0 +1,65 @@
+"""benchmarks.dev_eval_adapt: the pretrained bodies and the readouts of a fixmatch fit it scores."""
+
+import numpy as np
+import pytest
+
+from benchmarks import speed_train
+
+TINY_BERT = {"vocab_size": 300, "hidden_size": 16, "layers": 2, "heads": 2}  # 2 layers: the probe has a middle one
+
+
+@pytest.fixture(scope="module")
+def tweets():
+    return speed_train.tweet_texts(exclude_test=True)[:200]
+
+
+@pytest.fixture(scope="module")
+def tiny_body(tmp_path_factory, tweets):
+    return speed_train.make_tiny_bert(tweets, str(tmp_path_factory.mktemp("dev-adapt") / "backbone"), **TINY_BERT)
+
+
+def test_dev_eval_adapt_pretrains_a_body_as_the_pretrain_stage_does(tweets, tiny_body, tmp_path):
+    """--pretrain's body: the objective plugin at the pretrain defaults (+ overrides) on the given texts,
+    saved where the classifier plugins load a body from; its weights moved."""
+    from safetensors.numpy import load_file
+
+    from benchmarks.dev_eval_adapt import pretrain_body
+
+    out = tmp_path / "body"
+    res = pretrain_body(tweets[:64], "simcse", 32, 0, str(out), body=tiny_body, overrides={"batch_size": 16})
+    assert res["steps"] == 4 and np.isfinite(res["final_loss"])  # 64 texts / 16, one epoch (the default)
+    before, after = load_file(f"{tiny_body}/model.safetensors"), load_file(str(out / "model.safetensors"))
+    moved = [k for k in after if k in before and not np.allclose(before[k], after[k])]
+    assert moved and (out / "config.json").exists()
+
+
+def test_dev_eval_adapt_pretrained_only_needs_an_objective(capsys):
+    """--pretrained-only skips the checkpoint's methods, so without --pretrain nothing would run: refused."""
+    from benchmarks.dev_eval_adapt import main
+
+    with pytest.raises(SystemExit):
+        main(["--pretrained-only", "--seeds", "0"])
+    assert "--pretrained-only needs --pretrain OBJECTIVE" in capsys.readouterr().err
+
+
+def test_variant_scores_reads_one_fixmatch_fit_three_more_ways(tiny_body, tmp_path):
+    """Every readout of the same adapted body gets a dev-eval score; ``last`` refits the head on the
+    body's own embedding alone (width H), the default reads it + the middle layer (2H); the agree
+    readouts say whether their guard kept the pool."""
+    from benchmarks.dev_eval_adapt import VARIANTS, variant_scores
+    from selftrain.plugins import LabeledRows, RuntimeContext, one_hot
+    from selftrain.plugins.classifiers.fixmatch import FixMatch
+    from selftrain.plugins.testing import SENTENCES, TOPIC_ROWS
+
+    texts, y = [t for t, _ in TOPIC_ROWS], np.array([c for _, c in TOPIC_ROWS])
+    rows = LabeledRows(texts, one_hot(y, 2), np.ones(len(y), np.float32), len(y), unlabeled=list(SENTENCES))
+    clf = FixMatch(FixMatch.Config(steps=2, batch_size=4, mu=2, lr=1e-3), RuntimeContext(seed=0), 32)
+    clf.fit(tiny_body, ["sport", "food"], rows, [], np.zeros(0, np.int64), str(tmp_path / "m"))
+    out = variant_scores(str(tmp_path / "m"), VARIANTS, ["sport", "food"], rows, y, list(SENTENCES), texts, y, 0, 32)
+    assert sorted(out) == sorted(VARIANTS)
+    H = TINY_BERT["hidden_size"]
+    assert out["last"]["features"] == out["last+agree"]["features"] == H
+    assert out["agree"]["features"] == 2 * H
+    for v, rec in out.items():
+        assert 0.0 <= rec["macro_f1"] <= 1.0, v
+        assert ("use_pool" in rec) == v.endswith("agree"), v
