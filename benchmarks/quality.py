@@ -36,6 +36,7 @@ import argparse
 import json
 import logging
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -182,6 +183,24 @@ def quality_table(summary: dict) -> str:
     return markdown_table(header, rows)
 
 
+def paired_table(records: list[dict], peers: tuple[str, ...] = ("setfit", "probe")) -> str:
+    """``full`` minus each peer, paired per seed on the same rows: mean ± sd (seeds ahead / behind).
+    Only seeds where both scored count; a cell where the peer never ran says so (a reduced peer,
+    e.g. ``setfit-5it``, is never stood in for ``setfit``)."""
+    header = ["dataset", "k", *[f"full − {p}" for p in peers]]
+    rows = []
+    for ds, k in _cells(records):
+        f1 = {(r["seed"], r["method"]): r["macro_f1"] for r in records
+              if r.get("dataset", "tweets") == ds and r["k"] == k and "macro_f1" in r}
+        row = [ds, k]
+        for peer in peers:
+            d = np.array([f1[(s_, "full")] - f1[(s_, peer)] for s_, m in f1 if m == peer and (s_, "full") in f1])
+            row.append("not run" if not len(d) else
+                       f"{d.mean():+.3f} ± {d.std(ddof=1) if len(d) > 1 else 0.0:.3f} ({int((d > 0).sum())} / {int((d < 0).sum())})")
+        rows.append(row)
+    return markdown_table(header, rows)
+
+
 def plot(summary: dict, path: Path, title: str = "") -> Path | None:
     series = {}
     for ds, per in summary.items():
@@ -276,7 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-guard-run", dest="no_guard", action="store_false", help="skip the no-guard run")
     ap.add_argument("--no-setfit", action="store_true", help="skip the SetFit peer (recorded as 'skipped')")
     ap.add_argument("--stage-log", action="store_true", help="print the pipeline's stage log lines (timestamps)")
+    ap.add_argument("--render", action="store_true", help="run nothing: recompute the tables and the plot from "
+                    "--out's quality.json records (after editing or merging them by hand)")
     args = ap.parse_args(argv)
+    if args.render:
+        return render(Path(args.out))
     if args.stage_log:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("    %(asctime)s %(message)s", "%H:%M:%S"))
@@ -307,14 +330,31 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"machine": m, "quick": args.quick, "setfit_iterations": iters, "overrides": list(args.set),
                "configs": {d: str(DATASETS[d].relative_to(ROOT)) for d in DATASETS} if not args.config else args.config,
                "records": records, "summary": summary, "runs": runs, "table": table,
-               "seconds_this_invocation": res["seconds"]}
+               "paired_table": paired_table(records), "seconds_this_invocation": res["seconds"]}
     write_json(out / "quality.json", payload)
     png = plot(summary, out / "quality.png", title="test macro-F1 vs gold labels per class")
     print()
     print(table)
+    print()
+    print(payload["paired_table"])
     print("\nsupervised = the run's baseline (the classifier plugin on the gold rows only); full = the run's final; "
           "no-guard = the same run with the labeler's guard off. Peers see exactly the same rows.")
     print(f"\nwrote {out / 'quality.json'}" + (f" and {png}" if png else "") + f" in {res['seconds'] / 60:.1f} min")
+    return 0
+
+
+def render(out: Path) -> int:
+    """--render: the summary, both tables and the plot recomputed from the records on file."""
+    path = out / "quality.json"
+    if not path.exists():
+        print(f"quality --render: {path} does not exist. Fix: point --out at a folder holding a quality.json", file=sys.stderr)
+        return 2
+    payload = json.loads(path.read_text())
+    payload["summary"] = summarize(payload["records"])
+    payload["table"], payload["paired_table"] = quality_table(payload["summary"]), paired_table(payload["records"])
+    write_json(path, payload)
+    plot(payload["summary"], out / "quality.png", title="test macro-F1 vs gold labels per class")
+    print(payload["table"] + "\n\n" + payload["paired_table"])
     return 0
 
 
