@@ -30,12 +30,13 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-PLUGIN_API_VERSION = "1.4"
+PLUGIN_API_VERSION = "1.5"
 """Version of this API. Bumped in the major part on breaking changes (1.1 added the
 classifiers group and the embedding fields of :class:`LabelerInputs`; 1.2 added
 :attr:`RuntimeContext.compile_inference` and :mod:`selftrain.plugins.inference`; 1.3 added
 :attr:`LabeledRows.unlabeled` and :attr:`Classifier.uses_unlabeled`; 1.4 added
-:attr:`Labeler.guards_pool` and :attr:`Selection.pool_refused`)."""
+:attr:`Labeler.guards_pool` and :attr:`Selection.pool_refused`; 1.5 added
+:attr:`Classifier.body_fits_labels` and :attr:`LabelerInputs.embeddings_fit_labels`)."""
 
 BackboneKind = Literal["encoder", "decoder"]
 
@@ -223,6 +224,9 @@ class LabelerInputs:
     Always filled: round / rounds (1-based round of self-training, and how many are planned);
     previous: what this labeler kept in the round before (None in round 1), so a labeler can
     grow its selection over rounds.
+    embeddings_fit_labels: the teacher's body was trained on the gold train rows (its classifier's
+    ``body_fits_labels``, API 1.5): their embeddings are then no held-out evidence, and a
+    cross-validation over ``train_embeddings`` is optimistic.
     """
 
     probs: np.ndarray
@@ -237,6 +241,7 @@ class LabelerInputs:
     rounds: int = 1
     previous: Selection | None = None
     seed: int = 0
+    embeddings_fit_labels: bool = False
 
 
 class Labeler(_Plugin):
@@ -335,6 +340,10 @@ class Classifier(_Plugin):
     #: trains on the unlabeled pool too (LabeledRows.unlabeled; consistency training): the stage
     #: hands it the pool's texts for every model but the baseline (API 1.3).
     uses_unlabeled: ClassVar[bool] = False
+    #: fit moves the body's weights with the labelled rows (fixmatch, setfit, finetune; not the frozen
+    #: probe), so the saved body's embeddings of those rows are no held-out evidence about them: the
+    #: pseudo-label stage tells the labeler (LabelerInputs.embeddings_fit_labels, API 1.5).
+    body_fits_labels: ClassVar[bool] = False
     #: which plain libraries load a saved model (written into the model card).
     loadable_with: ClassVar[str] = ""
 

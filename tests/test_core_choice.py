@@ -99,3 +99,55 @@ def test_a_refused_pool_trains_the_adapted_core_and_reports_the_choice(tiny_conf
     m2 = json.loads((Path(cfg2.run_dir) / "metrics.json").read_text())
     assert res2["final"] == "baseline" and m2["core"]["chosen"] == "supervised"
     assert "classifier.adapt.name: fixmatch" in m2["core"]["why"]
+
+
+def test_the_agree_guard_does_not_trust_a_body_that_fit_the_gold_rows():
+    """A teacher whose body trained on the gold rows (LabelerInputs.embeddings_fit_labels) would make
+    the guard's cross-validation optimistic: by default agree keeps nothing and says why, without
+    marking a measured refusal (classifier.adapt is not trained on it); 'trust' runs the guard."""
+    from selftrain.plugins import LabelerInputs
+    from selftrain.plugins.labelers.agree import AgreeConfig, AgreementLabeler
+
+    rng = np.random.default_rng(0)
+    gold_y = np.repeat([0, 1], 6)
+    gold_x = rng.normal(size=(12, 8)) + 2 * gold_y[:, None]
+    gold_x /= np.linalg.norm(gold_x, axis=1, keepdims=True)
+    pool_x = rng.normal(size=(40, 8))
+    pool_x /= np.linalg.norm(pool_x, axis=1, keepdims=True)
+    inputs = LabelerInputs(probs=np.full((40, 2), 0.5), val_probs=np.zeros((0, 2)), val_labels=np.zeros(0, np.int64),
+                           train_counts=np.array([6, 6]), label_names=["a", "b"], pool_embeddings=pool_x,
+                           train_embeddings=gold_x, train_labels=gold_y, rounds=2, embeddings_fit_labels=True)
+    lenient = {"guard_margin": 5, "guard_folds": 3}  # a guard that would pass anything it measured
+    kept_none = AgreementLabeler(AgreeConfig(**lenient)).select(inputs)
+    assert len(kept_none.index) == 0 and not kept_none.pool_refused
+    assert kept_none.notes["guard"]["folds"] == 0 and "guard_adapted: trust" in kept_none.notes["reason"]
+    trusted = AgreementLabeler(AgreeConfig(**lenient, guard_adapted="trust")).select(inputs)
+    assert trusted.notes["guard"]["folds"] == 3 and trusted.notes["guard"]["use_pool"] and len(trusted.index) > 0
+    frozen = AgreementLabeler(AgreeConfig(**lenient)).select(
+        LabelerInputs(**{**inputs.__dict__, "embeddings_fit_labels": False}))
+    assert frozen.notes["guard"]["folds"] == 3 and len(frozen.index) == len(trusted.index)
+
+
+def test_only_the_frozen_probe_leaves_its_body_untouched_by_the_labels():
+    from selftrain.plugins.registry import get
+
+    flags = {n: get("selftrain.classifiers", n).body_fits_labels for n in ("probe", "fixmatch", "setfit", "finetune")}
+    assert flags == {"probe": False, "fixmatch": True, "setfit": True, "finetune": True}
+
+
+@pytest.mark.slow
+def test_a_fixmatch_teacher_keeps_no_pseudo_label_and_stays_final(tiny_config):
+    """classifier.name: fixmatch + agree at its defaults: the stage tells the labeler the teacher's body
+    fit the gold rows, round 1 keeps nothing, the teacher (fixmatch on gold + pool) is final and the
+    core record says why; classifier.adapt is not trained."""
+    from selftrain.core.run.pipeline import run_stages
+
+    cfg = tiny_config("classifier.name=fixmatch", "classifier.options={steps: 3, batch_size: 4, mu: 1}",
+                      *TINY_PROBE[1:-1], "evaluate.baseline_classifier=probe", *ADAPT)
+    res = run_stages(cfg)
+    metrics = json.loads((Path(cfg.run_dir) / "metrics.json").read_text())
+    r1 = metrics["pseudo_labels"][0]
+    assert r1["kept"] == 0 and r1["notes"]["guard"]["skipped"] == "the teacher's body was trained on the gold rows"
+    assert res["final"] == "teacher" and set(metrics["models"]) == {"baseline", "teacher"}
+    assert metrics["core"]["chosen"] == "supervised" and not metrics["core"]["refused"]
+    assert "guard_adapted: trust" in metrics["core"]["why"] and "teacher (fixmatch) is final" in metrics["core"]["why"]

@@ -77,6 +77,7 @@ class FixMatch(Probe):
     Config = FixMatchConfig
     supports_warm_start = False
     uses_unlabeled = True
+    body_fits_labels = True  # the body trains on the labelled rows (API 1.5)
     loadable_with = Probe.loadable_with
 
     def fit(self, init_dir, label_names, train: LabeledRows, val_texts, val_labels, out_dir, max_epochs=None,

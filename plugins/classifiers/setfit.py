@@ -76,6 +76,7 @@ class SetFit(Probe):
     summary = "SetFit-style: contrastive finetuning of the encoder on label pairs (cosine loss), then the probe's head"
     Config = SetFitConfig
     supports_warm_start = False
+    body_fits_labels = True  # the body trains on the labelled rows (API 1.5)
     loadable_with = ("sentence-transformers / SetFit body (tuned) + safetensors head "
                      "(head.safetensors: logits = emb @ weight.T + bias)")
 

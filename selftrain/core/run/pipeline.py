@@ -141,8 +141,8 @@ def core_choice(cfg: PipelineConfig, final: str, round1: dict | None) -> dict:
     if not refused and final.startswith("student"):
         chosen, why = "pool", f"the guard let the pool through{score} and a student was trained"
     elif not refused:  # no student: the baseline, or a teacher that trained on the pool itself (fixmatch)
-        chosen, why = "supervised", (f"no student was trained (pseudo-labelling off, or no row kept); {final} "
-                                     f"({frozen}) is final")
+        reason = (round1 or {}).get("reason") or "pseudo-labelling off, or no row kept"
+        chosen, why = "supervised", f"no student was trained ({reason}); {final} ({frozen}) is final"
     elif adapt is None:
         chosen, why = "supervised", (f"the guard refused the pool{score} and classifier.adapt is null: the supervised core stands "
                                      "(set classifier.adapt.name: fixmatch to move the body with the pool instead)")

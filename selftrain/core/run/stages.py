@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from selftrain import __version__
 from selftrain.config import PipelineConfig, plugin_options
 from selftrain.core.common import io
-from selftrain.core.train.classifiers import classifier, load_trained, write_meta
+from selftrain.core.train.classifiers import classifier, load_trained, trained_by, write_meta
 from selftrain.core.train.classify import fit_temperature, softmax
 from selftrain.core.data.clean import BATCH_ROWS, scan_clean
 from selftrain.core.data.ingest import ingest_frame
@@ -272,6 +272,7 @@ def pseudo_label_stage(cfg: PipelineConfig, clean: str, teacher: str, round_: in
     t0 = time.perf_counter()
     members = [teacher, *(also or [])]
     probs, val_probs, temps, pool_emb, train_emb = 0.0, np.zeros((len(val_y), len(labels))), [], None, None
+    fit_labels = False  # the teacher's body trained on the gold rows: its embeddings of them are not held out
     for i, uri in enumerate(members):  # each member calibrated on validation on its own, then averaged
         model = load_trained(cfg, uri, labels)
         want_emb = i == 0 and lcls.needs_embeddings  # the teacher's own sentence embeddings
@@ -297,11 +298,13 @@ def pseudo_label_stage(cfg: PipelineConfig, clean: str, teacher: str, round_: in
             val_probs = val_probs + softmax(np.log(np.clip(val_p, 1e-12, 1)), temp) / len(members)
         if want_emb:
             pool_emb, train_emb = emb, model.embed(train_texts, plc.batch_size)  # (N, H), (G, H)
+            fit_labels = trained_by(uri).body_fits_labels
     secs = time.perf_counter() - t0
     sel = lcls(lopts).select(LabelerInputs(
         probs=probs, val_probs=val_probs, val_labels=val_y, train_counts=np.bincount(train_y, minlength=len(labels)),
         label_names=labels, pool_embeddings=pool_emb, train_embeddings=train_emb, train_labels=train_y,
-        round=round_, rounds=plc.rounds, previous=_previous(previous, len(labels)), seed=cfg.seed))
+        round=round_, rounds=plc.rounds, previous=_previous(previous, len(labels)), seed=cfg.seed,
+        embeddings_fit_labels=fit_labels))
     sel.validate(n_pool, len(labels))
     index = np.asarray(sel.index, dtype=np.int64)
     kept = _pool_rows(clean, index, ["id", "text", "hidden_label"])

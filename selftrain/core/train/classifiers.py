@@ -49,6 +49,14 @@ def saved_info(local_dir: str) -> tuple[str, list[str]]:
     return "finetune", [id2label[k] for k in sorted(id2label, key=int)]
 
 
+def trained_by(uri: str) -> type[Classifier]:
+    """The classifier plugin class that saved the model at ``uri`` (its capability flags, e.g.
+    ``body_fits_labels``)."""
+    from selftrain.plugins.registry import get
+
+    return get("selftrain.classifiers", saved_info(io.local_dir(uri))[0])
+
+
 def load_trained(cfg: PipelineConfig, uri: str, labels: list[str] | None = None, cache: bool = True) -> TrainedClassifier:
     """The saved model at ``uri`` (local or remote), loaded by the plugin that trained it."""
     local = io.local_dir(uri)

@@ -278,6 +278,7 @@ class Finetune(Classifier):
     supports_sample_weights = True
     supports_token_noise = True
     supports_warm_start = True
+    body_fits_labels = True  # the body trains on the labelled rows (API 1.5)
     needs_validation = True
     loadable_with = "transformers (AutoModelForSequenceClassification, AutoTokenizer)"
 
