@@ -50,6 +50,19 @@ METHODS = {"probe": ("probe", {}), "fixmatch": ("fixmatch", {}), "fixmatch-nopoo
 VARIANTS = ["last", "agree", "last+agree"]
 
 
+def fit_probe(body_dir: str, out_dir: str, labels, rows, seed: int, max_length: int, **options):
+    """The probe's head (``options``: its config) fitted on the body saved in ``body_dir``, as the
+    finetune stage fits it, then loaded as a saved model is."""
+    from selftrain.core.common import io
+    from selftrain.plugins import RuntimeContext
+    from selftrain.plugins.classifiers.probe import Probe
+
+    probe = Probe(Probe.Config(**options), RuntimeContext(seed=seed, cache_dir=str(io.cache_root() / "embeddings")),
+                  max_length, {})
+    probe.fit(body_dir, labels, rows, [], np.zeros(0, np.int64), out_dir)
+    return probe.load(out_dir, labels)
+
+
 def wise_scores(tuned_dir: str, body_dir: str, alphas: list[float], labels, rows, ev_texts, ev_y, seed: int,
                 max_length: int) -> dict[float, float]:
     """Macro-F1 of fixmatch's ``wise_alpha`` = a for each a in ``alphas``, from one fit (the saved
@@ -58,11 +71,8 @@ def wise_scores(tuned_dir: str, body_dir: str, alphas: list[float], labels, rows
     from sklearn.metrics import f1_score
     from transformers import AutoModel, AutoTokenizer
 
-    from selftrain.plugins import RuntimeContext
     from selftrain.plugins.classifiers.embed import save_tuned_body
-    from selftrain.plugins.classifiers.probe import Probe
     from selftrain.plugins.classifiers.wise import interpolate_weights
-    from selftrain.core.common import io
 
     init = AutoModel.from_pretrained(body_dir).state_dict()
     tuned = AutoModel.from_pretrained(tuned_dir)
@@ -73,9 +83,8 @@ def wise_scores(tuned_dir: str, body_dir: str, alphas: list[float], labels, rows
         with tempfile.TemporaryDirectory(prefix="dev-wise-") as tmp:
             tuned.load_state_dict(interpolate_weights(init, tuned_state, a))
             save_tuned_body(tuned, tok, body_dir, Path(tmp) / "body")
-            probe = Probe(Probe.Config(), RuntimeContext(seed=seed, cache_dir=str(io.cache_root() / "embeddings")), max_length, {})
-            probe.fit(str(Path(tmp) / "body"), labels, rows, [], np.zeros(0, np.int64), str(Path(tmp) / "m"))
-            pred = probe.load(str(Path(tmp) / "m"), labels).predict_proba(ev_texts).argmax(1)
+            model = fit_probe(str(Path(tmp) / "body"), str(Path(tmp) / "m"), labels, rows, seed, max_length)
+            pred = model.predict_proba(ev_texts).argmax(1)
         out[a] = float(f1_score(ev_y, pred, average="macro", labels=list(range(len(labels)))))
     return out
 
@@ -116,22 +125,16 @@ def variant_scores(tuned_dir: str, variants: list[str], labels, rows, gold_y, po
     from transformers import AutoModel, AutoTokenizer
 
     from benchmarks.dev_eval import self_train
-    from selftrain.core.common import io
-    from selftrain.plugins import RuntimeContext
     from selftrain.plugins.classifiers.embed import save_tuned_body
-    from selftrain.plugins.classifiers.probe import Probe
 
     C, out = len(labels), {}
     f1 = lambda pred: float(f1_score(ev_y, pred, average="macro", labels=list(range(C))))  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="dev-variant-") as tmp:
         save_tuned_body(AutoModel.from_pretrained(tuned_dir), AutoTokenizer.from_pretrained(tuned_dir), tuned_dir,
                         Path(tmp) / "body")
-        models = {}
-        for head in ("default", "last"):
-            ctx = RuntimeContext(seed=seed, cache_dir=str(io.cache_root() / "embeddings"))
-            probe = Probe(Probe.Config(**({"extra_layer": None} if head == "last" else {})), ctx, max_length, {})
-            probe.fit(str(Path(tmp) / "body"), labels, rows, [], np.zeros(0, np.int64), str(Path(tmp) / head))
-            models[head] = probe.load(str(Path(tmp) / head), labels)
+        models = {head: fit_probe(str(Path(tmp) / "body"), str(Path(tmp) / head), labels, rows, seed, max_length,
+                                  **({"extra_layer": None} if head == "last" else {}))
+                  for head in ("default", "last")}
         for v in variants:
             m = models["last" if v.startswith("last") else "default"]
             if not v.endswith("agree"):

@@ -388,14 +388,3 @@ def test_guard_eval_scores_the_rows_the_product_guard_scores():
     recs = [{"dataset": "toy", "k": 5, "seed": s, "gain": gain, "d_brier": -0.2, "d_log_loss": ll}
             for s, (gain, ll) in enumerate([(0.05, -0.3), (-0.02, 0.4)])]
     assert "| toy | 5 | 2 | -0.20 … -0.20 | -0.30 … +0.40 | -0.020 … +0.050 | 1 (1) |" in table(recs)
-
-
-def test_dev_eval_summary_prints_the_sample_sd_and_paired_gain():
-    """dev_eval.summary's spread is the sample sd (ddof 1), as quality.json's and the docs' figures."""
-    from benchmarks.dev_eval import summary
-
-    recs = [{"dataset": "tweets", "k": 16, "seed": s, "method": m, "macro_f1": v}
-            for m, vals in {"probe": (0.50, 0.52, 0.54), "fixmatch": (0.53, 0.51, 0.58)}.items()
-            for s, v in enumerate(vals)]
-    line = summary(recs, ["probe", "fixmatch"]).splitlines()[-1]
-    assert line == "| tweets | 16 | 0.520 ± 0.020 | 0.540 ± 0.036 (+0.020, 2/3) |"

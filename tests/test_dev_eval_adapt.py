@@ -1,4 +1,5 @@
-"""benchmarks.dev_eval_adapt: the pretrained bodies and the readouts of a fixmatch fit it scores."""
+"""benchmarks.dev_eval_adapt: the pretrained bodies, the readouts of a fixmatch fit it scores, and the
+summary it prints (benchmarks.dev_eval.summary)."""
 
 import numpy as np
 import pytest
@@ -63,3 +64,14 @@ def test_variant_scores_reads_one_fixmatch_fit_three_more_ways(tiny_body, tmp_pa
     for v, rec in out.items():
         assert 0.0 <= rec["macro_f1"] <= 1.0, v
         assert ("use_pool" in rec) == v.endswith("agree"), v
+
+
+def test_dev_eval_summary_prints_the_sample_sd_and_paired_gain():
+    """dev_eval.summary's spread is the sample sd (ddof 1), as quality.json's and the docs' figures."""
+    from benchmarks.dev_eval import summary
+
+    recs = [{"dataset": "tweets", "k": 16, "seed": s, "method": m, "macro_f1": v}
+            for m, vals in {"probe": (0.50, 0.52, 0.54), "fixmatch": (0.53, 0.51, 0.58)}.items()
+            for s, v in enumerate(vals)]
+    line = summary(recs, ["probe", "fixmatch"]).splitlines()[-1]
+    assert line == "| tweets | 16 | 0.520 ± 0.020 | 0.540 ± 0.036 (+0.020, 2/3) |"
