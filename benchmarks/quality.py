@@ -325,22 +325,26 @@ def main(argv: list[str] | None = None) -> int:
             records = merge(old["records"], records)
             cells = {(r["dataset"], r["k"], r["seed"]) for r in res["runs"]}
             runs = [r for r in old.get("runs", []) if (r.get("dataset"), r.get("k"), r.get("seed")) not in cells] + runs
-    summary = summarize(records)
-    table = quality_table(summary)
     payload = {"machine": m, "quick": args.quick, "setfit_iterations": iters, "overrides": list(args.set),
                "configs": {d: str(DATASETS[d].relative_to(ROOT)) for d in DATASETS} if not args.config else args.config,
-               "records": records, "summary": summary, "runs": runs, "table": table,
-               "paired_table": paired_table(records), "seconds_this_invocation": res["seconds"]}
-    write_json(out / "quality.json", payload)
-    png = plot(summary, out / "quality.png", title="test macro-F1 vs gold labels per class")
-    print()
-    print(table)
-    print()
-    print(payload["paired_table"])
+               "records": records, "runs": runs, "seconds_this_invocation": res["seconds"]}
+    png = finish(out, payload)
     print("\nsupervised = the run's baseline (the classifier plugin on the gold rows only); full = the run's final; "
           "no-guard = the same run with the labeler's guard off. Peers see exactly the same rows.")
     print(f"\nwrote {out / 'quality.json'}" + (f" and {png}" if png else "") + f" in {res['seconds'] / 60:.1f} min")
     return 0
+
+
+def finish(out: Path, payload: dict) -> Path | None:
+    """Summary, both tables and the plot from ``payload["records"]``; writes quality.json, prints the tables.
+
+    The one closing step of a run (``main``) and of ``--render``, so the two can never drift apart."""
+    payload["summary"] = summarize(payload["records"])
+    payload["table"], payload["paired_table"] = quality_table(payload["summary"]), paired_table(payload["records"])
+    write_json(out / "quality.json", payload)
+    png = plot(payload["summary"], out / "quality.png", title="test macro-F1 vs gold labels per class")
+    print("\n" + payload["table"] + "\n\n" + payload["paired_table"])
+    return png
 
 
 def render(out: Path) -> int:
@@ -349,12 +353,7 @@ def render(out: Path) -> int:
     if not path.exists():
         print(f"quality --render: {path} does not exist. Fix: point --out at a folder holding a quality.json", file=sys.stderr)
         return 2
-    payload = json.loads(path.read_text())
-    payload["summary"] = summarize(payload["records"])
-    payload["table"], payload["paired_table"] = quality_table(payload["summary"]), paired_table(payload["records"])
-    write_json(path, payload)
-    plot(payload["summary"], out / "quality.png", title="test macro-F1 vs gold labels per class")
-    print(payload["table"] + "\n\n" + payload["paired_table"])
+    finish(out, json.loads(path.read_text()))
     return 0
 
 

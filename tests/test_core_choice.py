@@ -143,7 +143,9 @@ def test_a_fixmatch_teacher_keeps_no_pseudo_label_and_stays_final(tiny_config):
     from selftrain.core.run.pipeline import run_stages
 
     cfg = tiny_config("classifier.name=fixmatch", "classifier.options={steps: 3, batch_size: 4, mu: 1}",
-                      *TINY_PROBE[1:-1], "evaluate.baseline_classifier=probe", *ADAPT)
+                      "pretrain.enabled=false", "data.val_per_class=0", "pseudo_label.labeler=agree",
+                      "pseudo_label.rounds=2", "pseudo_label.refit_on_gold=false",
+                      "pseudo_label.ensemble_baseline=false", "evaluate.baseline_classifier=probe", *ADAPT)
     res = run_stages(cfg)
     metrics = json.loads((Path(cfg.run_dir) / "metrics.json").read_text())
     r1 = metrics["pseudo_labels"][0]
