@@ -24,7 +24,7 @@ run), at the product's ``pretrain`` defaults (``--pretrain-set epochs=2`` to cha
 pipeline's pretrain stage calls ``selftrain.core.train.pretrain.pretrain``; each method then runs
 again on that body as ``<method>+<objective>``, paired with the same method on the checkpoint.
 
-``--variants last agree last+agree``: more readouts of each fixmatch fit, scored from the same
+``--variants last agree last+agree avg``: more readouts of each fixmatch fit, scored from the same
 adapted body (``variant_scores``), as ``fixmatch-<variant>``.
 
 Prints macro-F1 mean ± sd per cell and each method's paired gain over ``probe`` (wins / seeds).
@@ -47,7 +47,7 @@ bench_env()
 
 METHODS = {"probe": ("probe", {}), "fixmatch": ("fixmatch", {}), "fixmatch-nopool": ("fixmatch", {"mu": 0}),
            "setfit-plugin": ("setfit", {})}
-VARIANTS = ["last", "agree", "last+agree"]
+VARIANTS = ["last", "agree", "last+agree", "avg"]
 
 
 def fit_probe(body_dir: str, out_dir: str, labels, rows, seed: int, max_length: int, **options):
@@ -111,7 +111,7 @@ def pretrain_body(texts: list[str], objective: str, max_length: int, seed: int, 
 
 
 def variant_scores(tuned_dir: str, variants: list[str], labels, rows, gold_y, pool_texts, ev_texts, ev_y, seed: int,
-                   max_length: int) -> dict[str, dict]:
+                   max_length: int, body_dir: str | None = None) -> dict[str, dict]:
     """Readouts of one fixmatch fit (the saved adapted body in ``tuned_dir``), each scored on dev-eval:
 
     - ``last``: the probe's head refit on the adapted body's own sentence embedding alone
@@ -119,7 +119,10 @@ def variant_scores(tuned_dir: str, variants: list[str], labels, rows, gold_y, po
     - ``agree``: the agreement labeler's self-training (with its guard, ``benchmarks.dev_eval.self_train``,
       the proxy sessions 5-7 chose it on) in the adapted model's feature space: the adapted body as the
       teacher of a pool round, the product's "adapted body + pool";
-    - ``last+agree``: both.
+    - ``last+agree``: both;
+    - ``avg``: the adapted model's class probabilities averaged with the frozen probe's on ``body_dir``
+      (the body the fit started from: the supervised core of the same draw), an ensemble of the two
+      cores: the adapted body paid where the frozen draw was weak and cost where it was strong (session 9).
     Returns {variant: {"macro_f1", "features" (the head's input width), and for agree "use_pool"}}."""
     from sklearn.metrics import f1_score
     from transformers import AutoModel, AutoTokenizer
@@ -137,6 +140,13 @@ def variant_scores(tuned_dir: str, variants: list[str], labels, rows, gold_y, po
                   for head in ("default", "last")}
         for v in variants:
             m = models["last" if v.startswith("last") else "default"]
+            if v == "avg":
+                if body_dir is None:
+                    raise ValueError("variant_scores: the 'avg' readout needs body_dir, the body the fixmatch fit started from")
+                frozen = fit_probe(body_dir, str(Path(tmp) / "frozen"), labels, rows, seed, max_length)
+                proba = (m.predict_proba(ev_texts) + frozen.predict_proba(ev_texts)) / 2  # (E, C)
+                out[v] = {"macro_f1": f1(proba.argmax(1)), "features": int(m.W.shape[1])}
+                continue
             if not v.endswith("agree"):
                 out[v] = {"macro_f1": f1(m.predict_proba(ev_texts).argmax(1)), "features": int(m.W.shape[1])}
                 continue
@@ -172,7 +182,7 @@ def fit_and_score(method: str, options: dict, texts, y, labels, gold, pool, ev, 
                  if wise and name == "fixmatch" else {})
         if variants and name == "fixmatch":
             extra["variants"] = variant_scores(tmp, variants, labels, rows, y[gold], [texts[i] for i in pool],
-                                               [texts[i] for i in ev], y[ev], seed, max_length)
+                                               [texts[i] for i in ev], y[ev], seed, max_length, body_dir=body)
     return {"macro_f1": float(f1_score(y[ev], pred, average="macro", labels=list(range(C)))),
             "seconds": seconds, "notes": rep.notes, **extra}
 

@@ -43,10 +43,11 @@ def test_dev_eval_adapt_pretrained_only_needs_an_objective(capsys):
     assert "--pretrained-only needs --pretrain OBJECTIVE" in capsys.readouterr().err
 
 
-def test_variant_scores_reads_one_fixmatch_fit_three_more_ways(tiny_body, tmp_path):
+def test_variant_scores_reads_one_fixmatch_fit_four_more_ways(tiny_body, tmp_path):
     """Every readout of the same adapted body gets a dev-eval score; ``last`` refits the head on the
     body's own embedding alone (width H), the default reads it + the middle layer (2H); the agree
-    readouts say whether their guard kept the pool."""
+    readouts say whether their guard kept the pool; ``avg`` is the mean of the adapted model's and the
+    frozen probe's probabilities, and refuses to run without the body the fit started from."""
     from benchmarks.dev_eval_adapt import VARIANTS, variant_scores
     from selftrain.plugins import LabeledRows, RuntimeContext, one_hot
     from selftrain.plugins.classifiers.fixmatch import FixMatch
@@ -56,7 +57,8 @@ def test_variant_scores_reads_one_fixmatch_fit_three_more_ways(tiny_body, tmp_pa
     rows = LabeledRows(texts, one_hot(y, 2), np.ones(len(y), np.float32), len(y), unlabeled=list(SENTENCES))
     clf = FixMatch(FixMatch.Config(steps=2, batch_size=4, mu=2, lr=1e-3), RuntimeContext(seed=0), 32)
     clf.fit(tiny_body, ["sport", "food"], rows, [], np.zeros(0, np.int64), str(tmp_path / "m"))
-    out = variant_scores(str(tmp_path / "m"), VARIANTS, ["sport", "food"], rows, y, list(SENTENCES), texts, y, 0, 32)
+    out = variant_scores(str(tmp_path / "m"), VARIANTS, ["sport", "food"], rows, y, list(SENTENCES), texts, y, 0, 32,
+                         body_dir=tiny_body)
     assert sorted(out) == sorted(VARIANTS)
     H = TINY_BERT["hidden_size"]
     assert out["last"]["features"] == out["last+agree"]["features"] == H
@@ -64,6 +66,8 @@ def test_variant_scores_reads_one_fixmatch_fit_three_more_ways(tiny_body, tmp_pa
     for v, rec in out.items():
         assert 0.0 <= rec["macro_f1"] <= 1.0, v
         assert ("use_pool" in rec) == v.endswith("agree"), v
+    with pytest.raises(ValueError, match="needs body_dir"):
+        variant_scores(str(tmp_path / "m"), ["avg"], ["sport", "food"], rows, y, list(SENTENCES), texts, y, 0, 32)
 
 
 def test_dev_eval_summary_prints_the_sample_sd_and_paired_gain():
