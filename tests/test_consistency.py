@@ -219,3 +219,39 @@ def test_fixmatch_wise_alpha_saves_the_body_between_the_checkpoint_and_the_adapt
     assert moved, "the body did not train"
     for k in moved:
         torch.testing.assert_close(saved[0.5][k], (init[k] + saved[1.0][k]) / 2, atol=1e-6, rtol=0, msg=k)
+
+
+def test_fixmatch_frozen_weight_blends_the_adapted_model_with_the_frozen_probe(tmp_path):
+    """frozen_weight = 0.25 from the same seed: the saved model's probabilities are exactly 0.75 * the
+    frozen_weight = 0 model's + 0.25 * a plain probe's on the starting body, the embeddings are the
+    adapted body's, validation is scored on the blend, and a dir without its frozen_core/ is refused."""
+    import shutil
+
+    from selftrain.plugins import LabeledRows, RuntimeContext, one_hot
+    from selftrain.plugins.classifiers.fixmatch import FixMatch
+    from selftrain.plugins.classifiers.probe import Probe
+    from selftrain.plugins.models.presets import TinyBert
+    from selftrain.plugins.testing import SENTENCES, TOPIC_ROWS
+
+    body = TinyBert(TinyBert.Config()).materialize(SENTENCES, str(tmp_path / "body"), seed=0)
+    texts, y = [t for t, _ in TOPIC_ROWS], np.array([c for _, c in TOPIC_ROWS])
+    rows = LabeledRows(texts, one_hot(y, 2), np.ones(len(y), np.float32), len(y), unlabeled=list(SENTENCES))
+    fits = {}
+    for w in (0.0, 0.25):
+        clf = FixMatch(FixMatch.Config(steps=3, batch_size=4, mu=2, lr=1e-3, frozen_weight=w), RuntimeContext(seed=0), 32)
+        rep = clf.fit(body, ["a", "b"], rows, texts[:4], y[:4], str(tmp_path / f"m{w}"))
+        fits[w] = (clf.load(str(tmp_path / f"m{w}"), ["a", "b"]), rep)
+    probe = Probe(Probe.Config(), RuntimeContext(seed=0), 32)
+    probe.fit(body, ["a", "b"], rows, [], np.zeros(0, np.int64), str(tmp_path / "p"))
+    p_frozen = probe.load(str(tmp_path / "p"), ["a", "b"]).predict_proba(texts)  # (12, 2)
+    adapted, blend = fits[0.0][0], fits[0.25][0]
+    assert not np.allclose(adapted.predict_proba(texts), p_frozen, atol=1e-3), "the tiny body did not move"
+    np.testing.assert_allclose(blend.predict_proba(texts), 0.75 * adapted.predict_proba(texts) + 0.25 * p_frozen, atol=1e-6)
+    probs, emb = blend.score(texts, embeddings=True)
+    np.testing.assert_allclose(emb, adapted.embed(texts), atol=1e-6)
+    assert fits[0.25][1].val_pred == blend.predict_proba(texts[:4]).argmax(1).tolist()
+    assert "blend the frozen probe at weight 0.25" in fits[0.25][1].notes[-1]
+    assert not (tmp_path / "m0.0" / "frozen_core").exists()
+    shutil.rmtree(tmp_path / "m0.25" / "frozen_core")
+    with pytest.raises(ValueError, match="holds no frozen_core/ probe"):
+        FixMatch(FixMatch.Config(frozen_weight=0.25), RuntimeContext(seed=0), 32).load(str(tmp_path / "m0.25"), ["a", "b"])

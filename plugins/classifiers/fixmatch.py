@@ -21,6 +21,13 @@ so step 0 is the supervised core), and when training ends the probe's head is re
 adapted body (``Probe.fit``: middle-layer view, label-name rows, soft targets and weights exact):
 the saved layout, loading and prediction are exactly the probe's.
 
+With ``frozen_weight`` w > 0 the saved model is an ensemble of two cores: the probe fitted on the
+frozen body the fit started from (the supervised core, saved in ``frozen_core/``) and the adapted
+model; its probabilities are (1 - w) * adapted + w * frozen (``TrainedBlend``). On the tweets the
+adapted body paid where the frozen draw was weak and cost where it was strong (dev-eval sessions
+9 and 13, docs/experiments.md); averaging the two cores' predictions is the classic remedy (an
+output-space ensemble, cf. WiSE-FT's output-space variant, Wortsman et al. 2022).
+
 The pool reaches ``fit`` as ``LabeledRows.unlabeled`` (``uses_unlabeled``); the pipeline passes it
 to every model but the ``baseline``, which stays the supervised core. Without a pool the body is
 finetuned on the labelled rows alone.
@@ -37,10 +44,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from selftrain.plugins import FitReport, LabeledRows
+from selftrain.plugins import FitReport, LabeledRows, TrainedClassifier
 from selftrain.plugins.classifiers.consistency import align_distribution, consistency_loss, flexmatch_thresholds
 from selftrain.plugins.classifiers.embed import pool, read_pooling, save_tuned_body
-from selftrain.plugins.classifiers.probe import Probe, ProbeConfig, fit_head
+from selftrain.plugins.classifiers.probe import FROZEN_DIR, META_FILE, Probe, ProbeConfig, TrainedProbe, fit_head
 from selftrain.plugins.classifiers.views import StrongViewConfig, strong_view
 from selftrain.plugins.classifiers.wise import interpolate_weights
 from selftrain.plugins.objectives.common import pad_batch
@@ -63,6 +70,9 @@ class FixMatchConfig(ProbeConfig):
     wise_alpha: float = Field(1.0, gt=0, le=1, description="Weight-space ensemble of the adapted body with the initial one "
                               "(WiSE-FT): (1 - a) * initial + a * adapted before the head is refit; 1: the adapted body.")
     strong: StrongViewConfig = Field(default_factory=StrongViewConfig, description="The strong view's text noise.")
+    frozen_weight: float = Field(0.0, ge=0, lt=1, description="Weight of the frozen probe (the supervised core on the "
+                                 "body the fit started from, saved in frozen_core/) in the saved model's probabilities: "
+                                 "(1 - w) * adapted + w * frozen. 0: the adapted model alone; 0.5: the mean of the two cores.")
 
 
 def soft_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -166,13 +176,57 @@ class FixMatch(Probe):
         save_tuned_body(body, tok, init_dir, tuned)
         report = super().fit(str(tuned), label_names, train, val_texts, val_labels, out_dir, max_epochs, log=lambda r: None)
         shutil.rmtree(tuned, ignore_errors=True)
+        if c.frozen_weight > 0:  # the supervised core beside it: a plain probe on the body the fit started from
+            frozen = Probe(ProbeConfig(**{f: getattr(c, f) for f in ProbeConfig.model_fields}), self.ctx, self.max_length)
+            frozen.fit(init_dir, label_names, train, [], np.zeros(0, np.int64), str(Path(out_dir) / FROZEN_DIR))
+            if len(val_texts):  # the validation score is the saved model's, the ensemble's
+                from sklearn.metrics import f1_score
+
+                pred = self.load(out_dir, label_names).predict_proba(list(val_texts)).argmax(1)
+                report.val_pred = pred.tolist()
+                report.val_macro_f1 = float(f1_score(val_labels, pred, average="macro",
+                                                     labels=list(range(C)), zero_division=0))
         log({"epoch": 1, "train_loss": read["loss_s"], "val_macro_f1": report.val_macro_f1})
         report.seconds = time.perf_counter() - t0
         report.notes.append(f"fixmatch: {c.steps} steps, {len(lab_ids)} labelled rows, {len(pool_ids)} pool rows; "
                             f"mean supervised loss {read['loss_s']:.3f}, consistency loss {read['loss_u']:.3f}, "
-                            f"pool rows above their threshold {read['mask']:.2f}")
+                            f"pool rows above their threshold {read['mask']:.2f}"
+                            + (f"; predictions blend the frozen probe at weight {c.frozen_weight:g}" if c.frozen_weight else ""))
         return report
 
     def meta(self) -> dict:
         return {"classifier": "fixmatch", "steps": self.config.steps, "mu": self.config.mu,
-                "wise_alpha": self.config.wise_alpha}
+                "wise_alpha": self.config.wise_alpha, "frozen_weight": self.config.frozen_weight}
+
+    def load(self, model_dir: str, label_names: list[str]) -> TrainedClassifier:
+        """The adapted model; with ``frozen_weight`` > 0 at fit time, its blend with the frozen probe."""
+        import json
+
+        adapted = super().load(model_dir, label_names)
+        w = float(json.loads((Path(model_dir) / META_FILE).read_text()).get("frozen_weight") or 0)
+        if w <= 0:
+            return adapted
+        frozen_dir = Path(model_dir) / FROZEN_DIR
+        if not (frozen_dir / META_FILE).exists():
+            raise ValueError(f"{model_dir} was saved with frozen_weight {w:g} but holds no {FROZEN_DIR}/ probe: the "
+                             f"model dir is incomplete. Fix: copy the whole model dir, or train it again")
+        return TrainedBlend(adapted, Probe.load(self, str(frozen_dir), label_names), w)
+
+
+class TrainedBlend(TrainedClassifier):
+    """(1 - w) * adapted + w * frozen class probabilities; the embeddings are the adapted body's."""
+
+    def __init__(self, adapted: TrainedProbe, frozen: TrainedProbe, weight: float):
+        self.adapted, self.frozen, self.weight = adapted, frozen, weight
+        self.model_dir, self.label_names = adapted.model_dir, adapted.label_names
+
+    def embed(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        return self.adapted.embed(texts, batch_size)
+
+    def predict_proba(self, texts: list[str], batch_size: int = 128, progress=None) -> np.ndarray:
+        return self.score(texts, batch_size, progress=progress)[0]
+
+    def score(self, texts, batch_size=128, embeddings=False, progress=None):
+        p_a, e = self.adapted.score(texts, batch_size, embeddings=embeddings, progress=progress)  # (N, C), (N, H)
+        p_f = self.frozen.predict_proba(texts, batch_size)  # (N, C)
+        return ((1 - self.weight) * p_a + self.weight * p_f).astype(np.float32), e

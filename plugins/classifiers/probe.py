@@ -39,6 +39,7 @@ from selftrain.plugins import Classifier, FitReport, LabeledRows, PluginConfig, 
 from selftrain.plugins.classifiers.embed import Embedder, resolve_layer
 
 HEAD_FILE, META_FILE = "head.safetensors", "selftrain_classifier.json"
+FROZEN_DIR = "frozen_core"  # a second, frozen probe saved inside a model dir (fixmatch frozen_weight): never part of a body
 
 
 class ProbeConfig(PluginConfig):
@@ -183,7 +184,7 @@ class Probe(Classifier):
 
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         for f in Path(body).iterdir():  # the body (weights hard-linked when possible), not an old head
-            if f.name in (HEAD_FILE, META_FILE, "README.md") or f.name.startswith("."):
+            if f.name in (HEAD_FILE, META_FILE, FROZEN_DIR, "README.md") or f.name.startswith("."):
                 continue
             if f.is_dir():
                 shutil.copytree(f, Path(out_dir) / f.name, copy_function=_link_or_copy, dirs_exist_ok=True)
