@@ -113,6 +113,31 @@ def test_embedding_cache_adds_segments_and_never_rewrites_them(tmp_path, monkeyp
     assert np.array_equal(Embedder(body, 32, ctx)(SENTENCES[:5]), both[:5])
 
 
+def test_embedding_cache_keys_on_the_tokenizer_too(tmp_path):
+    """Two bodies with the same weights but another vocabulary order tokenize apart: they must not share
+    cache entries, so a shared cache gives each its own embeddings (a tiny body rebuilt from other texts
+    at the same size hit the first one's entries before)."""
+    import shutil
+
+    from transformers import BertTokenizerFast
+
+    a = TinyBert(TinyBert.Config()).materialize(SENTENCES, str(tmp_path / "a"), seed=0)
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    ids = BertTokenizerFast.from_pretrained(a).get_vocab()
+    vocab = sorted(ids, key=ids.get)  # tokens by id
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "vocab.txt").write_text("\n".join(vocab[:5] + vocab[5:][::-1]) + "\n")  # same size, ids moved
+    BertTokenizerFast.from_pretrained(str(tmp_path / "raw"), do_lower_case=True).save_pretrained(b)
+    assert (b / "model.safetensors").read_bytes() == (tmp_path / "a" / "model.safetensors").read_bytes()
+    shared = RuntimeContext(cache_dir=str(tmp_path / "cache"))
+    ea, eb = Embedder(a, 32, shared), Embedder(str(b), 32, shared)
+    assert ea.key != eb.key
+    got_a, got_b = ea(SENTENCES[:4]), eb(SENTENCES[:4])
+    np.testing.assert_array_equal(got_b, Embedder(str(b), 32, RuntimeContext())(SENTENCES[:4]))
+    assert not np.allclose(got_a, got_b)
+
+
 # ------------------------------------------------------------------ the probe's head
 def test_soft_targets_expand_to_weighted_rows():
     x = np.arange(6, dtype=np.float32).reshape(3, 2)

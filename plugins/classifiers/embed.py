@@ -4,7 +4,7 @@ A sentence-transformers checkpoint says how it pools in ``modules.json`` -> its 
 module's ``config.json`` (all-MiniLM-L6-v2: mean over the non-pad tokens, then L2
 normalisation). A plain Hugging Face checkpoint has no such file: we mean-pool (Reimers &
 Gurevych 2019 found mean pooling the best of CLS / max / mean for BERT embeddings) and
-L2-normalise. Embeddings are cached on disk per (weights content, pooling, max_length, text),
+L2-normalise. Embeddings are cached on disk per (weights content, tokenizer files' content, pooling, max_length, text),
 so the pool, validation and test texts are encoded once per body, however many classifiers
 (baseline, students of every round) share that body.
 
@@ -43,6 +43,9 @@ thousands): large length-sorted batches keep the GPU busy; MiniLM's activations 
 in bf16 are a few hundred MiB."""
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# what turns a text into token ids: two bodies with the same weights and another vocabulary embed apart
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 
 
 def read_pooling(model_dir: str) -> dict:
@@ -115,6 +118,17 @@ def weights_digest(model_dir: str) -> str:
     raise FileNotFoundError(f"{model_dir} has none of {', '.join(WEIGHT_FILES)}")
 
 
+def tokenizer_digest(model_dir: str) -> str:
+    """Content hash of the tokenizer files present (``TOKENIZER_FILES``)."""
+    h = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        p = Path(model_dir) / name
+        if p.exists():
+            st = p.stat()
+            h.update(f"{name}:{_file_digest(str(p.resolve()), st.st_size, st.st_mtime_ns)};".encode())
+    return h.hexdigest()
+
+
 def _text_keys(texts: list[str]) -> np.ndarray:
     return np.array([hashlib.sha1(t.encode("utf-8", "surrogatepass")).digest() for t in texts], dtype="S20")
 
@@ -136,7 +150,8 @@ class Embedder:
         self.pooling = read_pooling(model_dir)
         self._model = self._tok = None
         self._forward: InferenceForward | None = None  # with the model; compiles when its workload asks for it
-        key = f"{weights_digest(model_dir)}|{self.pooling['mode']}|{self.pooling['normalize']}|{max_length}"
+        key = (f"{weights_digest(model_dir)}|{tokenizer_digest(model_dir)}|{self.pooling['mode']}|"
+               f"{self.pooling['normalize']}|{max_length}")
         if extra_layer is not None:
             key += f"|layer{extra_layer}"
         if ctx.autocast_dtype is not None:  # bf16 embeddings differ from fp32 ones in the last digits: own cache
