@@ -24,8 +24,13 @@ run), at the product's ``pretrain`` defaults (``--pretrain-set epochs=2`` to cha
 pipeline's pretrain stage calls ``selftrain.core.train.pretrain.pretrain``; each method then runs
 again on that body as ``<method>+<objective>``, paired with the same method on the checkpoint.
 
-``--variants last agree last+agree avg``: more readouts of each fixmatch fit, scored from the same
-adapted body (``variant_scores``), as ``fixmatch-<variant>``.
+``--variants last agree last+agree``: more readouts of each fixmatch fit, scored from the same
+adapted body (``variant_scores``), as ``fixmatch-<variant>``; ``--blend 0.5 0.75``: the readout
+``fixmatch-blend<w>``, fixmatch's ``frozen_weight: w`` from the same fit.
+
+``--keep-fits DIR``: every fitted model is kept in DIR (one folder per dataset, k, seed, method and
+options) and a later invocation with the same DIR loads it instead of fitting again (the fits are
+seeded and reproduce to the digit on the CPU), so new readouts of old fits cost seconds.
 
 Prints macro-F1 mean ± sd per cell and each method's paired gain over ``probe`` (wins / seeds).
 """
@@ -47,7 +52,7 @@ bench_env()
 
 METHODS = {"probe": ("probe", {}), "fixmatch": ("fixmatch", {}), "fixmatch-nopool": ("fixmatch", {"mu": 0}),
            "setfit-plugin": ("setfit", {})}
-VARIANTS = ["last", "agree", "last+agree", "avg"]
+VARIANTS = ["last", "agree", "last+agree"]  # and "blend<w>" (--blend)
 
 
 def fit_probe(body_dir: str, out_dir: str, labels, rows, seed: int, max_length: int, **options):
@@ -120,9 +125,10 @@ def variant_scores(tuned_dir: str, variants: list[str], labels, rows, gold_y, po
       the proxy sessions 5-7 chose it on) in the adapted model's feature space: the adapted body as the
       teacher of a pool round, the product's "adapted body + pool";
     - ``last+agree``: both;
-    - ``avg``: the adapted model's class probabilities averaged with the frozen probe's on ``body_dir``
-      (the body the fit started from: the supervised core of the same draw), an ensemble of the two
-      cores: the adapted body paid where the frozen draw was weak and cost where it was strong (session 9).
+    - ``blend<w>``: (1 - w) * the adapted model's class probabilities + w * the frozen probe's on
+      ``body_dir`` (the body the fit started from: the supervised core of the same draw), what
+      fixmatch's ``frozen_weight: w`` saves: an ensemble of the two cores (the adapted body paid where
+      the frozen draw was weak and cost where it was strong, session 9).
     Returns {variant: {"macro_f1", "features" (the head's input width), and for agree "use_pool"}}."""
     from sklearn.metrics import f1_score
     from transformers import AutoModel, AutoTokenizer
@@ -140,12 +146,14 @@ def variant_scores(tuned_dir: str, variants: list[str], labels, rows, gold_y, po
                   for head in ("default", "last")}
         for v in variants:
             m = models["last" if v.startswith("last") else "default"]
-            if v == "avg":
+            if v.startswith("blend"):
                 if body_dir is None:
-                    raise ValueError("variant_scores: the 'avg' readout needs body_dir, the body the fixmatch fit started from")
-                frozen = fit_probe(body_dir, str(Path(tmp) / "frozen"), labels, rows, seed, max_length)
-                proba = (m.predict_proba(ev_texts) + frozen.predict_proba(ev_texts)) / 2  # (E, C)
-                out[v] = {"macro_f1": f1(proba.argmax(1)), "features": int(m.W.shape[1])}
+                    raise ValueError(f"variant_scores: the {v!r} readout needs body_dir, the body the fixmatch fit started from")
+                if "frozen" not in models:
+                    models["frozen"] = fit_probe(body_dir, str(Path(tmp) / "frozen"), labels, rows, seed, max_length)
+                w = float(v[len("blend"):])
+                proba = (1 - w) * m.predict_proba(ev_texts) + w * models["frozen"].predict_proba(ev_texts)  # (E, C)
+                out[v] = {"macro_f1": f1(proba.argmax(1)), "features": int(m.W.shape[1]), "frozen_weight": w}
                 continue
             if not v.endswith("agree"):
                 out[v] = {"macro_f1": f1(m.predict_proba(ev_texts).argmax(1)), "features": int(m.W.shape[1])}
@@ -157,7 +165,10 @@ def variant_scores(tuned_dir: str, variants: list[str], labels, rows, gold_y, po
 
 
 def fit_and_score(method: str, options: dict, texts, y, labels, gold, pool, ev, seed: int, max_length: int,
-                  wise: list[float] | None = None, body: str | None = None, variants: list[str] | None = None) -> dict:
+                  wise: list[float] | None = None, body: str | None = None, variants: list[str] | None = None,
+                  keep: str | None = None) -> dict:
+    """``keep``: a folder for this fit; a model already saved there (by the same plugin: meta file) is
+    loaded instead of fitted (``seconds`` is then the first fit's, and ``cached`` is True)."""
     from sklearn.metrics import f1_score
 
     from selftrain.core.common import io
@@ -174,17 +185,25 @@ def fit_and_score(method: str, options: dict, texts, y, labels, gold, pool, ev, 
     rows = LabeledRows([texts[i] for i in gold], one_hot(y[gold], C), np.ones(len(gold), np.float32), len(gold),
                        unlabeled=[texts[i] for i in pool] if getattr(cls, "uses_unlabeled", False) else None)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="dev-adapt-") as tmp:
-        rep = clf.fit(body, labels, rows, [], np.zeros(0, np.int64), tmp)
+    with tempfile.TemporaryDirectory(prefix="dev-adapt-") as scratch:
+        tmp = keep or scratch
+        done = Path(tmp) / "fit.json"
+        if done.exists():  # kept from an earlier invocation
+            rep_d = json.loads(done.read_text())
+            notes, seconds, cached = rep_d["notes"], rep_d["seconds"], True
+        else:
+            rep = clf.fit(body, labels, rows, [], np.zeros(0, np.int64), tmp)
+            notes, seconds, cached = rep.notes, time.perf_counter() - t0, False
+            if keep:
+                done.write_text(json.dumps({"notes": notes, "seconds": seconds}))
         pred = clf.load(tmp, labels).predict_proba([texts[i] for i in ev]).argmax(1)
-        seconds = time.perf_counter() - t0
         extra = ({"wise": wise_scores(tmp, body, wise, labels, rows, [texts[i] for i in ev], y[ev], seed, max_length)}
                  if wise and name == "fixmatch" else {})
         if variants and name == "fixmatch":
             extra["variants"] = variant_scores(tmp, variants, labels, rows, y[gold], [texts[i] for i in pool],
                                                [texts[i] for i in ev], y[ev], seed, max_length, body_dir=body)
     return {"macro_f1": float(f1_score(y[ev], pred, average="macro", labels=list(range(C)))),
-            "seconds": seconds, "notes": rep.notes, **extra}
+            "seconds": seconds, "notes": notes, **({"cached": True} if cached else {}), **extra}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,6 +218,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="also score fixmatch's wise_alpha = each of these from the same fit (method fixmatch-wiseA)")
     ap.add_argument("--variants", nargs="+", default=[], choices=VARIANTS,
                     help="also score these readouts of every fixmatch fit (method fixmatch-<variant>; see variant_scores)")
+    ap.add_argument("--blend", nargs="+", type=float, default=[], metavar="W",
+                    help="also score fixmatch's frozen_weight = each W from the same fit (method fixmatch-blendW)")
+    ap.add_argument("--keep-fits", default=None, metavar="DIR",
+                    help="keep every fitted model in DIR and load it from there instead of fitting again")
     ap.add_argument("--pretrain", nargs="+", default=[], metavar="OBJECTIVE",
                     help="also run every method on the body pretrained with each objective (method <m>+<objective>)")
     ap.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
@@ -211,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.pretrained_only and not a.pretrain:
         ap.error("--pretrained-only needs --pretrain OBJECTIVE: without it nothing would run")
     import yaml
+
+    from selftrain.core.common import io
 
     pre_opts = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in a.pretrain_set)}
     opts: dict = {}
@@ -230,9 +255,12 @@ def main(argv: list[str] | None = None) -> None:
                     """Every method on this draw, on the checkpoint (``body`` None) or a pretrained body."""
                     for m in a.methods:
                         o = opts.get(METHODS[m][0], {})
+                        keep = (str(Path(a.keep_fits) / f"{ds}-k{k}-s{seed}-{m}{suffix}-"
+                                                    f"{io.digest(o, pre_opts)}")
+                                if a.keep_fits else None)
                         r = fit_and_score(m, o, texts, y, labels, gold, pool, ev, seed, MAX_LENGTH[ds],
                                           a.wise if m == "fixmatch" and body is None else None, body=body,
-                                          variants=a.variants)
+                                          variants=a.variants + [f"blend{w:g}" for w in a.blend], keep=keep)
                         wise, variants = r.pop("wise", {}), r.pop("variants", {})
                         records.append({"dataset": ds, "k": k, "seed": seed, "method": m + suffix, **r, "options": o,
                                         **({"pretrain": pretrain} if pretrain else {})})

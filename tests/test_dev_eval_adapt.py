@@ -46,8 +46,11 @@ def test_dev_eval_adapt_pretrained_only_needs_an_objective(capsys):
 def test_variant_scores_reads_one_fixmatch_fit_four_more_ways(tiny_body, tmp_path):
     """Every readout of the same adapted body gets a dev-eval score; ``last`` refits the head on the
     body's own embedding alone (width H), the default reads it + the middle layer (2H); the agree
-    readouts say whether their guard kept the pool; ``avg`` is the mean of the adapted model's and the
-    frozen probe's probabilities, and refuses to run without the body the fit started from."""
+    readouts say whether their guard kept the pool; ``blend<w>`` mixes the adapted model's and the
+    frozen probe's probabilities, scores what fixmatch's ``frozen_weight: w`` saves, and refuses to run
+    without the body the fit started from."""
+    from sklearn.metrics import f1_score
+
     from benchmarks.dev_eval_adapt import VARIANTS, variant_scores
     from selftrain.plugins import LabeledRows, RuntimeContext, one_hot
     from selftrain.plugins.classifiers.fixmatch import FixMatch
@@ -57,9 +60,15 @@ def test_variant_scores_reads_one_fixmatch_fit_four_more_ways(tiny_body, tmp_pat
     rows = LabeledRows(texts, one_hot(y, 2), np.ones(len(y), np.float32), len(y), unlabeled=list(SENTENCES))
     clf = FixMatch(FixMatch.Config(steps=2, batch_size=4, mu=2, lr=1e-3), RuntimeContext(seed=0), 32)
     clf.fit(tiny_body, ["sport", "food"], rows, [], np.zeros(0, np.int64), str(tmp_path / "m"))
-    out = variant_scores(str(tmp_path / "m"), VARIANTS, ["sport", "food"], rows, y, list(SENTENCES), texts, y, 0, 32,
-                         body_dir=tiny_body)
-    assert sorted(out) == sorted(VARIANTS)
+    out = variant_scores(str(tmp_path / "m"), [*VARIANTS, "blend0", "blend0.5"], ["sport", "food"], rows, y,
+                         list(SENTENCES), texts, y, 0, 32, body_dir=tiny_body)
+    assert sorted(out) == sorted([*VARIANTS, "blend0", "blend0.5"])
+    assert out["blend0"]["macro_f1"] == pytest.approx(f1_score(y, clf.load(str(tmp_path / "m"), ["sport", "food"])
+                                                               .predict_proba(texts).argmax(1), average="macro"))
+    half = FixMatch(FixMatch.Config(steps=2, batch_size=4, mu=2, lr=1e-3, frozen_weight=0.5), RuntimeContext(seed=0), 32)
+    half.fit(tiny_body, ["sport", "food"], rows, [], np.zeros(0, np.int64), str(tmp_path / "half"))
+    assert out["blend0.5"]["macro_f1"] == pytest.approx(f1_score(y, half.load(str(tmp_path / "half"), ["sport", "food"])
+                                                                 .predict_proba(texts).argmax(1), average="macro"))
     H = TINY_BERT["hidden_size"]
     assert out["last"]["features"] == out["last+agree"]["features"] == H
     assert out["agree"]["features"] == 2 * H
@@ -67,7 +76,7 @@ def test_variant_scores_reads_one_fixmatch_fit_four_more_ways(tiny_body, tmp_pat
         assert 0.0 <= rec["macro_f1"] <= 1.0, v
         assert ("use_pool" in rec) == v.endswith("agree"), v
     with pytest.raises(ValueError, match="needs body_dir"):
-        variant_scores(str(tmp_path / "m"), ["avg"], ["sport", "food"], rows, y, list(SENTENCES), texts, y, 0, 32)
+        variant_scores(str(tmp_path / "m"), ["blend0.5"], ["sport", "food"], rows, y, list(SENTENCES), texts, y, 0, 32)
 
 
 def test_dev_eval_summary_prints_the_sample_sd_and_paired_gain():
