@@ -81,6 +81,18 @@ def test_consistency_loss_masks_rows_below_their_class_threshold():
     assert strong.grad[1].abs().sum() == 0
 
 
+def _tiny_topic_fit(tmp_path):
+    """A tiny BERT body, the two-topic rows (texts, labels) and their LabeledRows with SENTENCES as the pool."""
+    from selftrain.plugins import LabeledRows, one_hot
+    from selftrain.plugins.models.presets import TinyBert
+    from selftrain.plugins.testing import SENTENCES, TOPIC_ROWS
+
+    body = TinyBert(TinyBert.Config()).materialize(SENTENCES, str(tmp_path / "body"), seed=0)
+    texts, y = [t for t, _ in TOPIC_ROWS], np.array([c for _, c in TOPIC_ROWS])
+    return body, texts, y, LabeledRows(texts, one_hot(y, 2), np.ones(len(y), np.float32), len(y),
+                                       unlabeled=list(SENTENCES))
+
+
 def test_fixmatch_trains_the_body_on_the_pool_and_saves_a_probe(tmp_path):
     """On a tiny model: the pool reaches fit and the consistency term runs, the body moves, the saved
     model loads as a probe and predicts; without a pool (mu = 0) it still trains the body."""
@@ -88,14 +100,11 @@ def test_fixmatch_trains_the_body_on_the_pool_and_saves_a_probe(tmp_path):
 
     from safetensors.numpy import load_file
 
-    from selftrain.plugins import LabeledRows, RuntimeContext, one_hot
+    from selftrain.plugins import RuntimeContext
     from selftrain.plugins.classifiers.fixmatch import FixMatch
-    from selftrain.plugins.models.presets import TinyBert
-    from selftrain.plugins.testing import SENTENCES, TOPIC_ROWS
+    from selftrain.plugins.testing import SENTENCES
 
-    body = TinyBert(TinyBert.Config()).materialize(SENTENCES, str(tmp_path / "body"), seed=0)
-    texts, y = [t for t, _ in TOPIC_ROWS], np.array([c for _, c in TOPIC_ROWS])
-    rows = LabeledRows(texts, one_hot(y, 2), np.ones(len(y), np.float32), len(y), unlabeled=list(SENTENCES))
+    body, texts, y, rows = _tiny_topic_fit(tmp_path)
     clf = FixMatch(FixMatch.Config(steps=4, batch_size=4, mu=2, lr=1e-3), RuntimeContext(seed=0), 32)
     rep = clf.fit(body, ["a", "b"], rows, [], np.zeros(0, np.int64), str(tmp_path / "m"))
     before = load_file(str(tmp_path / "body" / "model.safetensors"))
@@ -201,14 +210,10 @@ def test_fixmatch_wise_alpha_saves_the_body_between_the_checkpoint_and_the_adapt
     one and the one wise_alpha = 1 saves (the same training, then the interpolation)."""
     from safetensors.torch import load_file
 
-    from selftrain.plugins import LabeledRows, RuntimeContext, one_hot
+    from selftrain.plugins import RuntimeContext
     from selftrain.plugins.classifiers.fixmatch import FixMatch
-    from selftrain.plugins.models.presets import TinyBert
-    from selftrain.plugins.testing import SENTENCES, TOPIC_ROWS
 
-    body = TinyBert(TinyBert.Config()).materialize(SENTENCES, str(tmp_path / "body"), seed=0)
-    texts, y = [t for t, _ in TOPIC_ROWS], np.array([c for _, c in TOPIC_ROWS])
-    rows = LabeledRows(texts, one_hot(y, 2), np.ones(len(y), np.float32), len(y), unlabeled=list(SENTENCES))
+    body, texts, y, rows = _tiny_topic_fit(tmp_path)
     saved = {}
     for a in (1.0, 0.5):
         clf = FixMatch(FixMatch.Config(steps=3, batch_size=4, mu=2, lr=1e-3, wise_alpha=a), RuntimeContext(seed=0), 32)
@@ -227,15 +232,11 @@ def test_fixmatch_frozen_weight_blends_the_adapted_model_with_the_frozen_probe(t
     adapted body's, validation is scored on the blend, and a dir without its frozen_core/ is refused."""
     import shutil
 
-    from selftrain.plugins import LabeledRows, RuntimeContext, one_hot
+    from selftrain.plugins import RuntimeContext
     from selftrain.plugins.classifiers.fixmatch import FixMatch
     from selftrain.plugins.classifiers.probe import Probe
-    from selftrain.plugins.models.presets import TinyBert
-    from selftrain.plugins.testing import SENTENCES, TOPIC_ROWS
 
-    body = TinyBert(TinyBert.Config()).materialize(SENTENCES, str(tmp_path / "body"), seed=0)
-    texts, y = [t for t, _ in TOPIC_ROWS], np.array([c for _, c in TOPIC_ROWS])
-    rows = LabeledRows(texts, one_hot(y, 2), np.ones(len(y), np.float32), len(y), unlabeled=list(SENTENCES))
+    body, texts, y, rows = _tiny_topic_fit(tmp_path)
     fits = {}
     for w in (0.0, 0.25):
         clf = FixMatch(FixMatch.Config(steps=3, batch_size=4, mu=2, lr=1e-3, frozen_weight=w), RuntimeContext(seed=0), 32)
