@@ -167,8 +167,9 @@ def variant_scores(tuned_dir: str, variants: list[str], labels, rows, gold_y, po
 def fit_and_score(method: str, options: dict, texts, y, labels, gold, pool, ev, seed: int, max_length: int,
                   wise: list[float] | None = None, body: str | None = None, variants: list[str] | None = None,
                   keep: str | None = None) -> dict:
-    """``keep``: a folder for this fit; a model already saved there (by the same plugin: meta file) is
-    loaded instead of fitted (``seconds`` is then the first fit's, and ``cached`` is True)."""
+    """``keep``: a folder for this fit; where an earlier fit finished there (its ``fit.json``, written
+    last) the saved model is loaded instead of fitted (``seconds`` is then the first fit's, and
+    ``cached`` is True); a fit stopped before that is redone over it."""
     from sklearn.metrics import f1_score
 
     from selftrain.core.common import io
