@@ -176,18 +176,18 @@ def main(argv: list[str] | None = None) -> None:
         Path(a.out).write_text(json.dumps({"protocol": __doc__.split("\n\n")[2], "records": records}, indent=1))
 
 
-def summary(records: list[dict], names: list[str]) -> str:
-    """Mean ± sd per cell; the paired gain of each method over ``probe`` with wins/losses."""
+def summary(records: list[dict], names: list[str], base_name: str = "probe") -> str:
+    """Mean ± sd per cell; the paired gain of each method over ``base_name`` with wins/losses."""
     rows = ["| dataset | k | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
     cells = sorted({(r["dataset"], r["k"]) for r in records})
     for ds, k in cells:
         by = {m: {r["seed"]: r["macro_f1"] for r in records if (r["dataset"], r["k"], r["method"]) == (ds, k, m)} for m in names}
-        base = by.get("probe")
+        base = by.get(base_name)
         parts = []
         for m in names:
             v = np.array(list(by[m].values()))
             s = f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"  # sample sd, as quality.py and the docs
-            if base and m != "probe":
+            if base and m != base_name:
                 d = np.array([by[m][sd] - base[sd] for sd in by[m]])
                 s += f" ({d.mean():+.3f}, {int((d > 0).sum())}/{len(d)})"
             parts.append(s)
