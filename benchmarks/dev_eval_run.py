@@ -3,6 +3,7 @@
     python -m benchmarks.dev_eval_run --config examples/configs/tweets-setfit-selftrain.yaml [--name NAME]
                                       [--set pseudo_label.rounds=1 ...] [--datasets tweets] [--k 16]
                                       [--seeds 0 1 2 3 4] [--eval-rows 2000] [--setfit-peer] [--out FILE]
+    python -m benchmarks.dev_eval_run --render FILE [FILE ...] [--base METHOD]
 
 Each draw of ``benchmarks.dev_eval`` (k gold rows per class, a pool of 1,500 BBC / 3,000 tweets, the
 remaining rows for dev-eval) becomes a source file with the user's own split column: the gold rows
@@ -13,8 +14,8 @@ with the labeler's guard, students, evaluate), and its ``metrics.json`` is read:
 trained is scored on the dev-eval rows (the run's "test"). The product's test split plays no part,
 so a recipe can be chosen here.
 
-Records (one per draw and model): ``<name>`` is the run's final model, ``<name>-baseline`` its
-supervised core, ``<name>-<model>`` every other model it trained (``teacher``, ``student-1`` ...);
+Records (per draw): ``<name>`` is the run's final model, ``<name>-<model>`` each model it trained
+(``<name>-baseline``, its supervised core; ``teacher``, ``student-1`` ...), the final one included;
 with ``final``, the core chosen and the pseudo-label rounds (rows kept; their accuracy against the
 pool's hidden labels, diagnostics only). ``--setfit-peer``: SetFit at its own defaults
 (``benchmarks.peers.run_setfit``) on the run's gold rows, scored on the run's own dev-eval rows
@@ -94,7 +95,7 @@ def run_draw(config: str, overrides: list[str], frame, run_dir: Path, seed: int,
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", required=True, help="the recipe (a YAML config), e.g. examples/configs/tweets.yaml")
+    ap.add_argument("--config", default=None, help="the recipe (a YAML config), e.g. examples/configs/tweets.yaml")
     ap.add_argument("--name", default=None, help="the method name in the records (default: the config's file stem)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override, e.g. pseudo_label.rounds=1")
     ap.add_argument("--datasets", nargs="+", default=["tweets"])
@@ -103,7 +104,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-rows", type=int, default=2000)
     ap.add_argument("--setfit-peer", action="store_true", help="also SetFit at its defaults on the same rows (method setfit)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--render", nargs="+", default=None, metavar="FILE",
+                    help="run nothing: print the paired table of these record files together (against --base)")
+    ap.add_argument("--base", default=None, help="with --render: the method the others are paired against")
     a = ap.parse_args(argv)
+    if a.render:
+        recs = [r for f in a.render for r in json.loads(Path(f).read_text())["records"]]
+        names = list(dict.fromkeys(r["method"] for r in recs))
+        print(summary(recs, names, base_name=a.base or names[0]))
+        return
+    if not a.config:
+        ap.error("--config is needed (the recipe to run), unless --render")
     name = a.name or Path(a.config).stem
     records: list[dict] = []
     for ds in a.datasets:
@@ -121,9 +132,8 @@ def main(argv: list[str] | None = None) -> None:
                             "overrides": a.set}
                     records.append({**base, "method": name, "macro_f1": r["scores"][r["final"]], **info,
                                     "notes": r["notes"]})
-                    for m, f1 in r["scores"].items():
-                        if m != r["final"]:
-                            records.append({**base, "method": f"{name}-{m}", "macro_f1": f1})
+                    for m, f1 in r["scores"].items():  # every model, the final one too: <name>-baseline always exists
+                        records.append({**base, "method": f"{name}-{m}", "macro_f1": f1})
                     log(f"  {ds} k={k} seed={seed} {name}: final {r['final']} {r['scores'][r['final']]:.3f} "
                         f"({r['seconds']:.0f} s; core {r['core']}); " + ", ".join(f"{m} {v:.3f}" for m, v in r["scores"].items())
                         + "".join(f"; round {p['round']}: {p['kept']} kept, {p['accuracy_vs_hidden']}" for p in r["rounds"]))

@@ -70,3 +70,25 @@ def test_run_draw_scores_every_model_of_the_run_on_the_dev_eval_rows(bbc, tmp_pa
     assert pseudo_label_rounds(r["run_dir"], metrics, wrong)[0]["accuracy_vs_hidden"] == 0.0
     assert pseudo_label_rounds(r["run_dir"], metrics, truth) == r["rounds"]
     assert np.isfinite(r["seconds"])
+
+
+def test_render_pairs_records_of_several_runs_against_the_named_base(tmp_path, capsys):
+    """--render reads record files of separate invocations and pairs every method against --base
+    per seed: the mean difference and the seeds ahead."""
+    import json
+
+    from benchmarks.dev_eval_run import main
+
+    rec = lambda m, s, f: {"dataset": "tweets", "k": 16, "seed": s, "method": m, "macro_f1": f}  # noqa: E731
+    (tmp_path / "a.json").write_text(json.dumps({"records": [rec("default", 0, 0.50), rec("default", 1, 0.60)]}))
+    (tmp_path / "b.json").write_text(json.dumps({"records": [rec("other", 0, 0.53), rec("other", 1, 0.59)]}))
+    main(["--render", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--base", "default"])
+    out = capsys.readouterr().out
+    assert "| tweets | 16 | 0.550 ± 0.071 | 0.560 ± 0.042 (+0.010, 1/2) |" in out
+
+
+def test_a_run_needs_a_recipe():
+    from benchmarks.dev_eval_run import main
+
+    with pytest.raises(SystemExit):
+        main(["--seeds", "0"])
