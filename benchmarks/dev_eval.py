@@ -30,6 +30,7 @@ from benchmarks.common import bench_env, log
 bench_env()
 
 MAX_LENGTH = {"bbc": 256, "tweets": 64}
+POOL = {"bbc": 1500, "tweets": 3000}  # unlabelled rows of a draw (labels hidden)
 TWEETS_SAMPLE = 8000
 
 
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         views = {"last": embed(texts, MAX_LENGTH[ds]), "mid": embed(texts, MAX_LENGTH[ds], 3),  # MiniLM: 6 layers
                  "names:last": embed(label_texts, MAX_LENGTH[ds]), "names:mid": embed(label_texts, MAX_LENGTH[ds], 3)}
         log(f"{ds}: {len(texts)} texts embedded in {time.perf_counter() - t0:.0f} s")
-        pool_n = a.pool or (1500 if ds == "bbc" else 3000)
+        pool_n = a.pool or POOL[ds]
         for k in a.k:
             for seed in a.seeds:
                 gold, pool, ev = draw(y, k, pool_n, seed)

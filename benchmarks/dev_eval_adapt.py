@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import bench_env, log
-from benchmarks.dev_eval import MAX_LENGTH, draw, load, summary
+from benchmarks.dev_eval import MAX_LENGTH, POOL, draw, load, summary
 
 bench_env()
 
@@ -247,10 +247,9 @@ def main(argv: list[str] | None = None) -> None:
     records = []
     for ds in a.datasets:
         texts, y, labels = load(ds)
-        pool_n = 1500 if ds == "bbc" else 3000
         for k in a.k:
             for seed in a.seeds:
-                gold, pool, ev = draw(y, k, pool_n, seed)
+                gold, pool, ev = draw(y, k, POOL[ds], seed)
                 ev = np.random.default_rng(seed).permutation(ev)[: a.eval_rows]
                 def run_methods(body: str | None = None, suffix: str = "", pretrain: dict | None = None) -> None:
                     """Every method on this draw, on the checkpoint (``body`` None) or a pretrained body."""

@@ -34,11 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import bench_env, log
-from benchmarks.dev_eval import draw, load, summary
+from benchmarks.dev_eval import POOL, draw, load, summary
 
 bench_env()
-
-POOL = {"bbc": 1500, "tweets": 3000}
 
 
 def source_frame(texts: list[str], y: np.ndarray, labels: list[str], gold, pool, ev):
