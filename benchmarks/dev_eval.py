@@ -69,6 +69,14 @@ def draw(y: np.ndarray, k: int, pool: int, seed: int) -> tuple[np.ndarray, np.nd
     return gold, rest[:pool], rest[pool:]
 
 
+def eval_draw(y: np.ndarray, ds: str, k: int, seed: int, eval_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The draw of the adapting-core and whole-recipe harnesses (``dev_eval_adapt``, ``dev_eval_run``):
+    ``draw`` with the dataset's pool size, dev-eval cut to a seeded sample of ``eval_rows`` rows, so
+    both score the same rows of a (dataset, k, seed)."""
+    gold, pool, ev = draw(y, k, POOL[ds], seed)
+    return gold, pool, np.random.default_rng(seed).permutation(ev)[:eval_rows]
+
+
 # ============================================================================ feature maps
 def l2(x: np.ndarray) -> np.ndarray:
     return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import bench_env, log
-from benchmarks.dev_eval import MAX_LENGTH, POOL, draw, load, summary
+from benchmarks.dev_eval import MAX_LENGTH, eval_draw, load, summary
 
 bench_env()
 
@@ -249,8 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         texts, y, labels = load(ds)
         for k in a.k:
             for seed in a.seeds:
-                gold, pool, ev = draw(y, k, POOL[ds], seed)
-                ev = np.random.default_rng(seed).permutation(ev)[: a.eval_rows]
+                gold, pool, ev = eval_draw(y, ds, k, seed, a.eval_rows)
                 def run_methods(body: str | None = None, suffix: str = "", pretrain: dict | None = None) -> None:
                     """Every method on this draw, on the checkpoint (``body`` None) or a pretrained body."""
                     for m in a.methods:

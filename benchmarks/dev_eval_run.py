@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import bench_env, log
-from benchmarks.dev_eval import POOL, draw, load, summary
+from benchmarks.dev_eval import eval_draw, load, summary
 
 bench_env()
 
@@ -119,8 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         texts, y, labels = load(ds)
         for k in a.k:
             for seed in a.seeds:
-                gold, pool, ev = draw(y, k, POOL[ds], seed)
-                ev = np.random.default_rng(seed).permutation(ev)[: a.eval_rows]
+                gold, pool, ev = eval_draw(y, ds, k, seed, a.eval_rows)
                 frame = source_frame(texts, y, labels, gold, pool, ev)
                 truth = {texts[i]: labels[y[i]] for i in pool}
                 base = {"dataset": ds, "k": k, "seed": seed}
