@@ -3,6 +3,7 @@
 from selftrain.flows.pipeline import (  # noqa: F401
     HEAVY,
     StageRunError,
+    adapt_check_flow,
     evaluate_flow,
     finetune_flow,
     flow_stages,

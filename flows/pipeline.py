@@ -244,8 +244,16 @@ def pseudo_label_flow(config: PipelineConfig, clean: str, teacher: str, round_: 
     return _record(config, task_stages(config).pseudo_label(config, clean, teacher, round_, also, previous, scores))
 
 
+@flow(name="adapt-check")
+def adapt_check_flow(config: PipelineConfig, clean: str, base_model: str | None) -> dict:
+    """classifier.adapt.check: cv -- the frozen and the adapted core fitted on each fold of the gold rows
+    (a heavy stage: the gpu pool's work)."""
+    return _record(config, task_stages(config).adapt_check(config, clean, base_model))
+
+
 # the heavy stages (Stages field -> stage flow) that execution.heavy_stages=deployments sends away
-HEAVY = {"pretrain": pretrain_flow, "finetune": finetune_flow, "pseudo_label": pseudo_label_flow}
+HEAVY = {"pretrain": pretrain_flow, "finetune": finetune_flow, "pseudo_label": pseudo_label_flow,
+         "adapt_check": adapt_check_flow}
 
 
 @flow(name="evaluate")

@@ -87,6 +87,14 @@ class AdaptConfig(Section):
         "guard refuses the pool (the frozen space does not separate the classes, so self-training inside it cannot pay); "
         "it becomes final. null: the supervised core stands. Needs a labeler with a guard (agree).")
     options: dict[str, Any] = Field(default_factory=dict, description="That plugin's options (e.g. flex: false for fixmatch).")
+    check: Literal["none", "cv"] = Field(
+        "none", description="cv: before the adapted core replaces the supervised one, fit both on each fold of the gold "
+        "rows (the adapted one with the pool) and keep the adapted core only when its held-out log-loss per gold row "
+        "leads by margin; costs folds fits of each core. none: the guard's refusal is enough (the adapted core is "
+        "final). Not yet measured to pay: see the README.")
+    folds: int = Field(4, ge=2, description="Folds of check: cv (capped at the smallest class's gold count).")
+    margin: float = Field(0.0, description="check: cv takes the adapted core when its held-out log-loss per gold row "
+                          "is at most the supervised core's minus this (nats; 0: a tie adapts).")
 
 
 class ClassifierConfig(Section):

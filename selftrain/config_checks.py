@@ -46,9 +46,9 @@ def _lacks_validation(cfg: PipelineConfig, cls: type) -> bool:
     return cls.needs_validation and cfg.data.val_per_class == 0 and cfg.data.columns.split is None
 
 
-def check_adapt(cfg: PipelineConfig, lcls: type | None) -> None:
+def check_adapt(cfg: PipelineConfig, lcls: type | None) -> type:
     """``classifier.adapt``: a classifier plugin whose options validate, picked by the guard of the
-    labeler ``lcls`` (None: pseudo-labelling is off)."""
+    labeler ``lcls`` (None: pseudo-labelling is off). -> the plugin's class."""
     ad, plc = cfg.classifier.adapt, cfg.pseudo_label
     acls, _ = plugin_options("selftrain.classifiers", ad.name, ad.options, "classifier.adapt", "classifier.adapt.name")
     if _lacks_validation(cfg, acls):
@@ -62,6 +62,7 @@ def check_adapt(cfg: PipelineConfig, lcls: type | None) -> None:
         raise ConfigError(f"classifier.adapt.name={ad.name!r} is trained when the labeler's guard refuses the pool, but "
                           f"pseudo_label.labeler={plc.labeler!r} has no guard (guards_pool is false), so it never would be. "
                           "Fix: set pseudo_label.labeler: agree or classifier.adapt.name: null.")
+    return acls
 
 
 def check_plugins(cfg: PipelineConfig) -> None:
@@ -81,7 +82,18 @@ def check_plugins(cfg: PipelineConfig) -> None:
                               "evaluate.baseline_classifier: probe.")
     lcls = plugin_options("selftrain.labelers", plc.labeler, plc.options, "pseudo_label")[0] if plc.enabled else None
     if cfg.classifier.adapt.name is not None:
-        check_adapt(cfg, lcls)
+        acls = check_adapt(cfg, lcls)
+        if cfg.classifier.adapt.check == "cv":
+            for what, value, cls in (("classifier.name", name, ccls),
+                                     ("classifier.adapt.name", cfg.classifier.adapt.name, acls)):
+                if cls.needs_validation:
+                    raise ConfigError(f"classifier.adapt.check: cv fits both cores on folds of the gold rows without "
+                                      f"validation rows, but {what}={value!r} needs them (early stopping). Fix: use a "
+                                      "core that trains without validation (probe, fixmatch, setfit) or set "
+                                      "classifier.adapt.check: none.")
+    elif cfg.classifier.adapt.check == "cv":
+        raise ConfigError("classifier.adapt.check: cv cross-validates the adapted core, but classifier.adapt.name is "
+                          "null. Fix: set classifier.adapt.name (e.g. fixmatch) or classifier.adapt.check: none.")
     if plc.enabled:
         if plc.noise > 0 and not ccls.supports_token_noise:
             raise ConfigError(f"pseudo_label.noise={plc.noise} needs a classifier that drops tokens; {name!r} does not. "

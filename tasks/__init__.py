@@ -11,7 +11,7 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from selftrain.core.label import shards
-from selftrain.core.run import stages
+from selftrain.core.run import core_cv, stages
 from selftrain.tasks.caching import stage_key
 from selftrain.tasks.retry import retry_unless_user_error
 
@@ -28,8 +28,11 @@ finetune = task(stages.finetune_stage, name="finetune", task_run_name="finetune-
 pseudo_label = task(stages.pseudo_label_stage, name="pseudo-label", task_run_name="pseudo-label-r{round_}",
                     cache_key_fn=stage_key("pseudo_label", "model", "classifier"), **RETRY, **PERSIST)
 evaluate = task(stages.evaluate_stage, name="evaluate", cache_key_fn=stage_key("evaluate", "model", "classifier"), **RETRY, **PERSIST)
+# classifier.adapt.check: cv -- both cores fitted on folds of the gold rows (it reads the fit settings too)
+adapt_check = task(core_cv.adapt_check, name="adapt-check",
+                   cache_key_fn=stage_key("adapt_check", "model", "classifier", "finetune"), **RETRY, **PERSIST)
 # one shard of the pool scored by one model; never cached by Prefect: an existing output file is the cache
 score_shard = task(shards.score_job, name="score-shard", task_run_name="score-shard-{job[member]}-{job[index]}", **RETRY)
 
 ALL = {"ingest": ingest, "validate": validate, "pretrain": pretrain, "finetune": finetune,
-       "pseudo_label": pseudo_label, "evaluate": evaluate}
+       "pseudo_label": pseudo_label, "evaluate": evaluate, "adapt_check": adapt_check}

@@ -153,3 +153,92 @@ def test_a_fixmatch_teacher_keeps_no_pseudo_label_and_stays_final(tiny_config):
     assert res["final"] == "teacher" and set(metrics["models"]) == {"baseline", "teacher"}
     assert metrics["core"]["chosen"] == "supervised" and not metrics["core"]["refused"]
     assert "guard_adapted: trust" in metrics["core"]["why"] and "teacher (fixmatch) is final" in metrics["core"]["why"]
+
+
+# ---------------------------------------------------------------------------------------
+# classifier.adapt.check: cv -- both cores cross-validated on the gold rows before the body moves
+# ---------------------------------------------------------------------------------------
+
+def _check(adapted_ll: float, frozen_ll: float, margin: float = 0.0) -> dict:
+    return {"metric": "log_loss", "folds": 4, "margin": margin, "use_adapted": adapted_ll <= frozen_ll - margin,
+            "adapted": {"classifier": "fixmatch", "log_loss": adapted_ll, "accuracy": 0.5, "fold_log_loss": []},
+            "supervised": {"classifier": "probe", "log_loss": frozen_ll, "accuracy": 0.5, "fold_log_loss": []}}
+
+
+def test_the_check_keeps_or_overrules_the_adapted_core(tiny_config):
+    from selftrain.core.run.pipeline import checked_choice
+
+    cfg = tiny_config(*TINY_PROBE, *ADAPT)
+    guard = {"metric": "log_loss", "selftrained_log_loss": 1.4, "supervised_log_loss": 1.1, "use_pool": False}
+    adapted = core_choice(cfg, "baseline", {"pool_refused": True, "guard": guard})
+    kept = checked_choice(adapted, _check(0.9, 1.0))
+    assert kept["chosen"] == "adapted" and kept["check"]["use_adapted"]
+    assert "cross-validation agreed (held-out log-loss per gold row over 4 folds: fixmatch 0.900 vs probe 1.000" in kept["why"]
+    overruled = checked_choice(adapted, _check(1.2, 1.0))
+    assert overruled["chosen"] == "supervised" and overruled["refused"] and overruled["check"]["adapted"]["log_loss"] == 1.2
+    assert "the guard refused the pool (held-out log_loss per gold row: self-trained 1.400" in overruled["why"]
+    assert "kept the supervised core (held-out log-loss per gold row over 4 folds: fixmatch 1.200 vs probe 1.000" in overruled["why"]
+
+
+def test_fold_indices_hold_out_every_class_and_cover_each_row_once():
+    from selftrain.core.run.core_cv import fold_indices
+
+    y = np.array([0] * 3 + [1] * 7 + [2] * 5)
+    held = fold_indices(y, folds=4, seed=0)
+    assert len(held) == 3  # capped at the smallest class (3 rows)
+    assert sorted(np.concatenate(held).tolist()) == list(range(len(y)))
+    assert all(set(y[h]) == {0, 1, 2} for h in held)
+    assert len(fold_indices(np.repeat([0, 1], 8), folds=4, seed=0)) == 4
+    with pytest.raises(ValueError, match="at least 2 gold rows of every class"):
+        fold_indices(np.array([0, 1, 1, 1]), folds=4, seed=0)
+
+
+def test_heldout_scores_are_log_loss_and_hits():
+    from selftrain.core.run.core_cv import heldout_scores
+
+    probs = np.array([[0.8, 0.2], [0.5, 0.5], [0.0, 1.0]])
+    loss, right = heldout_scores(probs, np.array([0, 1, 0]))
+    assert np.allclose(loss, [-np.log(0.8), -np.log(0.5), -np.log(1e-12)])
+    assert right.tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["classifier.adapt.name=null", "classifier.adapt.check=cv"], "classifier.adapt.name is null"),
+    (["data.val_per_class=2", "classifier.adapt.name=finetune", "classifier.adapt.options={}",
+      "classifier.adapt.check=cv"], "classifier.adapt.name='finetune' needs them"),
+])
+def test_impossible_check_combinations_are_refused_up_front(tiny_config, overrides, match):
+    from selftrain.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        tiny_config(*TINY_PROBE, *ADAPT, *overrides)
+
+
+@pytest.mark.slow
+def test_the_check_decides_whether_the_adapted_core_is_trained(tiny_config, tmp_path):
+    """A refused pool with check: cv -> both cores fit on each fold of the gold rows; a margin no
+    core can meet keeps the supervised core (no adapted model trained), a margin any core meets
+    trains the adapted one; the check's scores are in metrics.json either way."""
+    from selftrain.core.run.pipeline import run_stages
+
+    common = [*TINY_PROBE, *ADAPT, "pseudo_label.options={guard_folds: 2, guard_margin: -5}",
+              "classifier.adapt.check=cv", "classifier.adapt.folds=2"]
+    runs = {}
+    for margin in (100, -100):
+        cfg = tiny_config(*common, f"classifier.adapt.margin={margin}", f"output_dir={tmp_path / f'm{margin}'}")
+        res = run_stages(cfg)
+        runs[margin] = (res, json.loads((Path(cfg.run_dir) / "metrics.json").read_text()))
+    res, m = runs[100]
+    check = m["core"]["check"]
+    assert res["final"] == "baseline" and m["core"]["chosen"] == "supervised" and set(m["models"]) == {"baseline"}
+    assert check["folds"] == 2 and check["use_adapted"] is False
+    for core, plugin in (("supervised", "probe"), ("adapted", "fixmatch")):
+        rec = check[core]
+        assert rec["classifier"] == plugin and len(rec["fold_log_loss"]) == 2
+        assert 0 < rec["log_loss"] < 20 and 0 <= rec["accuracy"] <= 1
+        assert rec["log_loss"] == pytest.approx(np.mean(rec["fold_log_loss"]), rel=0.35)  # folds of near-equal size
+    assert "kept the supervised core" in m["core"]["why"]
+    res2, m2 = runs[-100]
+    assert res2["final"] == "adapted" and m2["core"]["chosen"] == "adapted" and m2["core"]["check"]["use_adapted"]
+    # same seed, same folds, same fits: the two runs' checks measured the same numbers
+    assert m2["core"]["check"]["supervised"]["log_loss"] == pytest.approx(check["supervised"]["log_loss"])

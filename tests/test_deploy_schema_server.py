@@ -18,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SELFTRAIN = str(Path(sys.executable).with_name("selftrain"))
-CONFIG_DEPLOYMENTS = ["pipeline/retrain", "retrain/nightly", "pretrain/gpu", "finetune/gpu", "pseudo-label/gpu"]
+CONFIG_DEPLOYMENTS = ["pipeline/retrain", "retrain/nightly", "pretrain/gpu", "finetune/gpu", "pseudo-label/gpu",
+                      "adapt-check/gpu"]
 
 
 def _runs_module():

@@ -274,7 +274,7 @@ def test_ui_triggered_run_sends_heavy_stages_to_the_gpu_pool(service, s3_bucket)
     assert not sched["active"] and sched["schedule"]["cron"] == "0 2 * * *" and sched["schedule"]["timezone"] == "UTC"
     (nightly,) = svc.deployment("retrain/nightly")["schedules"]
     assert nightly["active"] and nightly["schedule"]["cron"] == "0 3 * * *", "the scheduled job: retrain with a champion"
-    for name in ("pretrain/gpu", "finetune/gpu", "pseudo-label/gpu"):
+    for name in ("pretrain/gpu", "finetune/gpu", "pseudo-label/gpu", "adapt-check/gpu"):
         assert svc.deployment(name)["work_pool_name"] == "gpu"
     assert svc.get("/work_pools/gpu")["concurrency_limit"] == 1
 

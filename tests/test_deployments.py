@@ -36,7 +36,7 @@ def test_prefect_yaml_declares_the_pipeline_and_the_heavy_stage_deployments():
 
     configs = _deploy_configs()
     assert set(configs) == {"pipeline/retrain", "retrain/nightly", "predict-landing/hourly", "predict/cpu", "predict/gpu",
-                            "pretrain/gpu", "finetune/gpu", "pseudo-label/gpu"}
+                            "pretrain/gpu", "finetune/gpu", "pseudo-label/gpu", "adapt-check/gpu"}
     retrain = configs["pipeline/retrain"]["deployment"]
     assert retrain.work_pool.name == "cpu"
     (sched,) = retrain.schedules

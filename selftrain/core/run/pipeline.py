@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from selftrain.config import PipelineConfig
 from selftrain.core.label import shards
-from selftrain.core.run import stages
+from selftrain.core.run import core_cv, stages
 from selftrain.core.run.evaluate import prob_worse
 from selftrain.plugins.registry import get as get_plugin
 
@@ -26,6 +26,7 @@ class Stages:
     pseudo_label: Callable = stages.pseudo_label_stage
     score_pool: Callable = shards.score_pool  # only with execution.pool_workers >= 1
     evaluate: Callable = stages.evaluate_stage
+    adapt_check: Callable = core_cv.adapt_check  # only with classifier.adapt.check: cv
 
 
 def _no_publish(kind: str, key: str, payload: str) -> None:
@@ -99,6 +100,10 @@ def run_stages(cfg: PipelineConfig, S: Stages | None = None, publish: Callable[[
                 break
             final, current = s["name"], s
     core = core_choice(cfg, final, first)
+    if core["chosen"] == "adapted" and cfg.classifier.adapt.check == "cv":  # ask the gold rows before moving the body
+        core = checked_choice(core, S.adapt_check(cfg, clean, base))
+        if core["chosen"] != "adapted":
+            notes.append(core["why"])
     if core["chosen"] == "adapted":  # the frozen space does not separate the classes: move the body on gold + pool
         notes.append(core["why"])
         final = finetune(base, "adapted", adapt=True)["name"]
@@ -131,9 +136,7 @@ def core_choice(cfg: PipelineConfig, final: str, round1: dict | None) -> dict:
     frozen, adapt = cfg.classifier.name, cfg.classifier.adapt.name
     guard = (round1 or {}).get("guard")
     refused = bool((round1 or {}).get("pool_refused"))
-    metric = guard.get("metric", "log_loss") if guard else None
-    score = (f" (held-out {metric} per gold row: self-trained {guard.get('selftrained_' + metric, float('nan')):.3f} vs "
-             f"supervised {guard.get('supervised_' + metric, float('nan')):.3f})") if guard else ""
+    score = _guard_score(guard)
     out = {"candidates": {"supervised": frozen, "pool": f"{frozen} + {cfg.pseudo_label.labeler} pseudo-labels"
                           if cfg.pseudo_label.enabled else None,
                           "adapted": f"{adapt} on gold + pool" if adapt else None},
@@ -151,6 +154,29 @@ def core_choice(cfg: PipelineConfig, final: str, round1: dict | None) -> dict:
         why = (f"the guard refused the pool{score}: self-training in the frozen embedding space does not pay here, "
                f"so {adapt} moves the body on gold + pool and becomes final")
     return {**out, "chosen": chosen, "why": why}
+
+
+def _guard_score(guard: dict | None) -> str:
+    """" (held-out log_loss per gold row: self-trained x vs supervised y)", or "" without a guard."""
+    if not guard:
+        return ""
+    metric = guard.get("metric", "log_loss")
+    return (f" (held-out {metric} per gold row: self-trained {guard.get('selftrained_' + metric, float('nan')):.3f} vs "
+            f"supervised {guard.get('supervised_' + metric, float('nan')):.3f})")
+
+
+def checked_choice(core: dict, check: dict) -> dict:
+    """``core_choice``'s "adapted" after ``classifier.adapt.check: cv`` (``core_cv.adapt_check``): kept
+    when the adapted core's held-out log-loss leads the supervised core's by the margin, else the
+    supervised core stands. The check's scores go into the record (``core.check``)."""
+    a, s = check["adapted"], check["supervised"]
+    scores = (f"held-out log-loss per gold row over {check['folds']} folds: {a['classifier']} {a['log_loss']:.3f} vs "
+              f"{s['classifier']} {s['log_loss']:.3f}, margin {check['margin']:g}")
+    if check["use_adapted"]:
+        return {**core, "check": check, "why": f"{core['why']}; the gold rows' cross-validation agreed ({scores})"}
+    return {**core, "check": check, "chosen": "supervised",
+            "why": f"the guard refused the pool{_guard_score(core['guard'])}, but the gold rows' cross-validation kept the "
+                   f"supervised core ({scores}): moving the body is not shown to pay on this draw"}
 
 
 def _fallback(cfg: PipelineConfig, final: str, baseline: str, vals: dict, preds: dict, n_classes: int,

@@ -1,0 +1,85 @@
+"""The guard's check of the adapted core: both cores cross-validated, whole, on the gold rows.
+
+The agree labeler's guard (``plugins/labelers/agree.py``) measures on the gold rows whether
+self-training in the *frozen* embedding space pays; when it refuses, ``classifier.adapt`` (a core
+that moves the body on gold + pool: fixmatch) is the candidate. Whether moving the body pays on
+this draw is another question, and the guard's folds cannot answer it: they live in the frozen
+space. On the tweets the adapted core gained up to +0.13 on some draws and lost 0.02-0.05 on
+others (docs/experiments.md sessions 9, 11, 13). With ``classifier.adapt.check: cv`` this module
+asks the gold rows: every fold fits the frozen core and the adapted core on the other folds
+(the adapted one with the pool, as in the run) and scores the held-out rows; the adapted core
+is taken only when its held-out log-loss per gold row leads the frozen core's by
+``classifier.adapt.margin``. Log-loss, as the agree guard, because it charges a confident error
+without bound (session 7). Cost: ``folds`` fits of each core.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+
+from selftrain.config import PipelineConfig
+from selftrain.core.common import io
+from selftrain.core.run.stages import _gold, backbone, label_names
+from selftrain.core.train.classifiers import classifier
+from selftrain.plugins import LabeledRows, one_hot
+
+
+def fold_indices(y: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+    """Held-out index sets of a stratified k-fold over the gold labels ``y`` (N,), with k capped at
+    the smallest class's count so every fold holds out (and trains on) every class."""
+    from sklearn.model_selection import StratifiedKFold
+
+    k = min(folds, int(np.bincount(y).min()))
+    if k < 2:
+        raise ValueError(f"classifier.adapt.check: cv needs at least 2 gold rows of every class in the train split; "
+                         f"the smallest class has {int(np.bincount(y).min())}. Add labels or set classifier.adapt.check: none")
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [held for _train, held in splitter.split(np.zeros(len(y)), y)]
+
+
+def heldout_scores(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C) held-out probabilities and (N,) labels -> ((N,) log-loss -log p_true, (N,) right)."""
+    p_true = np.clip(probs[np.arange(len(y)), y], 1e-12, None)
+    return -np.log(p_true), probs.argmax(1) == y
+
+
+def cross_validate(cfg: PipelineConfig, clean: str, base_model: str | None, plugin: str,
+                   options: dict | None, held: list[np.ndarray]) -> dict:
+    """Fit ``plugin`` on each fold's training part (its own fit settings; + the pool when the plugin
+    ``uses_unlabeled``) and score the held-out gold rows. -> mean log-loss, accuracy, per-fold log-loss."""
+    df = io.read_parquet(clean)
+    labels = label_names(cfg, df)
+    texts, y = _gold(df, "train", labels)
+    model_dir = io.local_dir(base_model) if base_model else backbone(cfg, clean)[0]
+    probs = np.zeros((len(y), len(labels)), np.float32)  # (N, C) each row scored by the fold that held it out
+    for out in held:
+        train_idx = np.setdiff1d(np.arange(len(y)), out)
+        clf = classifier(cfg, plugin, options=options)
+        pool = (df.loc[df["split"] == "unlabeled", "text"].astype(str).tolist()
+                if getattr(clf, "uses_unlabeled", False) else None)
+        rows = LabeledRows([texts[i] for i in train_idx], one_hot(y[train_idx], len(labels)),
+                           np.ones(len(train_idx), np.float32), len(train_idx), unlabeled=pool)
+        with tempfile.TemporaryDirectory(prefix="selftrain-cv-") as tmp:
+            clf.fit(model_dir, labels, rows, [], np.zeros(0, np.int64), tmp, cfg.finetune.epochs)
+            probs[out] = clf.load(tmp, labels).predict_proba([texts[i] for i in out])
+    loss, right = heldout_scores(probs, y)
+    return {"classifier": plugin, "log_loss": float(loss.mean()), "accuracy": float(right.mean()),
+            "fold_log_loss": [float(loss[out].mean()) for out in held]}
+
+
+def adapt_check(cfg: PipelineConfig, clean: str, base_model: str | None) -> dict:
+    """The frozen core (``classifier``) and the adapted core (``classifier.adapt``) on the same folds
+    of the gold rows -> their scores and ``use_adapted``: the adapted core's held-out log-loss per
+    gold row is at most the frozen core's minus ``classifier.adapt.margin``."""
+    a = cfg.classifier.adapt
+    if a.name is None:
+        raise ValueError("adapt_check needs classifier.adapt.name; it is null")
+    df = io.read_parquet(clean)
+    _texts, y = _gold(df, "train", label_names(cfg, df))
+    held = fold_indices(y, a.folds, cfg.seed)
+    frozen = cross_validate(cfg, clean, base_model, cfg.classifier.name, None, held)
+    adapted = cross_validate(cfg, clean, base_model, a.name, a.options, held)
+    return {"metric": "log_loss", "folds": len(held), "margin": a.margin, "supervised": frozen, "adapted": adapted,
+            "use_adapted": adapted["log_loss"] <= frozen["log_loss"] - a.margin}
