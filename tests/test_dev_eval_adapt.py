@@ -88,3 +88,20 @@ def test_dev_eval_summary_prints_the_sample_sd_and_paired_gain():
             for s, v in enumerate(vals)]
     line = summary(recs, ["probe", "fixmatch"]).splitlines()[-1]
     assert line == "| tweets | 16 | 0.520 ± 0.020 | 0.540 ± 0.036 (+0.020, 2/3) |"
+
+
+def test_check_draw_runs_the_products_adapt_check_on_a_draw(tiny_body):
+    """--check: both cores fitted on each fold of the draw's gold rows through core_cv; the pick
+    follows the held-out log-losses."""
+    from benchmarks.dev_eval_adapt import check_draw
+    from selftrain.plugins.testing import SENTENCES, TOPIC_ROWS
+
+    texts = [t for t, _ in TOPIC_ROWS] + list(SENTENCES)
+    y = np.array([c for _, c in TOPIC_ROWS] + [0] * len(SENTENCES))
+    gold, pool = np.arange(len(TOPIC_ROWS)), np.arange(len(TOPIC_ROWS), len(texts))
+    chk = check_draw(texts, y, ["a", "b"], gold, pool, 0, 32, 2, {"steps": 2, "batch_size": 4, "mu": 1}, body=tiny_body)
+    assert chk["folds"] == 2
+    for core, plugin in (("supervised", "probe"), ("adapted", "fixmatch")):
+        assert chk[core]["classifier"] == plugin and np.isfinite(chk[core]["log_loss"]) and chk[core]["log_loss"] > 0
+        assert len(chk[core]["fold_log_loss"]) == 2
+    assert chk["use_adapted"] == (chk["adapted"]["log_loss"] <= chk["supervised"]["log_loss"])

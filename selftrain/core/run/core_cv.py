@@ -45,28 +45,42 @@ def heldout_scores(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nda
     return -np.log(p_true), probs.argmax(1) == y
 
 
+def cv_probs(make, init_dir: str, labels: list[str], texts: list[str], y: np.ndarray, pool: list[str] | None,
+             held: list[np.ndarray], epochs: int | None = None) -> np.ndarray:
+    """(N, C) held-out probabilities of the gold rows: for each fold, ``make()`` (a fresh classifier
+    plugin) is fitted from ``init_dir`` on the other folds' rows (+ ``pool`` for a plugin that
+    ``uses_unlabeled``, as the finetune stage hands it) and scores the fold's rows."""
+    probs = np.zeros((len(y), len(labels)), np.float32)
+    for out in held:
+        train_idx = np.setdiff1d(np.arange(len(y)), out)
+        clf = make()
+        rows = LabeledRows([texts[i] for i in train_idx], one_hot(y[train_idx], len(labels)),
+                           np.ones(len(train_idx), np.float32), len(train_idx),
+                           unlabeled=pool if getattr(clf, "uses_unlabeled", False) else None)
+        with tempfile.TemporaryDirectory(prefix="selftrain-cv-") as tmp:
+            clf.fit(init_dir, labels, rows, [], np.zeros(0, np.int64), tmp, epochs)
+            probs[out] = clf.load(tmp, labels).predict_proba([texts[i] for i in out])
+    return probs
+
+
+def cv_record(plugin: str, probs: np.ndarray, y: np.ndarray, held: list[np.ndarray]) -> dict:
+    """A core's cross-validation record: mean held-out log-loss and accuracy per gold row, per fold."""
+    loss, right = heldout_scores(probs, y)
+    return {"classifier": plugin, "log_loss": float(loss.mean()), "accuracy": float(right.mean()),
+            "fold_log_loss": [float(loss[out].mean()) for out in held]}
+
+
 def cross_validate(cfg: PipelineConfig, clean: str, base_model: str | None, plugin: str,
                    options: dict | None, held: list[np.ndarray]) -> dict:
-    """Fit ``plugin`` on each fold's training part (its own fit settings; + the pool when the plugin
-    ``uses_unlabeled``) and score the held-out gold rows. -> mean log-loss, accuracy, per-fold log-loss."""
+    """``plugin`` (its own fit settings) cross-validated on the run's gold train rows (``cv_probs``)."""
     df = io.read_parquet(clean)
     labels = label_names(cfg, df)
     texts, y = _gold(df, "train", labels)
     model_dir = io.local_dir(base_model) if base_model else backbone(cfg, clean)[0]
-    probs = np.zeros((len(y), len(labels)), np.float32)  # (N, C) each row scored by the fold that held it out
-    for out in held:
-        train_idx = np.setdiff1d(np.arange(len(y)), out)
-        clf = classifier(cfg, plugin, options=options)
-        pool = (df.loc[df["split"] == "unlabeled", "text"].astype(str).tolist()
-                if getattr(clf, "uses_unlabeled", False) else None)
-        rows = LabeledRows([texts[i] for i in train_idx], one_hot(y[train_idx], len(labels)),
-                           np.ones(len(train_idx), np.float32), len(train_idx), unlabeled=pool)
-        with tempfile.TemporaryDirectory(prefix="selftrain-cv-") as tmp:
-            clf.fit(model_dir, labels, rows, [], np.zeros(0, np.int64), tmp, cfg.finetune.epochs)
-            probs[out] = clf.load(tmp, labels).predict_proba([texts[i] for i in out])
-    loss, right = heldout_scores(probs, y)
-    return {"classifier": plugin, "log_loss": float(loss.mean()), "accuracy": float(right.mean()),
-            "fold_log_loss": [float(loss[out].mean()) for out in held]}
+    pool = df.loc[df["split"] == "unlabeled", "text"].astype(str).tolist()
+    probs = cv_probs(lambda: classifier(cfg, plugin, options=options), model_dir, labels, texts, y, pool, held,
+                     cfg.finetune.epochs)
+    return cv_record(plugin, probs, y, held)
 
 
 def adapt_check(cfg: PipelineConfig, clean: str, base_model: str | None) -> dict:
