@@ -105,3 +105,27 @@ def test_check_draw_runs_the_products_adapt_check_on_a_draw(tiny_body):
         assert chk[core]["classifier"] == plugin and np.isfinite(chk[core]["log_loss"]) and chk[core]["log_loss"] > 0
         assert len(chk[core]["fold_log_loss"]) == 2
     assert chk["use_adapted"] == (chk["adapted"]["log_loss"] <= chk["supervised"]["log_loss"])
+
+
+def test_cotraining_grows_a_class_balanced_labelled_set_from_both_views():
+    """benchmarks.dev_eval_cotrain: balanced_top takes the most confident new rows per class; a draw
+    on separable toy features and texts scores every method and records the added rows' accuracy."""
+    from benchmarks.dev_eval_cotrain import balanced_top, run_draw
+
+    P = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.3, 0.7], [0.95, 0.05]])
+    idx, lab = balanced_top(P, 1)
+    assert idx.tolist() == [4, 2] and lab.tolist() == [0, 1]
+    idx, lab = balanced_top(P, 1, exclude=np.array([False, False, True, False, True]))
+    assert idx.tolist() == [0, 3] and lab.tolist() == [0, 1]
+
+    rng = np.random.default_rng(0)
+    n = 600
+    y = rng.integers(0, 2, n)
+    V = rng.normal(size=(n, 8)) + 1.5 * y[:, None]
+    words = np.array([["dull", "awful", "bad"], ["great", "fine", "good"]])
+    texts = [f"{rng.choice(words[c])} {rng.choice(words[c])} thing {i % 7}" for i, c in enumerate(y)]
+    gold = np.concatenate([np.flatnonzero(y == c)[:4] for c in (0, 1)])
+    rest = np.setdiff1d(np.arange(n), gold)
+    res = run_draw(V, np.array([[-1.0] * 8, [2.5] * 8]), texts, y, gold, rest[:400], rest[400:])
+    assert {"probe", "tfidf", "cotrain50", "cotrainAB150", "distil0.3", "A+distil1"} <= set(res)
+    assert res["cotrain50_pl_acc"] > 0.9 and res["cotrainAB50"] > 0.9  # separable views label the pool right
