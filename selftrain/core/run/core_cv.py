@@ -70,19 +70,6 @@ def cv_record(plugin: str, probs: np.ndarray, y: np.ndarray, held: list[np.ndarr
             "fold_log_loss": [float(loss[out].mean()) for out in held]}
 
 
-def cross_validate(cfg: PipelineConfig, clean: str, base_model: str | None, plugin: str,
-                   options: dict | None, held: list[np.ndarray]) -> dict:
-    """``plugin`` (its own fit settings) cross-validated on the run's gold train rows (``cv_probs``)."""
-    df = io.read_parquet(clean)
-    labels = label_names(cfg, df)
-    texts, y = _gold(df, "train", labels)
-    model_dir = io.local_dir(base_model) if base_model else backbone(cfg, clean)[0]
-    pool = df.loc[df["split"] == "unlabeled", "text"].astype(str).tolist()
-    probs = cv_probs(lambda: classifier(cfg, plugin, options=options), model_dir, labels, texts, y, pool, held,
-                     cfg.finetune.epochs)
-    return cv_record(plugin, probs, y, held)
-
-
 def adapt_check(cfg: PipelineConfig, clean: str, base_model: str | None) -> dict:
     """The frozen core (``classifier``) and the adapted core (``classifier.adapt``) on the same folds
     of the gold rows -> their scores and ``use_adapted``: the adapted core's held-out log-loss per
@@ -90,10 +77,16 @@ def adapt_check(cfg: PipelineConfig, clean: str, base_model: str | None) -> dict
     a = cfg.classifier.adapt
     if a.name is None:
         raise ValueError("adapt_check needs classifier.adapt.name; it is null")
-    df = io.read_parquet(clean)
-    _texts, y = _gold(df, "train", label_names(cfg, df))
+    df = io.read_parquet(clean)  # read once: both cores see the same gold rows, folds and pool
+    labels = label_names(cfg, df)
+    texts, y = _gold(df, "train", labels)
+    pool = df.loc[df["split"] == "unlabeled", "text"].astype(str).tolist()
+    model_dir = io.local_dir(base_model) if base_model else backbone(cfg, clean)[0]
     held = fold_indices(y, a.folds, cfg.seed)
-    frozen = cross_validate(cfg, clean, base_model, cfg.classifier.name, None, held)
-    adapted = cross_validate(cfg, clean, base_model, a.name, a.options, held)
-    return {"metric": "log_loss", "folds": len(held), "margin": a.margin, "supervised": frozen, "adapted": adapted,
-            "use_adapted": adapted["log_loss"] <= frozen["log_loss"] - a.margin}
+    cores = {}
+    for core, plugin, options in (("supervised", cfg.classifier.name, None), ("adapted", a.name, a.options)):
+        probs = cv_probs(lambda: classifier(cfg, plugin, options=options), model_dir, labels, texts, y, pool, held,
+                         cfg.finetune.epochs)
+        cores[core] = cv_record(plugin, probs, y, held)
+    return {"metric": "log_loss", "folds": len(held), "margin": a.margin, **cores,
+            "use_adapted": cores["adapted"]["log_loss"] <= cores["supervised"]["log_loss"] - a.margin}
