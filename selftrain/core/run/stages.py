@@ -143,6 +143,11 @@ def _gold(df: pd.DataFrame, split: str, labels: list[str]) -> tuple[list[str], n
     return part["text"].astype(str).tolist(), y
 
 
+def _pool_texts(df: pd.DataFrame) -> list[str]:
+    """The unlabelled pool's texts (split ``unlabeled``), as a core that trains on the pool gets them."""
+    return df.loc[df["split"] == "unlabeled", "text"].astype(str).tolist()
+
+
 def finetune_stage(cfg: PipelineConfig, clean: str, base_model: str | None, name: str,
                    pseudo_labels: str | None = None, adapt: bool = False) -> dict:
     """Classifier from ``base_model`` (None: the un-pretrained backbone) on gold train rows
@@ -182,8 +187,7 @@ def finetune_stage(cfg: PipelineConfig, clean: str, base_model: str | None, name
     noisy = np.arange(len(texts)) >= len(y)  # (N,) the pseudo-labelled rows (they follow the gold ones)
     # a classifier that trains on the pool too (consistency training) gets its texts, except the baseline:
     # the baseline is the supervised core, the pool's yardstick
-    unlabeled = (df.loc[df["split"] == "unlabeled", "text"].astype(str).tolist()
-                 if getattr(clf, "uses_unlabeled", False) and name != "baseline" else None)
+    unlabeled = _pool_texts(df) if getattr(clf, "uses_unlabeled", False) and name != "baseline" else None
     train = LabeledRows(texts, targets, weights, len(y), noisy, cfg.pseudo_label.noise, unlabeled)
     out = _uri(cfg, "models", name)
     with io.output_dir(out) as tmp:
