@@ -94,9 +94,10 @@ class AdaptConfig(Section):
         "final). Not yet measured to pay: see the README.")
     folds: int = Field(4, ge=2, description="Folds of check: cv (capped at the smallest class's gold count).")
     metric: Literal["log_loss", "calibrated_log_loss"] = Field(
-        "log_loss", description="What check: cv compares per held-out gold row. log_loss: -log p(true label) as each "
-        "core gives it (favours the sharper core across model families). calibrated_log_loss: the same after each "
-        "core's temperature is fit on the other folds' held-out rows (Guo et al. 2017), so sharpness alone cannot win.")
+        "calibrated_log_loss", description="What check: cv compares per held-out gold row. calibrated_log_loss: "
+        "-log p(true label) after each core's temperature is fit on the other folds' held-out rows (Guo et al. 2017), "
+        "so sharpness alone cannot win. log_loss: as each core gives it (favours the sharper core across model "
+        "families: it picked the losing core on both tweets draws measured, docs/experiments.md session 16).")
     margin: float = Field(0.0, description="check: cv takes the adapted core when its held-out metric per gold row "
                           "is at most the supervised core's minus this (nats; 0: a tie adapts).")
 
