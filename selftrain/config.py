@@ -97,7 +97,7 @@ class AdaptConfig(Section):
         "calibrated_log_loss", description="What check: cv compares per held-out gold row. calibrated_log_loss: "
         "-log p(true label) after each core's temperature is fit on the other folds' held-out rows (Guo et al. 2017), "
         "so sharpness alone cannot win. log_loss: as each core gives it (favours the sharper core across model "
-        "families: it picked the losing core on both tweets draws measured, docs/experiments.md session 16).")
+        "families: it picked the losing core on all three tweets draws measured, docs/experiments.md session 16).")
     margin: float = Field(0.0, description="check: cv takes the adapted core when its held-out metric per gold row "
                           "is at most the supervised core's minus this (nats; 0: a tie adapts).")
 
