@@ -174,14 +174,14 @@ def test_the_check_keeps_or_overrules_the_adapted_core(tiny_config):
     adapted = core_choice(cfg, "baseline", {"pool_refused": True, "guard": guard})
     kept = checked_choice(adapted, _check(0.9, 1.0))
     assert kept["chosen"] == "adapted" and kept["check"]["use_adapted"]
-    assert "cross-validation agreed (held-out log-loss per gold row over 4 folds: fixmatch 0.900 vs probe 1.000" in kept["why"]
+    assert "cross-validation agreed (held-out log-loss per gold row over 4 folds: fixmatch 0.9000 vs probe 1.0000" in kept["why"]
     overruled = checked_choice(adapted, _check(1.2, 1.0))
     assert overruled["chosen"] == "supervised" and overruled["refused"] and overruled["check"]["adapted"]["log_loss"] == 1.2
     assert "the guard refused the pool (held-out log_loss per gold row: self-trained 1.400" in overruled["why"]
-    assert "kept the supervised core (held-out log-loss per gold row over 4 folds: fixmatch 1.200 vs probe 1.000" in overruled["why"]
+    assert "kept the supervised core (held-out log-loss per gold row over 4 folds: fixmatch 1.2000 vs probe 1.0000" in overruled["why"]
     scaled = checked_choice(adapted, _check(1.05, 0.95, metric="calibrated_log_loss"))  # the metric the check used
     assert scaled["chosen"] == "supervised"
-    assert "(held-out temperature-scaled log-loss per gold row over 4 folds: fixmatch 1.050 vs probe 0.950" in scaled["why"]
+    assert "(held-out temperature-scaled log-loss per gold row over 4 folds: fixmatch 1.0500 vs probe 0.9500" in scaled["why"]
 
 
 def test_fold_indices_hold_out_every_class_and_cover_each_row_once():

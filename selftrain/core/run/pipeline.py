@@ -172,8 +172,8 @@ def checked_choice(core: dict, check: dict) -> dict:
     record (``core.check``)."""
     a, s, metric = check["adapted"], check["supervised"], check.get("metric", "log_loss")
     what = {"log_loss": "log-loss", "calibrated_log_loss": "temperature-scaled log-loss"}[metric]
-    scores = (f"held-out {what} per gold row over {check['folds']} folds: {a['classifier']} {a[metric]:.3f} vs "
-              f"{s['classifier']} {s[metric]:.3f}, margin {check['margin']:g}")
+    scores = (f"held-out {what} per gold row over {check['folds']} folds: {a['classifier']} {a[metric]:.4f} vs "
+              f"{s['classifier']} {s[metric]:.4f}, margin {check['margin']:g}")
     if check["use_adapted"]:
         return {**core, "check": check, "why": f"{core['why']}; the gold rows' cross-validation agreed ({scores})"}
     return {**core, "check": check, "chosen": "supervised",
