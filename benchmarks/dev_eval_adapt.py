@@ -221,7 +221,7 @@ def check_draw(texts, y, labels, gold, pool, seed: int, max_length: int, folds: 
     fold of the gold rows, with the product's own ``core_cv`` functions -> both held-out scores and the pick."""
     from selftrain.core.common import io
     from selftrain.core.data.ingest import package_file
-    from selftrain.core.run.core_cv import cv_probs, cv_record, fold_indices
+    from selftrain.core.run.core_cv import cv_probs, cv_record, fold_indices, prefers_adapted
     from selftrain.plugins import RuntimeContext
     from selftrain.plugins.registry import get as load_plugin
 
@@ -238,12 +238,15 @@ def check_draw(texts, y, labels, gold, pool, seed: int, max_length: int, folds: 
             return cls(cls.Config(**opts), ctx, max_length, {})
         probs[core] = cv_probs(make, body, labels, gtexts, gy, ptexts, held)
         out[core] = cv_record(name, probs[core], gy, held)
+    fold = np.zeros(len(gy), np.int64)  # (N,) the fold that holds each gold row out
+    for f, h in enumerate(held):
+        fold[h] = f
     return {"folds": len(held), "supervised": out["supervised"], "adapted": out["adapted"],
-            "use_adapted": out["adapted"]["log_loss"] <= out["supervised"]["log_loss"],
-            "use_adapted_calibrated": out["adapted"]["calibrated_log_loss"] <= out["supervised"]["calibrated_log_loss"],
+            "use_adapted": prefers_adapted(out, "log_loss"),
+            "use_adapted_calibrated": prefers_adapted(out, "calibrated_log_loss"),
             "seconds": time.perf_counter() - t0,
             # per gold row, so any other criterion can be scored from the record without refitting
-            "heldout": {"y": gy.tolist(), "fold": [int(np.flatnonzero([i in h for h in held])[0]) for i in range(len(gy))],
+            "heldout": {"y": gy.tolist(), "fold": fold.tolist(),
                         **{core: np.round(p, 6).tolist() for core, p in probs.items()}}}
 
 

@@ -109,6 +109,12 @@ def cv_record(plugin: str, probs: np.ndarray, y: np.ndarray, held: list[np.ndarr
             "accuracy": float(right.mean()), "fold_log_loss": [float(loss[out].mean()) for out in held]}
 
 
+def prefers_adapted(cores: dict, metric: str, margin: float = 0.0) -> bool:
+    """The check's decision from two ``cv_record``s (``cores["adapted"]``, ``cores["supervised"]``):
+    the adapted core's held-out ``metric`` per gold row is at most the supervised core's minus ``margin``."""
+    return cores["adapted"][metric] <= cores["supervised"][metric] - margin
+
+
 def adapt_check(cfg: PipelineConfig, clean: str, base_model: str | None) -> dict:
     """The frozen core (``classifier``) and the adapted core (``classifier.adapt``) on the same folds
     of the gold rows -> their scores and ``use_adapted``: the adapted core's held-out log-loss per
@@ -129,4 +135,4 @@ def adapt_check(cfg: PipelineConfig, clean: str, base_model: str | None) -> dict
                          cfg.finetune.epochs)
         cores[core] = cv_record(plugin, probs, y, held)
     return {"metric": a.metric, "folds": len(held), "margin": a.margin, **cores,
-            "use_adapted": cores["adapted"][a.metric] <= cores["supervised"][a.metric] - a.margin}
+            "use_adapted": prefers_adapted(cores, a.metric, a.margin)}
