@@ -111,12 +111,26 @@ def test_fixmatch_trains_the_body_on_the_pool_and_saves_a_probe(tmp_path):
     after = load_file(str(tmp_path / "m" / "model.safetensors"))
     assert any(not np.allclose(before[k], after[k]) for k in before), "the body was not trained"
     assert f"{len(SENTENCES)} pool rows" in rep.notes[-1] and "consistency loss nan" not in rep.notes[-1], rep.notes
+    assert "per-class thresholds at the last step: a 0." in rep.notes[-1] and "floor" in rep.notes[-1], rep.notes
     assert json.loads((tmp_path / "m" / "selftrain_classifier.json").read_text())["classifier"] == "fixmatch"
     p = clf.load(str(tmp_path / "m"), ["a", "b"]).predict_proba(texts)
     assert p.shape == (12, 2) and np.allclose(p.sum(1), 1, atol=1e-5) and not (tmp_path / "m" / ".body").exists()
     nopool = FixMatch(FixMatch.Config(steps=2, batch_size=4, mu=0), RuntimeContext(seed=0), 32)
     rep0 = nopool.fit(body, ["a", "b"], rows, [], np.zeros(0, np.int64), str(tmp_path / "m0"))
     assert "0 pool rows" in rep0.notes[-1] and "consistency loss nan" in rep0.notes[-1]
+    assert "thresholds" not in rep0.notes[-1]
+
+
+def test_threshold_note_reports_the_last_bars_and_the_time_spent_on_the_floor():
+    """FlexMatch's bars over a fit: the last step's per class, and the share of class-steps on ``tau_min``."""
+    from selftrain.plugins.classifiers.fixmatch import FixMatchConfig, threshold_note
+
+    path = [torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.8]), torch.tensor([0.6, 0.9])]  # 3 steps, 2 classes
+    note = threshold_note(path, ["neg", "pos"], FixMatchConfig(tau_min=0.5))
+    assert "neg 0.60, pos 0.90" in note and "floor 50% of class-steps" in note, note
+    fixed = threshold_note([torch.tensor([0.95, 0.95])], ["neg", "pos"], FixMatchConfig(flex=False))
+    assert "neg 0.95, pos 0.95" in fixed and "floor" not in fixed, fixed
+    assert threshold_note([], ["neg", "pos"], FixMatchConfig()) == ""
 
 
 def test_the_finetune_stage_hands_the_pool_to_a_pool_classifier_but_not_to_the_baseline(tmp_path, monkeypatch):

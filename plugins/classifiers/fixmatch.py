@@ -81,6 +81,19 @@ def soft_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) 
     return (weights * ce).sum() / weights.sum().clamp(min=1e-8)
 
 
+def threshold_note(thresholds: list[torch.Tensor], label_names: list[str], c: FixMatchConfig) -> str:
+    """(S,) steps of (C,) per-class thresholds -> where they ended and how often FlexMatch's bar sat
+    on the ``tau_min`` floor: in a short run its warm-up keeps most bars there, which makes it close
+    to a fixed ``tau_min`` threshold (worth knowing when reading a result). "" without a pool."""
+    if not thresholds:
+        return ""
+    path = torch.stack(thresholds).cpu()  # (S, C)
+    last = ", ".join(f"{n} {v:.2f}" for n, v in zip(label_names, path[-1].tolist()))
+    floor = float((path <= c.tau_min + 1e-6).float().mean()) if c.flex else 0.0
+    return (f"; per-class thresholds at the last step: {last}"
+            + (f" (on the tau_min {c.tau_min:g} floor {floor:.0%} of class-steps)" if c.flex else ""))
+
+
 class FixMatch(Probe):
     summary = ("consistency-regularised finetuning of the body on the pool (FixMatch / FlexMatch thresholds, "
                "distribution alignment, text-noise strong views), then the probe's head")
@@ -140,6 +153,7 @@ class FixMatch(Probe):
         last_pred = np.full(len(pool_ids), -1)  # FlexMatch's sigma: each pool row's latest confident class
         body.train()  # dropout on: the weak view's only noise, as in SimCSE
         stats = {"loss_s": [], "loss_u": [], "mask": []}
+        thresholds: list[torch.Tensor] = []  # (C,) per step: where FlexMatch's bars went over the fit
         for step in range(c.steps):
             lb = rng.integers(len(lab_ids), size=c.batch_size)
             logits_l = c.head_scale * head(embed([lab_ids[i] for i in lb]))  # (B, C)
@@ -161,6 +175,7 @@ class FixMatch(Probe):
                     else:
                         thr = torch.full((C,), c.tau, device=dev)
                 strong = [strong_view(pool_ids[i], c.strong, rng) for i in ub]
+                thresholds.append(thr)  # (C,) this step's per-class bars, read once at the end
                 loss_u, mask = consistency_loss(c.head_scale * head(embed(strong)), p_weak, thr)
                 loss = loss + c.lambda_u * loss_u
                 stats["loss_u"].append(loss_u.detach())
@@ -190,7 +205,7 @@ class FixMatch(Probe):
         report.seconds = time.perf_counter() - t0
         report.notes.append(f"fixmatch: {c.steps} steps, {len(lab_ids)} labelled rows, {len(pool_ids)} pool rows; "
                             f"mean supervised loss {read['loss_s']:.3f}, consistency loss {read['loss_u']:.3f}, "
-                            f"pool rows above their threshold {read['mask']:.2f}"
+                            f"pool rows above their threshold {read['mask']:.2f}" + threshold_note(thresholds, label_names, c)
                             + (f"; predictions blend the frozen probe at weight {c.frozen_weight:g}" if c.frozen_weight else ""))
         return report
 
