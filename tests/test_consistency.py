@@ -81,6 +81,47 @@ def test_consistency_loss_masks_rows_below_their_class_threshold():
     assert strong.grad[1].abs().sum() == 0
 
 
+def test_softmatch_weights_are_one_above_the_running_mean_and_a_gaussian_below():
+    """SoftMatch (Chen et al. 2023): the truncated Gaussian of the released code, with n_sigma = 2."""
+    mu, var = torch.tensor(0.6), torch.tensor(0.04)
+    conf = torch.tensor([0.9, 0.6, 0.5, 0.34])
+    w = K.softmatch_weights(conf, mu, var)
+    assert w[:2].tolist() == [1.0, 1.0]  # at or above the mean: full weight
+    expect = torch.exp(-(conf[2:] - mu) ** 2 / (2 * var / 4))  # below: exp(-(c - mu)^2 / (2 var / n_sigma^2))
+    assert torch.allclose(w[2:], expect) and w[2] > w[3] > 0  # the less confident, the less weight
+
+
+def test_softmatch_update_is_a_moving_average_of_the_batch_mean_and_unbiased_variance():
+    conf = torch.tensor([0.4, 0.6, 0.8])
+    mu, var = K.softmatch_update(torch.tensor(1 / 3), torch.tensor(1.0), conf, 0.9)
+    assert torch.isclose(mu, torch.tensor(0.9 / 3 + 0.1 * 0.6))
+    assert torch.isclose(var, torch.tensor(0.9 + 0.1 * 0.04))  # unbiased: ((0.2^2) * 2) / 2 = 0.04
+    mu1, var1 = K.softmatch_update(mu, var, torch.tensor([0.7]), 0.5)  # one row: no variance to add
+    assert torch.isclose(mu1, 0.5 * mu + 0.35) and torch.isclose(var1, 0.5 * var)
+
+
+def test_soft_consistency_loss_weights_each_rows_cross_entropy_to_its_weak_argmax():
+    weak = torch.tensor([[0.9, 0.1], [0.3, 0.7]])
+    strong = torch.tensor([[1.0, 0.0], [0.5, 0.0]], requires_grad=True)
+    loss = K.soft_consistency_loss(strong, weak, torch.tensor([1.0, 0.25]))
+    ce = torch.nn.functional.cross_entropy(strong.detach(), torch.tensor([0, 1]), reduction="none")
+    assert torch.isclose(loss, (ce[0] + 0.25 * ce[1]) / 2)
+    loss.backward()
+    assert strong.grad[1].abs().sum() > 0  # a low weight still trains, unlike a hard mask
+    hard = K.soft_consistency_loss(strong.detach(), weak, torch.tensor([1.0, 0.0]))
+    assert torch.isclose(hard, K.consistency_loss(strong.detach(), weak, torch.tensor([0.5, 0.8]))[0])  # 0/1 weights = a mask
+
+
+def test_softmatch_refuses_a_threshold_it_would_ignore():
+    from pydantic import ValidationError
+
+    from selftrain.plugins.classifiers.fixmatch import FixMatchConfig
+
+    with pytest.raises(ValidationError, match="softmatch: true replaces the confidence threshold, so tau"):
+        FixMatchConfig(softmatch=True, tau=0.8)
+    assert FixMatchConfig(softmatch=True).softmatch and FixMatchConfig(tau=0.8, flex=False).tau == 0.8
+
+
 def _tiny_topic_fit(tmp_path):
     """A tiny BERT body, the two-topic rows (texts, labels) and their LabeledRows with SENTENCES as the pool."""
     from selftrain.plugins import LabeledRows, one_hot
@@ -115,6 +156,12 @@ def test_fixmatch_trains_the_body_on_the_pool_and_saves_a_probe(tmp_path):
     assert json.loads((tmp_path / "m" / "selftrain_classifier.json").read_text())["classifier"] == "fixmatch"
     p = clf.load(str(tmp_path / "m"), ["a", "b"]).predict_proba(texts)
     assert p.shape == (12, 2) and np.allclose(p.sum(1), 1, atol=1e-5) and not (tmp_path / "m" / ".body").exists()
+    soft = FixMatch(FixMatch.Config(steps=3, batch_size=4, mu=2, lr=1e-3, softmatch=True, softmatch_momentum=0.0), RuntimeContext(seed=0), 32)
+    rep_s = soft.fit(body, ["a", "b"], rows, [], np.zeros(0, np.int64), str(tmp_path / "ms"))
+    assert "mean SoftMatch weight of a pool row 0." in rep_s.notes[-1] and "thresholds" not in rep_s.notes[-1], rep_s.notes
+    assert "consistency loss nan" not in rep_s.notes[-1]
+    after_s = load_file(str(tmp_path / "ms" / "model.safetensors"))
+    assert any(not np.allclose(after[k], after_s[k]) for k in after), "the soft mask trained the body no differently"
     nopool = FixMatch(FixMatch.Config(steps=2, batch_size=4, mu=0), RuntimeContext(seed=0), 32)
     rep0 = nopool.fit(body, ["a", "b"], rows, [], np.zeros(0, np.int64), str(tmp_path / "m0"))
     assert "0 pool rows" in rep0.notes[-1] and "consistency loss nan" in rep0.notes[-1]

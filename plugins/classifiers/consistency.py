@@ -10,6 +10,11 @@
 - ``consistency_loss``: FixMatch's unlabeled loss: cross-entropy of the strong view's logits to
   the weak view's hard pseudo-label, on the rows whose (aligned) confidence clears their class's
   threshold.
+- ``softmatch_update`` / ``softmatch_weights``: SoftMatch's soft mask (Chen et al. 2023, "SoftMatch:
+  Addressing the Quantity-Quality Trade-off in Semi-supervised Learning"): instead of a hard
+  threshold, every pool row is weighted by a Gaussian of its confidence truncated at the running
+  mean, so rows at or above the mean confidence count fully and less confident ones fade out
+  smoothly; ``soft_consistency_loss`` is the FixMatch loss with those weights.
 """
 
 from __future__ import annotations
@@ -48,3 +53,30 @@ def consistency_loss(strong_logits: torch.Tensor, weak_probs: torch.Tensor, thre
     mask = conf >= thresholds[target]  # (B,)
     ce = F.cross_entropy(strong_logits, target, reduction="none")  # (B,)
     return (ce * mask.float()).sum() / max(len(ce), 1), mask
+
+
+def softmatch_update(mu: torch.Tensor, var: torch.Tensor, conf: torch.Tensor, momentum: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scalar running mean ``mu`` and variance ``var`` of the pool's max-probability, (B,) this
+    batch's max-probabilities -> the updated (mu, var): exponential moving averages of the batch
+    mean and unbiased batch variance (SoftMatch's estimate of the confidence distribution; the paper
+    starts them at 1 / C and 1.0)."""
+    batch_var = conf.var(unbiased=True) if len(conf) > 1 else torch.zeros((), device=conf.device)
+    return momentum * mu + (1 - momentum) * conf.mean(), momentum * var + (1 - momentum) * batch_var
+
+
+def softmatch_weights(conf: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, n_sigma: float = 2.0) -> torch.Tensor:
+    """(B,) max-probabilities of the weak views, scalar running mean and variance -> (B,) weights in
+    (0, 1]: 1 at or above ``mu``, exp(-(conf - mu)^2 / (2 var / n_sigma^2)) below it (the paper's
+    truncated Gaussian; ``n_sigma`` = 2 as in its released code)."""
+    below = torch.clamp(conf - mu, max=0.0)  # (B,) 0 for rows at or above the mean
+    return torch.exp(-below.pow(2) / (2 * var.clamp(min=1e-8) / n_sigma ** 2))
+
+
+def soft_consistency_loss(strong_logits: torch.Tensor, weak_probs: torch.Tensor, row_weights: torch.Tensor
+                          ) -> torch.Tensor:
+    """(B, C) logits of the strong views, (B, C) weak-view probabilities (no grad), (B,) weights ->
+    scalar: sum_i w_i CE(strong_i, argmax weak_i) / B (FixMatch's loss with a soft mask)."""
+    target = weak_probs.argmax(1)  # (B,)
+    ce = F.cross_entropy(strong_logits, target, reduction="none")  # (B,)
+    return (ce * row_weights).sum() / max(len(ce), 1)

@@ -13,8 +13,9 @@ boundary's features. Here the body moves. Each step (Sohn et al. 2020, FixMatch;
   dropout, a deleted span, neighbour swaps); the weak view's probabilities, aligned to the class
   prior (ReMixMatch's distribution alignment, Berthelot et al. 2020), give a hard target where
   they clear a per-class threshold that adapts to how often the model is confident on that class
-  (FlexMatch, Zhang et al. 2021); the strong view is trained to that target with weight
-  ``lambda_u``.
+  (FlexMatch, Zhang et al. 2021), or, with ``softmatch``, every row weighted by a Gaussian of its
+  confidence truncated at the running mean confidence (SoftMatch, Chen et al. 2023); the strong
+  view is trained to that target with weight ``lambda_u``.
 
 The head starts from a logistic regression on the frozen embeddings (the probe's own solution,
 so step 0 is the supervised core), and when training ends the probe's head is refit on the
@@ -42,10 +43,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from selftrain.plugins import FitReport, LabeledRows, TrainedClassifier
-from selftrain.plugins.classifiers.consistency import align_distribution, consistency_loss, flexmatch_thresholds
+from selftrain.plugins.classifiers.consistency import (align_distribution, consistency_loss, flexmatch_thresholds,
+                                                       soft_consistency_loss, softmatch_update, softmatch_weights)
 from selftrain.plugins.classifiers.embed import pool, read_pooling, save_tuned_body
 from selftrain.plugins.classifiers.probe import FROZEN_DIR, META_FILE, Probe, ProbeConfig, TrainedProbe, fit_head
 from selftrain.plugins.classifiers.views import StrongViewConfig, strong_view
@@ -63,6 +65,10 @@ class FixMatchConfig(ProbeConfig):
     tau: float = Field(0.95, gt=0, lt=1, description="Confidence threshold before FlexMatch's per-class scaling (FixMatch's tau).")
     tau_min: float = Field(0.5, ge=0, lt=1, description="Floor of every per-class threshold: FlexMatch's warm-up starts its thresholds near 0 (every pool row a target), which a run of a few hundred steps never leaves.")
     flex: bool = Field(True, description="FlexMatch per-class thresholds (False: FixMatch's fixed tau for every class).")
+    softmatch: bool = Field(False, description="SoftMatch's soft mask instead of a threshold: each pool row weighted by a "
+                            "Gaussian of its confidence truncated at the running mean (tau, tau_min and flex then unused).")
+    softmatch_momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of SoftMatch's running mean and variance of "
+                                      "the confidence (the paper's 0.999 is for ~1M steps; at 150 steps it would barely leave its start).")
     align: bool = Field(True, description="Distribution alignment of the weak view's probabilities to the class prior of the labelled rows.")
     align_momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of the running mean of predictions that alignment divides by.")
     head_scale: float = Field(10.0, gt=0, description="Logit scale of the training head on unit-norm embeddings (the logistic-regression init is divided by it).")
@@ -73,6 +79,15 @@ class FixMatchConfig(ProbeConfig):
     frozen_weight: float = Field(0.0, ge=0, lt=1, description="Weight of the frozen probe (the supervised core on the "
                                  "body the fit started from, saved in frozen_core/) in the saved model's probabilities: "
                                  "(1 - w) * adapted + w * frozen. 0: the adapted model alone; 0.5: the mean of the two cores.")
+
+
+    @model_validator(mode="after")
+    def _softmatch_has_no_threshold(self):
+        clash = sorted({"tau", "tau_min", "flex"} & self.model_fields_set) if self.softmatch else []
+        if clash:
+            raise ValueError(f"fixmatch: softmatch: true replaces the confidence threshold, so {', '.join(clash)} would be "
+                             "ignored; remove them, or set softmatch: false to use the threshold")
+        return self
 
 
 def soft_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -154,6 +169,7 @@ class FixMatch(Probe):
         body.train()  # dropout on: the weak view's only noise, as in SimCSE
         stats = {"loss_s": [], "loss_u": [], "mask": []}
         thresholds: list[torch.Tensor] = []  # (C,) per step: where FlexMatch's bars went over the fit
+        sm_mu, sm_var = torch.tensor(1.0 / C, device=dev), torch.tensor(1.0, device=dev)  # SoftMatch's start
         for step in range(c.steps):
             lb = rng.integers(len(lab_ids), size=c.batch_size)
             logits_l = c.head_scale * head(embed([lab_ids[i] for i in lb]))  # (B, C)
@@ -167,6 +183,9 @@ class FixMatch(Probe):
                     if c.align:
                         p_weak = align_distribution(p_weak, prior, running)
                     conf, pred = p_weak.max(1)
+                    if c.softmatch:
+                        sm_mu, sm_var = softmatch_update(sm_mu, sm_var, conf, c.softmatch_momentum)
+                        w_u = softmatch_weights(conf, sm_mu, sm_var)  # (U,) soft mask
                     above = (conf > c.tau).cpu().numpy()
                     last_pred[ub[above]] = pred.cpu().numpy()[above]
                     if c.flex:
@@ -175,11 +194,15 @@ class FixMatch(Probe):
                     else:
                         thr = torch.full((C,), c.tau, device=dev)
                 strong = [strong_view(pool_ids[i], c.strong, rng) for i in ub]
-                thresholds.append(thr)  # (C,) this step's per-class bars, read once at the end
-                loss_u, mask = consistency_loss(c.head_scale * head(embed(strong)), p_weak, thr)
+                if c.softmatch:
+                    loss_u = soft_consistency_loss(c.head_scale * head(embed(strong)), p_weak, w_u)
+                    stats["mask"].append(w_u.mean())
+                else:
+                    thresholds.append(thr)  # (C,) this step's per-class bars, read once at the end
+                    loss_u, mask = consistency_loss(c.head_scale * head(embed(strong)), p_weak, thr)
+                    stats["mask"].append(mask.float().mean())
                 loss = loss + c.lambda_u * loss_u
                 stats["loss_u"].append(loss_u.detach())
-                stats["mask"].append(mask.float().mean())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -205,7 +228,9 @@ class FixMatch(Probe):
         report.seconds = time.perf_counter() - t0
         report.notes.append(f"fixmatch: {c.steps} steps, {len(lab_ids)} labelled rows, {len(pool_ids)} pool rows; "
                             f"mean supervised loss {read['loss_s']:.3f}, consistency loss {read['loss_u']:.3f}, "
-                            f"pool rows above their threshold {read['mask']:.2f}" + threshold_note(thresholds, label_names, c)
+                            + (f"mean SoftMatch weight of a pool row {read['mask']:.2f} (running confidence at the last step: "
+                               f"mean {float(sm_mu):.2f}, sd {float(sm_var) ** 0.5:.2f})" if c.softmatch and pool_ids else
+                               f"pool rows above their threshold {read['mask']:.2f}" + threshold_note(thresholds, label_names, c))
                             + (f"; predictions blend the frozen probe at weight {c.frozen_weight:g}" if c.frozen_weight else ""))
         return report
 
