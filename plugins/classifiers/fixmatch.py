@@ -80,13 +80,12 @@ class FixMatchConfig(ProbeConfig):
                                  "body the fit started from, saved in frozen_core/) in the saved model's probabilities: "
                                  "(1 - w) * adapted + w * frozen. 0: the adapted model alone; 0.5: the mean of the two cores.")
 
-
     @model_validator(mode="after")
     def _softmatch_has_no_threshold(self):
         clash = sorted({"tau", "tau_min", "flex"} & self.model_fields_set) if self.softmatch else []
         if clash:
-            raise ValueError(f"fixmatch: softmatch: true replaces the confidence threshold, so {', '.join(clash)} would be "
-                             "ignored; remove them, or set softmatch: false to use the threshold")
+            raise ValueError(f"softmatch: true replaces the confidence threshold, so {', '.join(clash)} would be "
+                             f"ignored; remove {'it' if len(clash) == 1 else 'them'}, or set softmatch: false to use the threshold")
         return self
 
 
