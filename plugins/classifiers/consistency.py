@@ -51,8 +51,7 @@ def consistency_loss(strong_logits: torch.Tensor, weak_probs: torch.Tensor, thre
     weight grows as more rows clear their threshold."""
     conf, target = weak_probs.max(1)  # (B,), (B,)
     mask = conf >= thresholds[target]  # (B,)
-    ce = F.cross_entropy(strong_logits, target, reduction="none")  # (B,)
-    return (ce * mask.float()).sum() / max(len(ce), 1), mask
+    return soft_consistency_loss(strong_logits, weak_probs, mask.float()), mask
 
 
 def softmatch_update(mu: torch.Tensor, var: torch.Tensor, conf: torch.Tensor, momentum: float

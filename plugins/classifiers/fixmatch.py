@@ -182,12 +182,12 @@ class FixMatch(Probe):
                     if c.align:
                         p_weak = align_distribution(p_weak, prior, running)
                     conf, pred = p_weak.max(1)
-                    if c.softmatch:
+                    if c.softmatch:  # a soft mask: FlexMatch's bookkeeping below is not needed
                         sm_mu, sm_var = softmatch_update(sm_mu, sm_var, conf, c.softmatch_momentum)
                         w_u = softmatch_weights(conf, sm_mu, sm_var)  # (U,) soft mask
-                    above = (conf > c.tau).cpu().numpy()
-                    last_pred[ub[above]] = pred.cpu().numpy()[above]
-                    if c.flex:
+                    elif c.flex:
+                        above = (conf > c.tau).cpu().numpy()
+                        last_pred[ub[above]] = pred.cpu().numpy()[above]
                         sigma = torch.as_tensor(np.bincount(last_pred[last_pred >= 0], minlength=C))
                         thr = flexmatch_thresholds(sigma, int((last_pred < 0).sum()), c.tau).clamp(min=c.tau_min).to(dev)
                     else:
