@@ -162,10 +162,18 @@ def test_fixmatch_trains_the_body_on_the_pool_and_saves_a_probe(tmp_path):
     assert "consistency loss nan" not in rep_s.notes[-1]
     after_s = load_file(str(tmp_path / "ms" / "model.safetensors"))
     assert any(not np.allclose(after[k], after_s[k]) for k in after), "the soft mask trained the body no differently"
+    # the same soft-mask fit with the weak view scored by an EMA of the model (the soft weights see any
+    # change of confidence, where a hard target on a tiny model rarely flips within a few steps)
+    mt = FixMatch(FixMatch.Config(steps=3, batch_size=4, mu=2, lr=1e-3, softmatch=True, softmatch_momentum=0.0,
+                                  teacher_ema=0.5), RuntimeContext(seed=0), 32)
+    rep_t = mt.fit(body, ["a", "b"], rows, [], np.zeros(0, np.int64), str(tmp_path / "mt"))
+    assert "mean teacher (EMA decay 0.5)" in rep_t.notes[-1] and "consistency loss nan" not in rep_t.notes[-1], rep_t.notes
+    after_t = load_file(str(tmp_path / "mt" / "model.safetensors"))
+    assert any(not np.allclose(after_s[k], after_t[k]) for k in after), "the mean teacher's targets trained the body no differently"
     nopool = FixMatch(FixMatch.Config(steps=2, batch_size=4, mu=0), RuntimeContext(seed=0), 32)
     rep0 = nopool.fit(body, ["a", "b"], rows, [], np.zeros(0, np.int64), str(tmp_path / "m0"))
     assert "0 pool rows" in rep0.notes[-1] and "consistency loss nan" in rep0.notes[-1]
-    assert "thresholds" not in rep0.notes[-1]
+    assert "thresholds" not in rep0.notes[-1] and "mean teacher" not in rep0.notes[-1]
 
 
 def test_threshold_note_reports_the_last_bars_and_the_time_spent_on_the_floor():

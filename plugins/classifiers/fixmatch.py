@@ -15,7 +15,10 @@ boundary's features. Here the body moves. Each step (Sohn et al. 2020, FixMatch;
   they clear a per-class threshold that adapts to how often the model is confident on that class
   (FlexMatch, Zhang et al. 2021), or, with ``softmatch``, every row weighted by a Gaussian of its
   confidence truncated at the running mean confidence (SoftMatch, Chen et al. 2023); the strong
-  view is trained to that target with weight ``lambda_u``.
+  view is trained to that target with weight ``lambda_u``; with ``teacher_ema`` > 0 the weak view
+  is scored by an exponential moving average of the body and head instead of the model being
+  trained (Mean Teacher, Tarvainen & Valpola 2017): a target then changes slowly, so one step's
+  confident mistake is not at once trained into the next step's targets (confirmation bias).
 
 The head starts from a logistic regression on the frozen embeddings (the probe's own solution,
 so step 0 is the supervised core), and when training ends the probe's head is refit on the
@@ -69,6 +72,9 @@ class FixMatchConfig(ProbeConfig):
                             "Gaussian of its confidence truncated at the running mean (tau, tau_min and flex then unused).")
     softmatch_momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of SoftMatch's running mean and variance of "
                                       "the confidence (the paper's 0.999 is for ~1M steps; at 150 steps it would barely leave its start).")
+    teacher_ema: float = Field(0.0, ge=0, lt=1, description="Decay of a Mean Teacher: the weak view's targets come from an "
+                               "exponential moving average of the body and head (torch's AveragedModel) with this decay; "
+                               "0: from the model being trained (FixMatch). 0.99 averages over ~100 steps.")
     align: bool = Field(True, description="Distribution alignment of the weak view's probabilities to the class prior of the labelled rows.")
     align_momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of the running mean of predictions that alignment divides by.")
     head_scale: float = Field(10.0, gt=0, description="Logit scale of the training head on unit-norm embeddings (the logistic-regression init is divided by it).")
@@ -137,10 +143,11 @@ class FixMatch(Probe):
             return [([cls_id] if cls_id is not None else []) + (r or [tok.unk_token_id]) + ([sep_id] if sep_id is not None else [])
                     for r in rows]
 
-        def embed(rows):  # (B,) id lists -> (B, H) unit-norm sentence embeddings, grad through the body
+        def embed(rows, net=None):  # (B,) id lists -> (B, H) unit-norm sentence embeddings, grad through the body
             x, m = pad_batch(wrap(rows), tok.pad_token_id)
             x, m = x.to(dev), m.to(dev)
-            return F.normalize(pool(body(input_ids=x, attention_mask=m).last_hidden_state, m, pooling["mode"]), dim=-1)
+            net = body if net is None else net
+            return F.normalize(pool(net(input_ids=x, attention_mask=m).last_hidden_state, m, pooling["mode"]), dim=-1)
 
         lab_ids = ids_of(train.texts)
         targets = torch.as_tensor(np.asarray(train.targets, np.float32))  # (N, C)
@@ -161,11 +168,19 @@ class FixMatch(Probe):
             head.weight.copy_(torch.as_tensor(W / c.head_scale))
             head.bias.copy_(torch.as_tensor(b / c.head_scale))
         opt = torch.optim.AdamW([{"params": body.parameters(), "lr": c.lr}, {"params": head.parameters(), "lr": c.head_lr}])
+        teacher = None  # Mean Teacher: an EMA copy of body + head scores the weak view
+        if c.teacher_ema > 0 and pool_ids:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            teacher = AveragedModel(torch.nn.ModuleDict({"body": body, "head": head}),
+                                    multi_avg_fn=get_ema_multi_avg_fn(c.teacher_ema), use_buffers=True)
         prior = targets[: train.n_gold].sum(0) if train.n_gold else targets.sum(0)
         prior = (prior / prior.sum()).to(dev)  # (C,) the labelled rows' class mix
         running = prior.clone()
         last_pred = np.full(len(pool_ids), -1)  # FlexMatch's sigma: each pool row's latest confident class
         body.train()  # dropout on: the weak view's only noise, as in SimCSE
+        if teacher is not None:
+            teacher.train()  # the teacher's weak view keeps the same dropout noise
         stats = {"loss_s": [], "loss_u": [], "mask": []}
         thresholds: list[torch.Tensor] = []  # (C,) per step: where FlexMatch's bars went over the fit
         sm_mu, sm_var = torch.tensor(1.0 / C, device=dev), torch.tensor(1.0, device=dev)  # SoftMatch's start
@@ -177,7 +192,8 @@ class FixMatch(Probe):
             if pool_ids:
                 ub = rng.integers(len(pool_ids), size=c.mu * c.batch_size)
                 with torch.no_grad():
-                    p_weak = F.softmax(c.head_scale * head(embed([pool_ids[i] for i in ub])), -1)  # (U, C)
+                    t_body, t_head = (teacher.module["body"], teacher.module["head"]) if teacher else (body, head)
+                    p_weak = F.softmax(c.head_scale * t_head(embed([pool_ids[i] for i in ub], t_body)), -1)  # (U, C)
                     running = c.align_momentum * running + (1 - c.align_momentum) * p_weak.mean(0)
                     if c.align:
                         p_weak = align_distribution(p_weak, prior, running)
@@ -205,6 +221,8 @@ class FixMatch(Probe):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if teacher is not None:
+                teacher.update_parameters(torch.nn.ModuleDict({"body": body, "head": head}))
         body.eval()
         if init_state is not None:  # WiSE-FT: part of the way back to the checkpoint (wise.py)
             body.load_state_dict(interpolate_weights(init_state, body.state_dict(), c.wise_alpha))
@@ -230,11 +248,12 @@ class FixMatch(Probe):
                             + (f"mean SoftMatch weight of a pool row {read['mask']:.2f} (running confidence at the last step: "
                                f"mean {float(sm_mu):.2f}, sd {float(sm_var) ** 0.5:.2f})" if c.softmatch and pool_ids else
                                f"pool rows above their threshold {read['mask']:.2f}" + threshold_note(thresholds, label_names, c))
+                            + (f"; weak-view targets from a mean teacher (EMA decay {c.teacher_ema:g})" if teacher else "")
                             + (f"; predictions blend the frozen probe at weight {c.frozen_weight:g}" if c.frozen_weight else ""))
         return report
 
     def meta(self) -> dict:
-        return {"classifier": "fixmatch", "steps": self.config.steps, "mu": self.config.mu,
+        return {"classifier": "fixmatch", "steps": self.config.steps, "mu": self.config.mu, "teacher_ema": self.config.teacher_ema,
                 "wise_alpha": self.config.wise_alpha, "frozen_weight": self.config.frozen_weight}
 
     def load(self, model_dir: str, label_names: list[str]) -> TrainedClassifier:
