@@ -119,6 +119,9 @@ def test_softmatch_refuses_a_threshold_it_would_ignore():
 
     with pytest.raises(ValidationError, match="softmatch: true replaces the confidence threshold, so tau"):
         FixMatchConfig(softmatch=True, tau=0.8)
+    with pytest.raises(ValidationError, match="keep_teacher: true saves the mean teacher's body, but teacher_ema is 0"):
+        FixMatchConfig(keep_teacher=True)
+    assert FixMatchConfig(keep_teacher=True, teacher_ema=0.99).keep_teacher
     assert FixMatchConfig(softmatch=True).softmatch and FixMatchConfig(tau=0.8, flex=False).tau == 0.8
 
 
@@ -170,6 +173,11 @@ def test_fixmatch_trains_the_body_on_the_pool_and_saves_a_probe(tmp_path):
     assert "mean teacher (EMA decay 0.5)" in rep_t.notes[-1] and "consistency loss nan" not in rep_t.notes[-1], rep_t.notes
     after_t = load_file(str(tmp_path / "mt" / "model.safetensors"))
     assert any(not np.allclose(after_s[k], after_t[k]) for k in after), "the mean teacher's targets trained the body no differently"
+    kept = FixMatch(mt.config.model_copy(update={"keep_teacher": True}), RuntimeContext(seed=0), 32)
+    rep_k = kept.fit(body, ["a", "b"], rows, [], np.zeros(0, np.int64), str(tmp_path / "mk"))
+    assert "the saved body is the teacher's" in rep_k.notes[-1] and "the saved body" not in rep_t.notes[-1]
+    after_k = load_file(str(tmp_path / "mk" / "model.safetensors"))  # the same training run, the EMA weights saved
+    assert any(not np.allclose(after_t[k], after_k[k]) for k in after), "the teacher's body was not the one saved"
     nopool = FixMatch(FixMatch.Config(steps=2, batch_size=4, mu=0), RuntimeContext(seed=0), 32)
     rep0 = nopool.fit(body, ["a", "b"], rows, [], np.zeros(0, np.int64), str(tmp_path / "m0"))
     assert "0 pool rows" in rep0.notes[-1] and "consistency loss nan" in rep0.notes[-1]

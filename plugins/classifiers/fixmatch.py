@@ -75,6 +75,8 @@ class FixMatchConfig(ProbeConfig):
     teacher_ema: float = Field(0.0, ge=0, lt=1, description="Decay of a Mean Teacher: the weak view's targets come from an "
                                "exponential moving average of the body and head (torch's AveragedModel) with this decay; "
                                "0: from the model being trained (FixMatch). 0.99 averages over ~100 steps.")
+    keep_teacher: bool = Field(False, description="With teacher_ema > 0: the saved body is the mean teacher's (the "
+                               "weight average Mean Teacher reports as the better model), not the last step's.")
     align: bool = Field(True, description="Distribution alignment of the weak view's probabilities to the class prior of the labelled rows.")
     align_momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of the running mean of predictions that alignment divides by.")
     head_scale: float = Field(10.0, gt=0, description="Logit scale of the training head on unit-norm embeddings (the logistic-regression init is divided by it).")
@@ -92,6 +94,13 @@ class FixMatchConfig(ProbeConfig):
         if clash:
             raise ValueError(f"softmatch: true replaces the confidence threshold, so {', '.join(clash)} would be "
                              f"ignored; remove {'it' if len(clash) == 1 else 'them'}, or set softmatch: false to use the threshold")
+        return self
+
+    @model_validator(mode="after")
+    def _keep_teacher_needs_one(self):
+        if self.keep_teacher and self.teacher_ema == 0:
+            raise ValueError("keep_teacher: true saves the mean teacher's body, but teacher_ema is 0 (no teacher is "
+                             "kept); set teacher_ema (e.g. 0.99), or remove keep_teacher")
         return self
 
 
@@ -224,6 +233,8 @@ class FixMatch(Probe):
             if teacher is not None:
                 teacher.update_parameters(torch.nn.ModuleDict({"body": body, "head": head}))
         body.eval()
+        if teacher is not None and c.keep_teacher:  # the EMA weights become the body the head is refit on
+            body.load_state_dict(teacher.module["body"].state_dict())
         if init_state is not None:  # WiSE-FT: part of the way back to the checkpoint (wise.py)
             body.load_state_dict(interpolate_weights(init_state, body.state_dict(), c.wise_alpha))
         read = {k: float(torch.stack(v).mean()) if v else float("nan") for k, v in stats.items()}  # one sync, at the end
@@ -248,7 +259,8 @@ class FixMatch(Probe):
                             + (f"mean SoftMatch weight of a pool row {read['mask']:.2f} (running confidence at the last step: "
                                f"mean {float(sm_mu):.2f}, sd {float(sm_var) ** 0.5:.2f})" if c.softmatch and pool_ids else
                                f"pool rows above their threshold {read['mask']:.2f}" + threshold_note(thresholds, label_names, c))
-                            + (f"; weak-view targets from a mean teacher (EMA decay {c.teacher_ema:g})" if teacher else "")
+                            + (f"; weak-view targets from a mean teacher (EMA decay {c.teacher_ema:g})"
+                               + ("; the saved body is the teacher's" if c.keep_teacher else "") if teacher else "")
                             + (f"; predictions blend the frozen probe at weight {c.frozen_weight:g}" if c.frozen_weight else ""))
         return report
 
