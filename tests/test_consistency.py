@@ -176,6 +176,8 @@ def test_fixmatch_trains_the_body_on_the_pool_and_saves_a_probe(tmp_path):
     kept = FixMatch(mt.config.model_copy(update={"keep_teacher": True}), RuntimeContext(seed=0), 32)
     rep_k = kept.fit(body, ["a", "b"], rows, [], np.zeros(0, np.int64), str(tmp_path / "mk"))
     assert "the saved body is the teacher's" in rep_k.notes[-1] and "the saved body" not in rep_t.notes[-1]
+    meta_k = json.loads((tmp_path / "mk" / "selftrain_classifier.json").read_text())
+    assert meta_k["teacher_ema"] == 0.5 and meta_k["keep_teacher"] is True, meta_k  # the model dir says how it was made
     after_k = load_file(str(tmp_path / "mk" / "model.safetensors"))  # the same training run, the EMA weights saved
     assert any(not np.allclose(after_t[k], after_k[k]) for k in after), "the teacher's body was not the one saved"
     nopool = FixMatch(FixMatch.Config(steps=2, batch_size=4, mu=0), RuntimeContext(seed=0), 32)

@@ -201,7 +201,7 @@ class FixMatch(Probe):
             if pool_ids:
                 ub = rng.integers(len(pool_ids), size=c.mu * c.batch_size)
                 with torch.no_grad():
-                    t_body, t_head = (teacher.module["body"], teacher.module["head"]) if teacher else (body, head)
+                    t_body, t_head = (teacher.module["body"], teacher.module["head"]) if teacher is not None else (body, head)
                     p_weak = F.softmax(c.head_scale * t_head(embed([pool_ids[i] for i in ub], t_body)), -1)  # (U, C)
                     running = c.align_momentum * running + (1 - c.align_momentum) * p_weak.mean(0)
                     if c.align:
@@ -260,12 +260,13 @@ class FixMatch(Probe):
                                f"mean {float(sm_mu):.2f}, sd {float(sm_var) ** 0.5:.2f})" if c.softmatch and pool_ids else
                                f"pool rows above their threshold {read['mask']:.2f}" + threshold_note(thresholds, label_names, c))
                             + (f"; weak-view targets from a mean teacher (EMA decay {c.teacher_ema:g})"
-                               + ("; the saved body is the teacher's" if c.keep_teacher else "") if teacher else "")
+                               + ("; the saved body is the teacher's" if c.keep_teacher else "") if teacher is not None else "")
                             + (f"; predictions blend the frozen probe at weight {c.frozen_weight:g}" if c.frozen_weight else ""))
         return report
 
     def meta(self) -> dict:
-        return {"classifier": "fixmatch", "steps": self.config.steps, "mu": self.config.mu, "teacher_ema": self.config.teacher_ema,
+        return {"classifier": "fixmatch", "steps": self.config.steps, "mu": self.config.mu,
+                "teacher_ema": self.config.teacher_ema, "keep_teacher": self.config.keep_teacher,
                 "wise_alpha": self.config.wise_alpha, "frozen_weight": self.config.frozen_weight}
 
     def load(self, model_dir: str, label_names: list[str]) -> TrainedClassifier:
