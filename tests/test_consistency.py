@@ -112,6 +112,38 @@ def test_soft_consistency_loss_weights_each_rows_cross_entropy_to_its_weak_argma
     assert torch.isclose(hard, K.consistency_loss(strong.detach(), weak, torch.tensor([0.5, 0.8]))[0])  # 0/1 weights = a mask
 
 
+def test_freematch_update_moves_the_global_bar_the_class_probabilities_and_the_histogram():
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])  # argmax 0, 0, 2
+    start = torch.full((3,), 1 / 3)
+    t, p, h = K.freematch_update(torch.tensor(1 / 3), start, start, probs, 0.9)
+    assert torch.isclose(t, 0.9 / 3 + 0.1 * torch.tensor(0.7))  # mean max-probability (0.9 + 0.6 + 0.6) / 3
+    assert torch.allclose(p, 0.9 / 3 + 0.1 * probs.mean(0))
+    assert torch.allclose(h, 0.9 / 3 + 0.1 * torch.tensor([2 / 3, 0.0, 1 / 3]))
+    thr = K.freematch_thresholds(t, p)
+    assert torch.isclose(thr[p.argmax()], t) and (thr <= t + 1e-7).all()  # the most probable class gets the global bar
+    assert torch.allclose(thr, t * p / p.max()) and thr[1] < thr[0]  # a class predicted less gets a lower bar
+    t0, p0, h0 = K.freematch_update(t, p, h, probs, 0.0)  # momentum 0: this batch alone
+    assert torch.isclose(t0, torch.tensor(0.7)) and torch.allclose(p0, probs.mean(0))
+
+
+def test_freematch_fairness_loss_is_the_papers_negative_cross_entropy_of_the_histogram_normalised_means():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.0, 0.0, 3.0], [0.0, 4.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([True, True, True, False])
+    p_model, hist = torch.tensor([0.5, 0.2, 0.3]), torch.tensor([0.6, 0.1, 0.3])
+    loss = K.freematch_fairness_loss(logits, mask, p_model, hist)
+    q = np.exp(logits.detach().numpy()[:3])
+    q /= q.sum(1, keepdims=True)  # the masked rows' probabilities; argmax 0, 0, 2: histogram 2/3, 0, 1/3
+    a = np.array([0.5 / 0.6, 0.2 / 0.1, 0.3 / 0.3])
+    a /= a.sum()
+    b = q.mean(0) * np.array([1.5, 0.0, 3.0])  # class 1 never predicted: scaled by 0, as in the authors' code
+    b /= b.sum()
+    assert np.isclose(float(loss.detach()), float((a * np.log(b + 1e-12)).sum()), atol=1e-6)
+    loss.backward()
+    assert logits.grad[:3].abs().sum() > 0 and logits.grad[3].abs().sum() == 0  # unmasked rows untouched
+    none = K.freematch_fairness_loss(logits, torch.zeros(4, dtype=torch.bool), p_model, hist)
+    assert float(none.detach()) == 0.0 and none.requires_grad
+
+
 def test_softmatch_refuses_a_threshold_it_would_ignore():
     from pydantic import ValidationError
 
@@ -119,6 +151,11 @@ def test_softmatch_refuses_a_threshold_it_would_ignore():
 
     with pytest.raises(ValidationError, match="softmatch: true replaces the confidence threshold, so tau"):
         FixMatchConfig(softmatch=True, tau=0.8)
+    with pytest.raises(ValidationError, match="freematch: true replaces the confidence threshold, so flex, tau_min"):
+        FixMatchConfig(freematch=True, tau_min=0.3, flex=False)
+    with pytest.raises(ValidationError, match="softmatch: true and freematch: true are two ways"):
+        FixMatchConfig(freematch=True, softmatch=True)
+    assert FixMatchConfig(freematch=True).freematch
     with pytest.raises(ValidationError, match="keep_teacher: true saves the mean teacher's body, but teacher_ema is 0"):
         FixMatchConfig(keep_teacher=True)
     assert FixMatchConfig(keep_teacher=True, teacher_ema=0.99).keep_teacher
@@ -165,6 +202,18 @@ def test_fixmatch_trains_the_body_on_the_pool_and_saves_a_probe(tmp_path):
     assert "consistency loss nan" not in rep_s.notes[-1]
     after_s = load_file(str(tmp_path / "ms" / "model.safetensors"))
     assert any(not np.allclose(after[k], after_s[k]) for k in after), "the soft mask trained the body no differently"
+    free = FixMatch(FixMatch.Config(steps=4, batch_size=4, mu=2, lr=1e-3, freematch=True, freematch_momentum=0.0),
+                    RuntimeContext(seed=0), 32)
+    rep_f = free.fit(body, ["a", "b"], rows, [], np.zeros(0, np.int64), str(tmp_path / "mf"))
+    assert "(FreeMatch's, from the moving average" in rep_f.notes[-1] and "floor" not in rep_f.notes[-1], rep_f.notes
+    assert "consistency loss nan" not in rep_f.notes[-1]
+    assert json.loads((tmp_path / "mf" / "selftrain_classifier.json").read_text())["freematch"] is True
+    after_f = load_file(str(tmp_path / "mf" / "model.safetensors"))
+    assert any(not np.allclose(after[k], after_f[k]) for k in after), "FreeMatch trained the body as FlexMatch did"
+    unfair = FixMatch(free.config.model_copy(update={"freematch_fairness": 0.0}), RuntimeContext(seed=0), 32)
+    unfair.fit(body, ["a", "b"], rows, [], np.zeros(0, np.int64), str(tmp_path / "mf0"))
+    after_f0 = load_file(str(tmp_path / "mf0" / "model.safetensors"))
+    assert any(not np.allclose(after_f[k], after_f0[k]) for k in after), "the fairness term did not reach the body"
     # the same soft-mask fit with the weak view scored by an EMA of the model (the soft weights see any
     # change of confidence, where a hard target on a tiny model rarely flips within a few steps)
     mt = FixMatch(FixMatch.Config(steps=3, batch_size=4, mu=2, lr=1e-3, softmatch=True, softmatch_momentum=0.0,
@@ -196,6 +245,8 @@ def test_threshold_note_reports_the_last_bars_and_the_time_spent_on_the_floor():
     fixed = threshold_note([torch.tensor([0.95, 0.95])], ["neg", "pos"], FixMatchConfig(flex=False))
     assert "neg 0.95, pos 0.95" in fixed and "floor" not in fixed, fixed
     assert threshold_note([], ["neg", "pos"], FixMatchConfig()) == ""
+    free = threshold_note(path, ["neg", "pos"], FixMatchConfig(freematch=True))
+    assert "neg 0.60, pos 0.90" in free and "first step's mean 0.50" in free and "floor" not in free, free
 
 
 def test_the_finetune_stage_hands_the_pool_to_a_pool_classifier_but_not_to_the_baseline(tmp_path, monkeypatch):

@@ -15,6 +15,13 @@
   threshold, every pool row is weighted by a Gaussian of its confidence truncated at the running
   mean, so rows at or above the mean confidence count fully and less confident ones fade out
   smoothly; ``soft_consistency_loss`` is the FixMatch loss with those weights.
+- ``freematch_update`` / ``freematch_thresholds`` / ``freematch_fairness_loss``: FreeMatch (Wang et
+  al. 2023, "FreeMatch: Self-adaptive Thresholding for Semi-supervised Learning"): the global
+  threshold is a moving average of the pool's max-probability (Eq. 6), so it follows the model's
+  confidence as it learns instead of a fixed tau; each class's bar is that threshold scaled by
+  the class's moving-average probability over its maximum (Eq. 7-9); the self-adaptive fairness
+  term (Eq. 11) compares the strong views' mean prediction with the moving averages, each
+  normalised by its own histogram of predicted classes.
 """
 
 from __future__ import annotations
@@ -79,3 +86,44 @@ def soft_consistency_loss(strong_logits: torch.Tensor, weak_probs: torch.Tensor,
     target = weak_probs.argmax(1)  # (B,)
     ce = F.cross_entropy(strong_logits, target, reduction="none")  # (B,)
     return (ce * row_weights).sum() / max(len(ce), 1)
+
+
+def freematch_update(time_p: torch.Tensor, p_model: torch.Tensor, label_hist: torch.Tensor, probs: torch.Tensor,
+                     momentum: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scalar global threshold ``time_p``, (C,) moving-average class probability ``p_model``, (C,)
+    moving-average histogram of predicted classes ``label_hist``, (B, C) this batch's weak-view
+    probabilities -> the three updated (exponential moving averages of the batch's mean max-probability,
+    mean probability and share of argmax per class; the paper starts them all at 1 / C)."""
+    conf, pred = probs.max(1)  # (B,), (B,)
+    hist = torch.bincount(pred, minlength=probs.shape[1]).to(probs.dtype)  # (C,)
+    mix = lambda old, new: momentum * old + (1 - momentum) * new  # noqa: E731
+    return mix(time_p, conf.mean()), mix(p_model, probs.mean(0)), mix(label_hist, hist / hist.sum().clamp(min=1))
+
+
+def freematch_thresholds(time_p: torch.Tensor, p_model: torch.Tensor) -> torch.Tensor:
+    """Scalar global threshold, (C,) moving-average class probability -> (C,) per-class thresholds
+    time_p * p_model_c / max_c p_model (MaxNorm; the most predicted class gets the global bar)."""
+    return time_p * p_model / p_model.max().clamp(min=1e-12)
+
+
+def freematch_fairness_loss(strong_logits: torch.Tensor, mask: torch.Tensor, p_model: torch.Tensor,
+                            label_hist: torch.Tensor) -> torch.Tensor:
+    """(B, C) logits of the strong views, (B,) bool mask of the rows above their threshold, (C,) the
+    moving averages -> scalar: sum_c a_c log b_c with a = SumNorm(p_model / label_hist) and b =
+    SumNorm(mean masked strong probability / its histogram of argmaxes), the paper's -H(a, b) (Eq. 11,
+    minimised with weight lambda_f); a class no masked row predicts counts 0 in b's scaling, as in
+    the authors' code. 0 when no row clears its bar."""
+    if not bool(mask.any()):
+        return strong_logits.sum() * 0.0  # keeps the graph; nothing to balance
+    probs = F.softmax(strong_logits[mask], -1)  # (M, C)
+    hist = torch.bincount(probs.argmax(1), minlength=probs.shape[1]).to(probs.dtype)  # (C,)
+    hist = hist / hist.sum()
+
+    def inv(x):  # 1 / x with 0 where x is 0 (a class never predicted)
+        return torch.where(x > 0, 1.0 / x.clamp(min=1e-12), torch.zeros_like(x)).detach()
+
+    a = p_model * inv(label_hist)
+    a = a / a.sum()  # (C,)
+    b = probs.mean(0) * inv(hist)
+    b = b / b.sum()  # (C,)
+    return (a * torch.log(b + 1e-12)).sum()

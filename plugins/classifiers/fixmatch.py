@@ -14,7 +14,9 @@ boundary's features. Here the body moves. Each step (Sohn et al. 2020, FixMatch;
   prior (ReMixMatch's distribution alignment, Berthelot et al. 2020), give a hard target where
   they clear a per-class threshold that adapts to how often the model is confident on that class
   (FlexMatch, Zhang et al. 2021), or, with ``softmatch``, every row weighted by a Gaussian of its
-  confidence truncated at the running mean confidence (SoftMatch, Chen et al. 2023); the strong
+  confidence truncated at the running mean confidence (SoftMatch, Chen et al. 2023), or, with
+  ``freematch``, a bar per class that follows the moving average of the model's own confidence,
+  plus FreeMatch's fairness term (Wang et al. 2023); the strong
   view is trained to that target with weight ``lambda_u``; with ``teacher_ema`` > 0 the weak view
   is scored by an exponential moving average of the body and head instead of the model being
   trained (Mean Teacher, Tarvainen & Valpola 2017): a target then changes slowly, so one step's
@@ -50,6 +52,7 @@ from pydantic import Field, model_validator
 
 from selftrain.plugins import FitReport, LabeledRows, TrainedClassifier
 from selftrain.plugins.classifiers.consistency import (align_distribution, consistency_loss, flexmatch_thresholds,
+                                                       freematch_fairness_loss, freematch_thresholds, freematch_update,
                                                        soft_consistency_loss, softmatch_update, softmatch_weights)
 from selftrain.plugins.classifiers.embed import pool, read_pooling, save_tuned_body
 from selftrain.plugins.classifiers.probe import FROZEN_DIR, META_FILE, Probe, ProbeConfig, TrainedProbe, fit_head
@@ -72,6 +75,13 @@ class FixMatchConfig(ProbeConfig):
                             "Gaussian of its confidence truncated at the running mean (tau, tau_min and flex then unused).")
     softmatch_momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of SoftMatch's running mean and variance of "
                                       "the confidence (the paper's 0.999 is for ~1M steps; at 150 steps it would barely leave its start).")
+    freematch: bool = Field(False, description="FreeMatch's self-adaptive thresholds instead of FlexMatch's: the "
+                            "global bar is a moving average of the pool's max-probability and each class's bar that "
+                            "times its moving-average probability over the largest (tau, tau_min and flex then unused).")
+    freematch_momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of FreeMatch's moving averages (as for "
+                                      "SoftMatch: the paper's 0.999 is for ~1M steps; at 150 steps the bars would stay near 1 / C).")
+    freematch_fairness: float = Field(0.01, ge=0, description="Weight of FreeMatch's self-adaptive fairness term "
+                                      "(the paper's lambda_f); 0: thresholds only.")
     teacher_ema: float = Field(0.0, ge=0, lt=1, description="Decay of a Mean Teacher: the weak view's targets come from an "
                                "exponential moving average of the body and head (torch's AveragedModel) with this decay; "
                                "0: from the model being trained (FixMatch). 0.99 averages over ~100 steps.")
@@ -90,10 +100,14 @@ class FixMatchConfig(ProbeConfig):
 
     @model_validator(mode="after")
     def _softmatch_has_no_threshold(self):
-        clash = sorted({"tau", "tau_min", "flex"} & self.model_fields_set) if self.softmatch else []
+        if self.softmatch and self.freematch:
+            raise ValueError("softmatch: true and freematch: true are two ways to choose the pool rows a step trains "
+                             "on; keep one of them")
+        own = "softmatch" if self.softmatch else "freematch" if self.freematch else None
+        clash = sorted({"tau", "tau_min", "flex"} & self.model_fields_set) if own else []
         if clash:
-            raise ValueError(f"softmatch: true replaces the confidence threshold, so {', '.join(clash)} would be "
-                             f"ignored; remove {'it' if len(clash) == 1 else 'them'}, or set softmatch: false to use the threshold")
+            raise ValueError(f"{own}: true replaces the confidence threshold, so {', '.join(clash)} would be "
+                             f"ignored; remove {'it' if len(clash) == 1 else 'them'}, or set {own}: false to use the threshold")
         return self
 
     @model_validator(mode="after")
@@ -118,9 +132,12 @@ def threshold_note(thresholds: list[torch.Tensor], label_names: list[str], c: Fi
         return ""
     path = torch.stack(thresholds).cpu()  # (S, C)
     last = ", ".join(f"{n} {v:.2f}" for n, v in zip(label_names, path[-1].tolist()))
-    floor = float((path <= c.tau_min + 1e-6).float().mean()) if c.flex else 0.0
+    flex = c.flex and not c.freematch
+    floor = float((path <= c.tau_min + 1e-6).float().mean()) if flex else 0.0
     return (f"; per-class thresholds at the last step: {last}"
-            + (f" (on the tau_min {c.tau_min:g} floor {floor:.0%} of class-steps)" if c.flex else ""))
+            + (f" (on the tau_min {c.tau_min:g} floor {floor:.0%} of class-steps)" if flex else "")
+            + (f" (FreeMatch's, from the moving average of the pool's confidence; first step's mean "
+               f"{float(path[0].mean()):.2f})" if c.freematch else ""))
 
 
 class FixMatch(Probe):
@@ -181,8 +198,8 @@ class FixMatch(Probe):
         if c.teacher_ema > 0 and pool_ids:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-            teacher = AveragedModel(torch.nn.ModuleDict({"body": body, "head": head}),
-                                    multi_avg_fn=get_ema_multi_avg_fn(c.teacher_ema), use_buffers=True)
+            student = torch.nn.ModuleDict({"body": body, "head": head})  # the weights the teacher averages
+            teacher = AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(c.teacher_ema), use_buffers=True)
         prior = targets[: train.n_gold].sum(0) if train.n_gold else targets.sum(0)
         prior = (prior / prior.sum()).to(dev)  # (C,) the labelled rows' class mix
         running = prior.clone()
@@ -193,6 +210,8 @@ class FixMatch(Probe):
         stats = {"loss_s": [], "loss_u": [], "mask": []}
         thresholds: list[torch.Tensor] = []  # (C,) per step: where FlexMatch's bars went over the fit
         sm_mu, sm_var = torch.tensor(1.0 / C, device=dev), torch.tensor(1.0, device=dev)  # SoftMatch's start
+        fm_p = torch.tensor(1.0 / C, device=dev)  # FreeMatch's global bar, class probabilities, histogram: all 1 / C
+        fm_model, fm_hist = torch.full((C,), 1.0 / C, device=dev), torch.full((C,), 1.0 / C, device=dev)
         for step in range(c.steps):
             lb = rng.integers(len(lab_ids), size=c.batch_size)
             logits_l = c.head_scale * head(embed([lab_ids[i] for i in lb]))  # (B, C)
@@ -210,6 +229,9 @@ class FixMatch(Probe):
                     if c.softmatch:  # a soft mask: FlexMatch's bookkeeping below is not needed
                         sm_mu, sm_var = softmatch_update(sm_mu, sm_var, conf, c.softmatch_momentum)
                         w_u = softmatch_weights(conf, sm_mu, sm_var)  # (U,) soft mask
+                    elif c.freematch:
+                        fm_p, fm_model, fm_hist = freematch_update(fm_p, fm_model, fm_hist, p_weak, c.freematch_momentum)
+                        thr = freematch_thresholds(fm_p, fm_model)  # (C,)
                     elif c.flex:
                         above = (conf > c.tau).cpu().numpy()
                         last_pred[ub[above]] = pred.cpu().numpy()[above]
@@ -223,7 +245,10 @@ class FixMatch(Probe):
                     stats["mask"].append(w_u.mean())
                 else:
                     thresholds.append(thr)  # (C,) this step's per-class bars, read once at the end
-                    loss_u, mask = consistency_loss(c.head_scale * head(embed(strong)), p_weak, thr)
+                    logits_s = c.head_scale * head(embed(strong))  # (U, C)
+                    loss_u, mask = consistency_loss(logits_s, p_weak, thr)
+                    if c.freematch and c.freematch_fairness > 0:  # FreeMatch's lambda_f * L_f, beside lambda_u's term
+                        loss = loss + c.freematch_fairness * freematch_fairness_loss(logits_s, mask, fm_model, fm_hist)
                     stats["mask"].append(mask.float().mean())
                 loss = loss + c.lambda_u * loss_u
                 stats["loss_u"].append(loss_u.detach())
@@ -231,7 +256,7 @@ class FixMatch(Probe):
             loss.backward()
             opt.step()
             if teacher is not None:
-                teacher.update_parameters(torch.nn.ModuleDict({"body": body, "head": head}))
+                teacher.update_parameters(student)
         body.eval()
         if teacher is not None and c.keep_teacher:  # the EMA weights become the body the head is refit on
             body.load_state_dict(teacher.module["body"].state_dict())
@@ -266,7 +291,7 @@ class FixMatch(Probe):
 
     def meta(self) -> dict:
         return {"classifier": "fixmatch", "steps": self.config.steps, "mu": self.config.mu,
-                "teacher_ema": self.config.teacher_ema, "keep_teacher": self.config.keep_teacher,
+                "freematch": self.config.freematch, "teacher_ema": self.config.teacher_ema, "keep_teacher": self.config.keep_teacher,
                 "wise_alpha": self.config.wise_alpha, "frozen_weight": self.config.frozen_weight}
 
     def load(self, model_dir: str, label_names: list[str]) -> TrainedClassifier:
