@@ -99,7 +99,7 @@ class FixMatchConfig(ProbeConfig):
                                  "(1 - w) * adapted + w * frozen. 0: the adapted model alone; 0.5: the mean of the two cores.")
 
     @model_validator(mode="after")
-    def _softmatch_has_no_threshold(self):
+    def _own_mask_has_no_threshold(self):  # softmatch and freematch each replace tau
         if self.softmatch and self.freematch:
             raise ValueError("softmatch: true and freematch: true are two ways to choose the pool rows a step trains "
                              "on; keep one of them")
