@@ -1,5 +1,6 @@
 """The maths of consistency training on the unlabeled pool, as pure functions.
 
+- ``ema``: one exponential-moving-average step, shared by the running estimates below.
 - ``flexmatch_thresholds``: per-class confidence thresholds that adapt to how well each class is
   learnt (FlexMatch, Zhang et al. 2021, "Curriculum Pseudo Labeling"): a class the model rarely
   predicts confidently gets a lower bar, so the pool's hard classes are not starved of targets
@@ -28,6 +29,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+
+def ema(old: torch.Tensor, new: torch.Tensor, momentum: float) -> torch.Tensor:
+    """An exponential moving average step, same shapes in and out: momentum * old + (1 - momentum) * new
+    (the running estimates of SoftMatch, FreeMatch and distribution alignment all move this way)."""
+    return momentum * old + (1 - momentum) * new
 
 
 def flexmatch_thresholds(confident_counts: torch.Tensor, n_unused: int, tau: float, warmup: bool = True) -> torch.Tensor:
@@ -68,7 +75,7 @@ def softmatch_update(mu: torch.Tensor, var: torch.Tensor, conf: torch.Tensor, mo
     mean and unbiased batch variance (SoftMatch's estimate of the confidence distribution; the paper
     starts them at 1 / C and 1.0)."""
     batch_var = conf.var(unbiased=True) if len(conf) > 1 else torch.zeros((), device=conf.device)
-    return momentum * mu + (1 - momentum) * conf.mean(), momentum * var + (1 - momentum) * batch_var
+    return ema(mu, conf.mean(), momentum), ema(var, batch_var, momentum)
 
 
 def softmatch_weights(conf: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, n_sigma: float = 2.0) -> torch.Tensor:
@@ -96,8 +103,8 @@ def freematch_update(time_p: torch.Tensor, p_model: torch.Tensor, label_hist: to
     mean probability and share of argmax per class; the paper starts them all at 1 / C)."""
     conf, pred = probs.max(1)  # (B,), (B,)
     hist = torch.bincount(pred, minlength=probs.shape[1]).to(probs.dtype)  # (C,)
-    mix = lambda old, new: momentum * old + (1 - momentum) * new  # noqa: E731
-    return mix(time_p, conf.mean()), mix(p_model, probs.mean(0)), mix(label_hist, hist / hist.sum().clamp(min=1))
+    return (ema(time_p, conf.mean(), momentum), ema(p_model, probs.mean(0), momentum),
+            ema(label_hist, hist / hist.sum().clamp(min=1), momentum))
 
 
 def freematch_thresholds(time_p: torch.Tensor, p_model: torch.Tensor) -> torch.Tensor:

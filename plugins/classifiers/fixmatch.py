@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from selftrain.plugins import FitReport, LabeledRows, TrainedClassifier
-from selftrain.plugins.classifiers.consistency import (align_distribution, consistency_loss, flexmatch_thresholds,
+from selftrain.plugins.classifiers.consistency import (align_distribution, consistency_loss, ema, flexmatch_thresholds,
                                                        freematch_fairness_loss, freematch_thresholds, freematch_update,
                                                        soft_consistency_loss, softmatch_update, softmatch_weights)
 from selftrain.plugins.classifiers.embed import pool, read_pooling, save_tuned_body
@@ -222,7 +222,7 @@ class FixMatch(Probe):
                 with torch.no_grad():
                     t_body, t_head = (teacher.module["body"], teacher.module["head"]) if teacher is not None else (body, head)
                     p_weak = F.softmax(c.head_scale * t_head(embed([pool_ids[i] for i in ub], t_body)), -1)  # (U, C)
-                    running = c.align_momentum * running + (1 - c.align_momentum) * p_weak.mean(0)
+                    running = ema(running, p_weak.mean(0), c.align_momentum)
                     if c.align:
                         p_weak = align_distribution(p_weak, prior, running)
                     conf, pred = p_weak.max(1)
