@@ -15,9 +15,9 @@ from selftrain.plugins.labelers.soft import sharpen
 from selftrain.plugins.models.presets import TinyBert, TinyConfig
 from selftrain.plugins.objectives.mlm import mask_tokens
 from selftrain.plugins.objectives.simcse import info_nce
-from selftrain.plugins.objectives.tsdae import delete_tokens
+from selftrain.plugins.objectives.tsdae import TSDAE, TiedDecoder, delete_tokens
 from selftrain.plugins.registry import discover
-from selftrain.plugins.testing import SENTENCES, check_labeler, check_objective, labeler_inputs
+from selftrain.plugins.testing import SENTENCES, build_objective, check_labeler, check_objective, labeler_inputs
 
 
 def _ok(group: str):
@@ -226,6 +226,47 @@ def test_delete_tokens_never_empty_and_deterministic():
     assert a == b
     assert delete_tokens(row, 0.0, torch.Generator().manual_seed(5), specials) == row
     assert delete_tokens([101, 102], 0.9, torch.Generator().manual_seed(5), specials) == [101, 102]
+
+
+def test_tsdae_tied_decoder_shares_the_encoder_and_is_causal(tmp_path):
+    """decoder: encoder — the reference's tied decoder: every weight the encoder has is the
+    encoder's own tensor, heads() holds only the new ones (cross-attention, LM-head transform),
+    a later token cannot change an earlier position's logits, and the contract holds."""
+    obj, ids = build_objective(TSDAE, TinyBert, tmp_path / "a", {"decoder": "encoder"})
+    enc = obj.backbone.model
+    dec = obj.decoder
+    assert isinstance(dec, TiedDecoder)
+    lm = dec.lm[0]
+    enc_ids = {id(p) for p in enc.parameters()}
+    # a self-attention weight and the word embeddings are the encoder's tensors, the LM head reads them
+    assert lm.base_model.get_submodule("encoder.layer.0.attention.self").query.weight is \
+        enc.get_submodule("encoder.layer.0.attention.self").query.weight
+    assert lm.get_output_embeddings().weight is enc.get_input_embeddings().weight
+    own = list(obj.heads().parameters())
+    assert own and not any(id(p) in enc_ids for p in own)
+    names = set(obj.heads().state_dict())
+    assert any("crossattention" in n for n in names) and not any("attention__self__query" in n and "cross" not in n for n in names)
+    # causal: changing the last input token leaves the logits of every earlier position alone
+    dec.eval()
+    x = torch.tensor([ids[0][:8]])
+    pad = torch.zeros_like(x, dtype=torch.bool)
+    s = torch.randn(1, obj.backbone.hidden_size)
+    y = x.clone()
+    y[0, -1] = (int(x[0, -1]) + 1) % obj.backbone.vocab_size
+    a, b = dec(x, pad, s), dec(y, pad, s)  # (1, 8, V)
+    assert torch.allclose(a[:, :-1], b[:, :-1], atol=1e-5) and not torch.allclose(a[:, -1], b[:, -1])
+    # the bottleneck reaches the logits
+    assert not torch.allclose(dec(x, pad, s), dec(x, pad, s + 1.0))
+    out = check_objective(TSDAE, TinyBert, tmp_path / "b", {"decoder": "encoder", "pooling": "mean"}, steps=2)
+    assert all(math.isfinite(v) for v in out["losses"])
+
+
+def test_tsdae_tied_decoder_refuses_a_model_type_without_a_causal_lm():
+    from transformers import DistilBertConfig, DistilBertModel
+
+    enc = DistilBertModel(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
+    with pytest.raises(ValueError, match="model type .distilbert.*Fix: set the tsdae option decoder: small"):
+        TiedDecoder(enc)
 
 
 # ---------------------------------------------------------------------------------------

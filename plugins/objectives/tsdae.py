@@ -8,20 +8,34 @@ ORIGINAL sentence while its cross-attention sees only that vector:
 
     J = -sum_t log p(x_t | x_<t, s),  s = pool(encoder(noisy x))
 
-The decoder is small (its capacity is not the point, the bottleneck is), causal, and
-shares its token embeddings and output layer with the encoder's input embeddings (the
-paper ties encoder and decoder embeddings). It lives in ``heads()``: trained, checkpointed,
-dropped from the final model.
+Two decoders (``decoder``):
+
+- ``small`` (default): a fresh causal decoder of ``decoder_layers`` layers (its capacity is
+  not the point, the bottleneck is) that shares its token embeddings and output layer with
+  the encoder's input embeddings.
+- ``encoder``: the reference implementation's (sentence-transformers'
+  ``DenoisingAutoEncoderLoss``, ``tie_encoder_decoder=True``; the paper's section 3 "we tie
+  the encoder and decoder parameters"): the backbone's own architecture as a causal LM with
+  cross-attention added (``AutoModelForCausalLM`` with ``is_decoder``, ``add_cross_attention``),
+  every weight it shares by name with the encoder tied to the encoder's, so from step 0 the
+  decoder is a pretrained network; only the cross-attention and the LM head's transform are
+  new. (The reference loads the decoder from the checkpoint's name; tied weights make that
+  the same tensors.)
+
+Either lives in ``heads()`` (only its untied parameters): trained, checkpointed, dropped from
+the final model.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Collection
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from transformers import AutoModelForCausalLM
 
 from selftrain.plugins import Backbone, Objective, PluginConfig, RuntimeContext
 from selftrain.plugins.objectives.common import mean_pool, pad_batch
@@ -32,7 +46,12 @@ class TSDAEConfig(PluginConfig):
     pooling: Literal["cls", "mean"] = Field(
         "cls", description="Sentence vector fed to the decoder: the first ([CLS]) token's state, or the mean over real tokens."
     )
-    decoder_layers: int = Field(1, ge=1, description="Layers of the reconstruction decoder (a torch TransformerDecoder).")
+    decoder: Literal["small", "encoder"] = Field(
+        "small", description="small: a fresh causal decoder of decoder_layers layers (embeddings tied to the encoder's); "
+        "encoder: the reference implementation's decoder, the backbone's own architecture as a causal LM with "
+        "cross-attention, every shared weight tied to the encoder's (needs a transformers causal-LM class for the "
+        "backbone's model type, e.g. BERT, RoBERTa).")
+    decoder_layers: int = Field(1, ge=1, description="Layers of the small reconstruction decoder (a torch TransformerDecoder).")
     decoder_heads: int | None = Field(
         None, ge=1, description="Attention heads of the decoder; null takes the backbone's (or the largest divisor of H up to 8)."
     )
@@ -101,7 +120,60 @@ class TSDAEDecoder(torch.nn.Module):
         return F.linear(h, self.embeddings[0].weight, self.bias)
 
 
-def reconstruction_loss(decoder: TSDAEDecoder, sentence: torch.Tensor, target_ids: torch.Tensor,
+def tie_to(encoder: torch.nn.Module, decoder_base: torch.nn.Module) -> set[int]:
+    """Make every parameter of ``decoder_base`` that the encoder has under the same name and
+    shape the encoder's own ``Parameter`` (what ``tie_encoder_decoder`` does). Returns the ids
+    of the tied parameters."""
+    mine = dict(encoder.named_parameters())
+    tied: set[int] = set()
+    for name, p in list(decoder_base.named_parameters()):
+        src = mine.get(name)
+        if src is None or src.shape != p.shape:
+            continue  # new in the decoder (cross-attention) or shaped otherwise
+        owner, _, leaf = name.rpartition(".")
+        setattr(decoder_base.get_submodule(owner) if owner else decoder_base, leaf, src)
+        tied.add(id(src))
+    return tied
+
+
+class TiedDecoder(torch.nn.Module):
+    """The backbone as its own causal-LM decoder, cross-attending to the sentence vector.
+
+    Only the untied parameters (cross-attention, LM-head transform and bias) are this
+    module's; the rest are the encoder's (kept out of ``parameters()`` so checkpoints hold
+    them once, in the backbone).
+    """
+
+    def __init__(self, encoder: torch.nn.Module):
+        super().__init__()
+        cfg = copy.deepcopy(encoder.config)
+        cfg.is_decoder, cfg.add_cross_attention, cfg.tie_word_embeddings = True, True, True
+        try:
+            lm = AutoModelForCausalLM.from_config(cfg)
+        except ValueError:
+            raise ValueError(f"pretrain.options.decoder: encoder (tsdae) needs a causal-LM class for the backbone's "
+                             f"model type {cfg.model_type!r}, and transformers' AutoModelForCausalLM has none. "
+                             "Fix: set the tsdae option decoder: small, or use a BERT/RoBERTa-family backbone") from None
+        lm.to(next(encoder.parameters()).device)
+        tied = tie_to(encoder, lm.base_model)
+        out = lm.get_output_embeddings()
+        if out is not None:  # the LM head reads the (tied) input embeddings, as in the reference
+            out.weight = encoder.get_input_embeddings().weight
+            tied.add(id(out.weight))
+        self.lm = [lm]  # a list keeps the tied weights out of this module's parameters
+        own = [(n, p) for n, p in lm.named_parameters() if id(p) not in tied]
+        self.own = torch.nn.ParameterDict({n.replace(".", "__"): p for n, p in own})
+
+    def forward(self, ids: torch.Tensor, pad: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+        """ids: (B, T) decoder inputs, pad: (B, T) bool True at pads, sentence: (B, H) -> (B, T, V) logits."""
+        self.lm[0].train(self.training)
+        memory = sentence.unsqueeze(1)  # (B, 1, H): the bottleneck is all the decoder sees of the input
+        return self.lm[0](input_ids=ids, attention_mask=(~pad).long(), encoder_hidden_states=memory,
+                          encoder_attention_mask=torch.ones(memory.shape[:2], dtype=torch.long, device=ids.device),
+                          use_cache=False).logits
+
+
+def reconstruction_loss(decoder: TSDAEDecoder | TiedDecoder, sentence: torch.Tensor, target_ids: torch.Tensor,
                         target_mask: torch.Tensor) -> torch.Tensor:
     """Teacher-forced reconstruction of the original sentence.
 
@@ -111,10 +183,10 @@ def reconstruction_loss(decoder: TSDAEDecoder, sentence: torch.Tensor, target_id
     """
     inp, tgt = target_ids[:, :-1], target_ids[:, 1:]  # (B, T-1)
     real = target_mask[:, 1:].bool()  # (B, T-1)
-    h = decoder(inp, ~target_mask[:, :-1].bool(), sentence)  # (B, T-1, H)
+    h = decoder(inp, ~target_mask[:, :-1].bool(), sentence)  # (B, T-1, H), or (B, T-1, V) from a TiedDecoder
     if not real.any():
         return h.sum() * 0.0
-    logits = decoder.logits(h[real])  # (N, V): only real targets reach the vocab
+    logits = h[real] if isinstance(decoder, TiedDecoder) else decoder.logits(h[real])  # (N, V): real targets only
     return F.cross_entropy(logits.float(), tgt[real])
 
 
@@ -129,12 +201,16 @@ class TSDAE(Objective):
         mc = backbone.model.config
         H = backbone.hidden_size
         heads = pick_heads(H, config.decoder_heads or getattr(mc, "num_attention_heads", None))
-        self.decoder = TSDAEDecoder(
-            backbone.model.get_input_embeddings(), H, heads, config.decoder_layers,
-            max_positions=int(getattr(mc, "max_position_embeddings", 512) or 512),
-            dropout=float(getattr(mc, "hidden_dropout_prob", 0.1) or 0.0),
-            eps=float(getattr(mc, "layer_norm_eps", 1e-12)),
-        ).to(ctx.device)
+        self.decoder: TSDAEDecoder | TiedDecoder
+        if config.decoder == "encoder":
+            self.decoder = TiedDecoder(backbone.model)
+        else:
+            self.decoder = TSDAEDecoder(
+                backbone.model.get_input_embeddings(), H, heads, config.decoder_layers,
+                max_positions=int(getattr(mc, "max_position_embeddings", 512) or 512),
+                dropout=float(getattr(mc, "hidden_dropout_prob", 0.1) or 0.0),
+                eps=float(getattr(mc, "layer_norm_eps", 1e-12)),
+            ).to(ctx.device)
         self._special = frozenset(int(i) for i in backbone.tokenizer.all_special_ids)
 
     def heads(self) -> torch.nn.Module:
