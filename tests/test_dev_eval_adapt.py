@@ -138,3 +138,24 @@ def test_cotraining_grows_a_class_balanced_labelled_set_from_both_views():
     res = run_draw(V, np.array([[-1.0] * 8, [2.5] * 8]), texts, y, gold, rest[:400], rest[400:])
     assert {"probe", "tfidf", "cotrain50", "cotrainAB150", "distil0.3", "A+distil1"} <= set(res)
     assert res["cotrain50_pl_acc"] > 0.9 and res["cotrainAB50"] > 0.9  # separable views label the pool right
+
+
+def test_fit_seeds_refit_the_same_draw_with_another_classifier_seed(tiny_body, capsys):
+    """--fit-seeds: fit_and_score's fit_seed seeds the classifier alone (the draw stays): the same
+    fit seed reproduces the probabilities, another gives another fit; the offsets must start at 0."""
+    from benchmarks.dev_eval_adapt import fit_and_score, main
+    from selftrain.plugins.testing import SENTENCES, TOPIC_ROWS
+
+    texts = [t for t, _ in TOPIC_ROWS] + list(SENTENCES)
+    y = np.array([c for _, c in TOPIC_ROWS] + [0] * len(SENTENCES))
+    gold, pool = np.arange(len(TOPIC_ROWS)), np.arange(len(TOPIC_ROWS), len(texts))
+    ev = gold  # scoring rows: any labelled ones will do here
+    fit = lambda fs: fit_and_score("fixmatch", {"steps": 3, "batch_size": 4, "mu": 1}, texts, y, ["a", "b"],  # noqa: E731
+                                   gold, pool, ev, 0, 32, body=tiny_body, fit_seed=fs)
+    a, b, c = fit(0), fit(0), fit(7)
+    assert a["proba"].shape == (len(ev), 2) and np.allclose(a["proba"].sum(1), 1, atol=1e-5)
+    assert np.allclose(a["proba"], b["proba"], atol=1e-6)
+    assert not np.allclose(a["proba"], c["proba"], atol=1e-6)
+    with pytest.raises(SystemExit):
+        main(["--fit-seeds", "100", "200", "--seeds", "0"])
+    assert "the first offset must be 0" in capsys.readouterr().err
