@@ -69,7 +69,7 @@ class FixMatchConfig(ProbeConfig):
     head_lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the training head (the saved head is refit by logistic regression).")
     lambda_u: float = Field(1.0, ge=0, description="Weight of the unlabeled consistency loss.")
     tau: float = Field(0.95, gt=0, lt=1, description="Confidence threshold before FlexMatch's per-class scaling (FixMatch's tau).")
-    tau_min: float = Field(0.5, ge=0, lt=1, description="Floor of every per-class threshold: FlexMatch's warm-up starts its thresholds near 0 (every pool row a target), which a run of a few hundred steps never leaves (0 and 0.7 both scored below 0.5 on every tweets dev-eval draw: docs/experiments.md session 22).")
+    tau_min: float = Field(0.5, ge=0, lt=1, description="Floor of every per-class threshold: FlexMatch's warm-up starts its thresholds near 0 (every pool row a target), which a run of a few hundred steps never leaves (0 and 0.7 both scored below 0.5 on every tweets dev-eval draw, one fit each, by about one fit's own seed noise: docs/experiments.md sessions 22-23).")
     flex: bool = Field(True, description="FlexMatch per-class thresholds (False: FixMatch's fixed tau for every class).")
     softmatch: bool = Field(False, description="SoftMatch's soft mask instead of a threshold: each pool row weighted by a "
                             "Gaussian of its confidence truncated at the running mean (tau, tau_min and flex then unused).")
@@ -89,7 +89,7 @@ class FixMatchConfig(ProbeConfig):
                                "weight average Mean Teacher reports as the better model), not the last step's.")
     align: bool = Field(True, description="Distribution alignment of the weak view's probabilities to the class prior of the labelled rows.")
     align_momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of the running mean of predictions that alignment divides by.")
-    head_scale: float = Field(10.0, gt=0, description="Logit scale of the training head on unit-norm embeddings (the logistic-regression init is divided by it; 5 scored below 10 on every tweets dev-eval draw: docs/experiments.md session 22).")
+    head_scale: float = Field(10.0, gt=0, description="Logit scale of the training head on unit-norm embeddings (the logistic-regression init is divided by it; 5 scored below 10 on every tweets dev-eval draw, one fit each, by about one fit's own seed noise: docs/experiments.md sessions 22-23).")
     max_unlabeled: int = Field(4000, ge=0, description="Pool rows used at most (a seeded random sample of the pool beyond that).")
     wise_alpha: float = Field(1.0, gt=0, le=1, description="Weight-space ensemble of the adapted body with the initial one "
                               "(WiSE-FT): (1 - a) * initial + a * adapted before the head is refit; 1: the adapted body.")
