@@ -322,14 +322,13 @@ def main(argv: list[str] | None = None) -> None:
                                                         f"{io.digest(o, pre_opts)}{f'-f{off}' if off else ''}")
                                     if a.keep_fits else None)
                             r = fit_and_score(m, o, texts, y, labels, gold, pool, ev, seed, MAX_LENGTH[ds],
-                                              a.wise if m == "fixmatch" and body is None else None, body=body,
-                                              variants=a.variants + [f"blend{w:g}" for w in a.blend], keep=keep,
-                                              fit_seed=seed + off)
+                                              a.wise if m == "fixmatch" and body is None and not off else None,
+                                              body=body, keep=keep, fit_seed=seed + off,
+                                              variants=None if off else a.variants + [f"blend{w:g}" for w in a.blend])
                             probas.append(r.pop("proba"))
-                            if off:  # the same method and draw, another classifier seed
+                            if off:  # the same method and draw, another classifier seed (its readouts: seed 0's only)
                                 records.append({"dataset": ds, "k": k, "seed": seed, "method": f"{m}{suffix}@{off}",
-                                                **{x: v for x, v in r.items() if x not in ("wise", "variants")},
-                                                "options": o, "fit_seed": seed + off})
+                                                **r, "options": o, "fit_seed": seed + off})
                                 log(f"  {ds} k={k} seed={seed} {m}{suffix}@{off}: {r['macro_f1']:.3f} ({r['seconds']:.0f} s)")
                             else:
                                 report(m, suffix, o, r, pretrain)
