@@ -119,6 +119,12 @@ class TSDAEDecoder(torch.nn.Module):
         """(N, H) decoder states -> (N, V) logits through the tied embeddings."""
         return F.linear(h, self.embeddings[0].weight, self.bias)
 
+    def target_logits(self, ids: torch.Tensor, pad: torch.Tensor, sentence: torch.Tensor,
+                      real: torch.Tensor) -> torch.Tensor:
+        """(B, T) inputs, pads, (B, H) sentence, (B, T) bool targets to score -> (N, V) logits:
+        only real targets reach the vocabulary projection."""
+        return self.logits(self(ids, pad, sentence)[real])
+
 
 def tie_to(encoder: torch.nn.Module, decoder_base: torch.nn.Module) -> set[int]:
     """Make every parameter of ``decoder_base`` that the encoder has under the same name and
@@ -172,6 +178,11 @@ class TiedDecoder(torch.nn.Module):
                           encoder_attention_mask=torch.ones(memory.shape[:2], dtype=torch.long, device=ids.device),
                           use_cache=False).logits
 
+    def target_logits(self, ids: torch.Tensor, pad: torch.Tensor, sentence: torch.Tensor,
+                      real: torch.Tensor) -> torch.Tensor:
+        """(B, T) inputs, pads, (B, H) sentence, (B, T) bool targets to score -> (N, V) logits."""
+        return self(ids, pad, sentence)[real]
+
 
 def reconstruction_loss(decoder: TSDAEDecoder | TiedDecoder, sentence: torch.Tensor, target_ids: torch.Tensor,
                         target_mask: torch.Tensor) -> torch.Tensor:
@@ -183,10 +194,9 @@ def reconstruction_loss(decoder: TSDAEDecoder | TiedDecoder, sentence: torch.Ten
     """
     inp, tgt = target_ids[:, :-1], target_ids[:, 1:]  # (B, T-1)
     real = target_mask[:, 1:].bool()  # (B, T-1)
-    h = decoder(inp, ~target_mask[:, :-1].bool(), sentence)  # (B, T-1, H), or (B, T-1, V) from a TiedDecoder
+    logits = decoder.target_logits(inp, ~target_mask[:, :-1].bool(), sentence, real)  # (N, V)
     if not real.any():
-        return h.sum() * 0.0
-    logits = h[real] if isinstance(decoder, TiedDecoder) else decoder.logits(h[real])  # (N, V): real targets only
+        return logits.sum() * 0.0  # (0, V): 0 that reaches the graph
     return F.cross_entropy(logits.float(), tgt[real])
 
 
