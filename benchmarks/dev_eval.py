@@ -34,8 +34,9 @@ POOL = {"bbc": 1500, "tweets": 3000}  # unlabelled rows of a draw (labels hidden
 TWEETS_SAMPLE = 8000
 
 
-def load(name: str) -> tuple[list[str], np.ndarray, list[str]]:
-    """texts, int labels, label names of a builtin dataset (exact duplicates dropped)."""
+def load(name: str, sample: int = TWEETS_SAMPLE) -> tuple[list[str], np.ndarray, list[str]]:
+    """texts, int labels, label names of a builtin dataset (exact duplicates dropped; the tweets a
+    seeded ``sample`` of them, 0: all)."""
     from selftrain.core.data.ingest import _builtin
 
     df, mapping = _builtin(name)
@@ -43,8 +44,8 @@ def load(name: str) -> tuple[list[str], np.ndarray, list[str]]:
     df = df.dropna()
     df["text"] = df["text"].astype(str).str.strip()
     df = df[df["text"].str.len() > 0].drop_duplicates("text")
-    if name == "tweets" and len(df) > TWEETS_SAMPLE:
-        df = df.sample(TWEETS_SAMPLE, random_state=1234)
+    if name == "tweets" and sample and len(df) > sample:
+        df = df.sample(sample, random_state=1234)
     names = sorted(df["label"].astype(str).unique())
     y = df["label"].astype(str).map({n: i for i, n in enumerate(names)}).to_numpy(np.int64)
     return df["text"].tolist(), y, names
@@ -137,14 +138,33 @@ def methods() -> dict:
             return lr_predict(gx, y[g], ex, C)
         return run
 
-    def agree(v, g, p, e, y, C, seed, view="last"):
-        return self_train(v[view][g], y[g], v[view][p], v[view][e], C, seed)
+    def agree(v, g, p, e, y, C, seed, view="last", names=False, **over):
+        gx, gy = v[view][g], y[g]
+        if names:
+            gx, gy = with_names(gx, gy, v["names:" + view])
+        return self_train(gx, gy, v[view][p], v[view][e], C, seed, **over)
 
     return {"probe": probe, "center": transformed(centered), "whiten": transformed(whitened),
             "probe+names": lambda *a: probe(*a, names=True),
             "probe+mid": lambda *a: probe(*a, view="mid"),
             "probe+mid+names": lambda *a: probe(*a, view="mid", names=True),
-            "agree": agree, "agree+mid": lambda *a: agree(*a, view="mid")}
+            "agree": agree, "agree+mid": lambda *a: agree(*a, view="mid"),
+            "agree+mid+names": lambda *a: agree(*a, view="mid", names=True),
+            "agree+mid+names-noguard": lambda *a: agree(*a, view="mid", names=True, guard=False)}
+
+
+def nested_draws(y: np.ndarray, k: int, pools: list[int], eval_rows: int, seed: int):
+    """gold (k per class), one dev-eval sample of ``eval_rows`` rows, and a pool per size in
+    ``pools``, each pool the first P rows of the same seeded order of the rest (the smaller pool is
+    inside the larger one), so pool sizes are paired on the same gold and dev-eval rows."""
+    rng = np.random.default_rng(seed)
+    gold = np.concatenate([rng.choice(np.flatnonzero(y == c), k, replace=False) for c in np.unique(y)])
+    rest = rng.permutation(np.setdiff1d(np.arange(len(y)), gold))
+    if eval_rows + max(pools) > len(rest):
+        raise ValueError(f"--eval-rows {eval_rows} + the largest pool {max(pools)} exceed the {len(rest)} rows left "
+                         "after the gold rows: pass a smaller pool or --sample 0 (every distinct tweet)")
+    ev = rest[:eval_rows]
+    return gold, {P: rest[eval_rows:eval_rows + P] for P in pools}, ev
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,6 +175,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--k", nargs="+", type=int, default=[4, 16])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--pool", type=int, default=None, help="pool size (default: 1,500 BBC, 3,000 tweets, as the product's configs)")
+    ap.add_argument("--pools", nargs="+", type=int, default=None,
+                    help="pool sizes compared on the same gold rows and one dev-eval sample of --eval-rows rows "
+                         "(nested pools; methods recorded as NAME@P); replaces --pool")
+    ap.add_argument("--eval-rows", type=int, default=2000, help="with --pools: the dev-eval sample's size")
+    ap.add_argument("--sample", type=int, default=TWEETS_SAMPLE, help="tweets: a seeded sample of this many distinct tweets (0: all)")
     ap.add_argument("--methods", nargs="+", default=None)
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -163,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     records = []
     for ds in a.datasets:
         t0 = time.perf_counter()
-        texts, y, labels = load(ds)
+        texts, y, labels = load(ds, a.sample)
         label_texts = [" ".join(n.replace("_", " ").replace("-", " ").split()) for n in labels]
         views = {"last": embed(texts, MAX_LENGTH[ds]), "mid": embed(texts, MAX_LENGTH[ds], 3),  # MiniLM: 6 layers
                  "names:last": embed(label_texts, MAX_LENGTH[ds]), "names:mid": embed(label_texts, MAX_LENGTH[ds], 3)}
@@ -171,18 +196,26 @@ def main(argv: list[str] | None = None) -> None:
         pool_n = a.pool or POOL[ds]
         for k in a.k:
             for seed in a.seeds:
-                gold, pool, ev = draw(y, k, pool_n, seed)
-                for m in names:
+                if a.pools:
+                    gold, pools, ev = nested_draws(y, k, a.pools, a.eval_rows, seed)
+                    runs = [(f"{m}@{P}", m, pool) for P, pool in pools.items() for m in names]
+                else:
+                    gold, pool, ev = draw(y, k, pool_n, seed)
+                    runs = [(m, m, pool) for m in names]
+                for rec_name, m, pool in runs:
+                    t1 = time.perf_counter()
                     out = table[m](views, gold, pool, ev, y, len(labels), seed)
                     pred, used = out if isinstance(out, tuple) else (out, None)
                     f1 = float(f1_score(y[ev], pred, average="macro", labels=list(range(len(labels)))))
-                    records.append({"dataset": ds, "k": k, "seed": seed, "method": m, "macro_f1": f1, "used_pool": used})
+                    records.append({"dataset": ds, "k": k, "seed": seed, "method": rec_name, "macro_f1": f1, "used_pool": used,
+                                    "pool": len(pool), "eval_rows": len(ev), "seconds": round(time.perf_counter() - t1, 2)})
                 log(f"  {ds} k={k} seed={seed}: " + "  ".join(f"{r['method']} {r['macro_f1']:.3f}"
                                                            for r in records if (r["dataset"], r["k"], r["seed"]) == (ds, k, seed)))
-    print(summary(records, names))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"protocol": __doc__.split("\n\n")[2], "records": records}, indent=1))
+                if a.out:  # after every draw: a stopped run keeps what it measured
+                    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+                    Path(a.out).write_text(json.dumps({"protocol": __doc__.split("\n\n")[2], "records": records}, indent=1))
+    rec_names = list(dict.fromkeys(r["method"] for r in records))
+    print(summary(records, rec_names, base_name=rec_names[0]))
 
 
 def summary(records: list[dict], names: list[str], base_name: str = "probe") -> str:

@@ -159,3 +159,20 @@ def test_fit_seeds_refit_the_same_draw_with_another_classifier_seed(tiny_body, c
     with pytest.raises(SystemExit):
         main(["--fit-seeds", "100", "200", "--seeds", "0"])
     assert "the first offset must be 0" in capsys.readouterr().err
+
+
+def test_nested_draws_pair_pool_sizes_on_the_same_gold_and_dev_eval_rows():
+    """dev_eval --pools: every pool size sees the same gold and dev-eval rows, the smaller pool is the
+    head of the larger, and no pool row is a gold or dev-eval row; too large a pool is refused."""
+    from benchmarks.dev_eval import nested_draws
+
+    y = np.repeat([0, 1, 2], 400)
+    gold, pools, ev = nested_draws(y, 4, [100, 500], 200, seed=3)
+    assert np.bincount(y[gold]).tolist() == [4, 4, 4] and len(ev) == 200
+    assert pools[500][:100].tolist() == pools[100].tolist()
+    seen = np.concatenate([gold, ev])
+    assert len(set(seen.tolist())) == len(seen) and not set(pools[500].tolist()) & set(seen.tolist())
+    again = nested_draws(y, 4, [300], 200, seed=3)
+    assert again[0].tolist() == gold.tolist() and again[2].tolist() == ev.tolist()  # pool size does not move the draw
+    with pytest.raises(ValueError, match="--sample 0"):
+        nested_draws(y, 4, [1100], 200, seed=3)
