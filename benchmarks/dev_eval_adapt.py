@@ -40,6 +40,12 @@ an earlier record file of the same draws: the fits reproduce to the digit).
 offset) on the same draw; ``<m>@100`` records the other seeds' fits, ``<m>-ens3`` the argmax of their
 averaged probabilities (an ensemble of the fits).
 
+``--extra-pool N`` (tweets): each draw's pool gains N distinct tweets from outside the 8,000-row
+sample the draws come from (seeded by the draw), so the gold rows, the first 3,000 pool rows and
+the dev-eval rows are those of every earlier record, and no dev-eval row enters the pool; methods
+are recorded as ``<m>+pool<size>`` (pair ``fixmatch`` with ``--set fixmatch.max_unlabeled=SIZE``,
+or it samples 4,000 of them).
+
 ``--keep-fits DIR``: every fitted model is kept in DIR (one folder per dataset, k, seed, method and
 options) and a later invocation with the same DIR loads it instead of fitting again (the fits are
 seeded and reproduce to the digit on the CPU), so new readouts of old fits cost seconds.
@@ -287,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fit-seeds", nargs="+", type=int, default=[0], metavar="OFFSET",
                     help="fit each method once per classifier seed (draw seed + OFFSET; 0 first, the plain record) "
                          "on the same draw: <m>@OFFSET records each, <m>-ensN the average of their probabilities")
+    ap.add_argument("--extra-pool", type=int, default=0, metavar="N",
+                    help="tweets: N more pool rows per draw from the tweets outside the draws' 8,000-row sample")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     if a.fit_seeds[0] != 0 or len(set(a.fit_seeds)) != len(a.fit_seeds):
@@ -309,9 +317,21 @@ def main(argv: list[str] | None = None) -> None:
     prior = json.loads(Path(a.prior).read_text())["records"] if a.prior else []
     for ds in a.datasets:
         texts, y, labels = load(ds)
+        n_sample = len(texts)
+        if a.extra_pool:
+            if ds != "tweets":
+                ap.error(f"--extra-pool: only the tweets are sampled (every {ds} row is in its draws already)")
+            sampled = set(texts)
+            outside = [t for t in load(ds, 0)[0] if t not in sampled]  # distinct tweets no draw uses
+            texts, y = texts + outside, np.concatenate([y, np.full(len(outside), -1)])  # labels never read
         for k in a.k:
             for seed in a.seeds:
-                gold, pool, ev = eval_draw(y, ds, k, seed, a.eval_rows)
+                gold, pool, ev = eval_draw(y[:n_sample], ds, k, seed, a.eval_rows)
+                pool_tag = ""
+                if a.extra_pool:
+                    more = n_sample + np.random.default_rng(seed).permutation(len(texts) - n_sample)[:a.extra_pool]
+                    pool = np.concatenate([pool, more])
+                    pool_tag = f"+pool{len(pool)}"
                 def run_methods(body: str | None = None, suffix: str = "", pretrain: dict | None = None) -> None:
                     """Every method on this draw, on the checkpoint (``body`` None) or a pretrained body."""
                     for m in a.methods:
@@ -357,14 +377,14 @@ def main(argv: list[str] | None = None) -> None:
                             + (f" (guard {'kept' if rec['use_pool'] else 'refused'} the pool)" if "use_pool" in rec else ""))
 
                 if not a.pretrained_only:
-                    run_methods()
+                    run_methods(suffix=pool_tag)
                 for obj in a.pretrain:
                     with tempfile.TemporaryDirectory(prefix=f"dev-{obj}-") as body:
                         texts_seen = [texts[i] for i in (*gold, *pool)]  # labels hidden; dev-eval rows unseen
                         pre = pretrain_body(texts_seen, obj, MAX_LENGTH[ds], seed, body, overrides=pre_opts)
                         log(f"  {ds} k={k} seed={seed} pretrain {obj}: {pre['steps']} steps on {len(texts_seen)} texts "
                             f"in {pre['seconds']:.0f} s, final loss {pre['final_loss']}")
-                        run_methods(body, f"+{obj}", {**pre, **pre_opts})
+                        run_methods(body, f"+{obj}{pool_tag}", {**pre, **pre_opts})
                 if a.check:
                     chk = check_draw(texts, y, labels, gold, pool, seed, MAX_LENGTH[ds], a.check, opts.get("fixmatch", {}))
                     records.append({"dataset": ds, "k": k, "seed": seed, "method": "check", **chk})
