@@ -90,7 +90,10 @@ class FixMatchConfig(ProbeConfig):
     align: bool = Field(True, description="Distribution alignment of the weak view's probabilities to the class prior of the labelled rows.")
     align_momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of the running mean of predictions that alignment divides by.")
     head_scale: float = Field(10.0, gt=0, description="Logit scale of the training head on unit-norm embeddings (the logistic-regression init is divided by it; 5 scored below 10 on every tweets dev-eval draw, one fit each, by about one fit's own seed noise: docs/experiments.md sessions 22-23).")
-    max_unlabeled: int = Field(4000, ge=0, description="Pool rows used at most (a seeded random sample of the pool beyond that).")
+    max_unlabeled: int = Field(4000, ge=0, description="Pool rows used at most (a seeded random sample of the pool beyond that). "
+                               "FlexMatch's warm-up keeps every threshold on tau_min while most of these rows have never been "
+                               "confident: 20,000 rows kept them there for all 150 steps and scored 0.010 below 3,000 on tweets "
+                               "dev-eval (docs/experiments.md session 24).")
     wise_alpha: float = Field(1.0, gt=0, le=1, description="Weight-space ensemble of the adapted body with the initial one "
                               "(WiSE-FT): (1 - a) * initial + a * adapted before the head is refit; 1: the adapted body.")
     strong: StrongViewConfig = Field(default_factory=StrongViewConfig, description="The strong view's text noise.")
