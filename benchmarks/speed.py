@@ -23,6 +23,10 @@ g. gpu           — ``--device cuda``: MLM pretraining of MiniLM and a BERT-bas
 h. predict       — batch prediction rows/s: ``predict_file`` with a saved probe (MiniLM) vs
                    ``SentenceTransformer.encode`` + the saved head; peak RSS of predicting a 1M-row
                    parquet in a fresh process, target ≤ 2 GiB (``benchmarks/speed_predict.py``)
+i. agree         — the agreement labeler's loop (what its guard runs per fold) on pools of 5,000 to
+                   35,000 tweets: seconds and peak memory, the loop as shipped until 2026-12-07 (one
+                   pool x labelled similarity matrix a round) vs now (blocks of unkept rows)
+                   (``benchmarks/speed_agree.py``)
 
 ``--profile`` adds, per contender of a and b, the operators where the time goes
 (``torch.profiler``, one short run after the timed ones).
@@ -55,7 +59,7 @@ bench_env()
 
 from benchmarks import speed_label, speed_system, speed_train  # after bench_env: offline, quiet
 
-SECTIONS = ("pretrain", "pseudo_label", "orchestration", "validate", "memory", "scale", "predict", "gpu")
+SECTIONS = ("pretrain", "pseudo_label", "orchestration", "validate", "memory", "scale", "predict", "agree", "gpu")
 
 SIZES = {
     # quick: the whole script in ~3-5 min on 2 cores
@@ -64,13 +68,13 @@ SIZES = {
            "orch_warmup": False, "scale_pool": 4096, "scale_shard_rows": 1024, "scale_cpu_bf16": False,
            "gpu_texts": 2000, "gpu_batch_tokens": 32768, "gpu_max_length": 128, "gpu_warmup": 10, "gpu_compile": True,
            "predict_rows": 2000, "predict_parquet_rows": 50_000, "predict_repeats": 2, "predict_cycle": 512,
-           "predict_distinct_rows": 4096},
+           "predict_distinct_rows": 4096, "agree_pool": 7000, "agree_repeats": 1},
     False: {"pretrain_steps": 30, "pretrain_repeats": 3, "pl_texts": 4000, "pl_repeats": 3, "orch_repeats": 3,
             "validate_rows": 1_000_000, "validate_repeats": 3, "memory_pool": 4000, "gpu_steps": 60,
             "orch_warmup": True, "scale_pool": 20480, "scale_shard_rows": 4096, "scale_cpu_bf16": False,
             "gpu_texts": 4000, "gpu_batch_tokens": 65536, "gpu_max_length": 128, "gpu_warmup": 20, "gpu_compile": True,
             "predict_rows": 20_000, "predict_parquet_rows": 1_000_000, "predict_repeats": 3, "predict_cycle": 512,
-            "predict_distinct_rows": 40_000},
+            "predict_distinct_rows": 40_000, "agree_pool": 35_000, "agree_repeats": 3},
 }
 
 
@@ -212,6 +216,16 @@ def build_rows(results: dict) -> list[Row]:
                             "≤ 2 GiB", mem["met"], higher_is_better=False,
                             note=f"{mem['parquet']['distinct_texts']:,} distinct texts, {mem['rows_per_s']:,.0f} rows/s, "
                             f"chunks of {mem['chunk_rows']:,} rows"))
+    ag = results.get("agree")
+    if ag:
+        for r in ag["runs"]:
+            note = f"argmax agreement {100 * r['argmax_agreement']:.1f} %"
+            rows.append(Row(f"agree labeler's loop (5 rounds), pool {r['pool']:,}, {ag['gold_rows']} gold", "s",
+                            r["unblocked"]["seconds"], r["selftrain"]["seconds"], "report", None, "unblocked (before)",
+                            higher_is_better=False, note=note))
+            rows.append(Row(f"agree labeler's loop peak memory, pool {r['pool']:,}", "MiB", r["unblocked"]["peak_mb"],
+                            r["selftrain"]["peak_mb"], "report", None, "unblocked (before)",
+                            higher_is_better=False, note=note))
     return rows
 
 
@@ -353,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
                                                          parquet_texts=list(dict.fromkeys(speed_train.tweet_texts())),
                                                          parquet_cycle=sizes["predict_cycle"],
                                                          distinct_rows=sizes["predict_distinct_rows"])
+    if "agree" in only:
+        from benchmarks import speed_agree
+
+        top = sizes["agree_pool"]
+        x, y = speed_agree.tweet_features(0 if top + 1000 > 37_000 else top + 1000)
+        results["agree"] = speed_agree.bench_agree(x, y, [top // 7, top * 4 // 7, top], rep or sizes["agree_repeats"])
     if "gpu" in only:
         from benchmarks import speed_gpu
 

@@ -19,6 +19,45 @@ def test_prior_corrected_knn_vote_is_not_outvoted_by_count():
     assert A.knn_vote(q, keys, labels, 10, 2, prior=np.array([0.5, 0.5]))[0] == 1
 
 
+def test_knn_vote_in_blocks_is_the_one_matrix_vote():
+    """Blocks of query rows (memory: block x L, not N x L) give every row the vote it got from the
+    whole (N, L) matrix, with and without the prior correction, for any block size."""
+    rng = np.random.default_rng(0)
+    keys = rng.normal(size=(60, 8)).astype(np.float32)
+    keys /= np.linalg.norm(keys, axis=1, keepdims=True)
+    labels = rng.integers(0, 3, size=60)
+    q = rng.normal(size=(37, 8)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    for prior in (None, np.array([0.2, 0.3, 0.5])):
+        whole = A.knn_vote(q, keys, labels, 7, 3, prior, block=len(q))
+        assert len(set(whole.tolist())) > 1  # a vote that says something
+        for block in (1, 5, 36):
+            assert A.knn_vote(q, keys, labels, 7, 3, prior, block=block).tolist() == whole.tolist()
+
+
+def test_grow_votes_only_on_rows_not_kept_yet(monkeypatch):
+    """grow asks the k-NN vote about the untaken rows alone (a fifth of the pool by round 5) and
+    keeps what voting on every row kept."""
+    rng = np.random.default_rng(1)
+    pool_x = rng.normal(size=(40, 4))
+    pool_x /= np.linalg.norm(pool_x, axis=1, keepdims=True)
+    lab_x, lab_y = pool_x[:6] + 0.01, np.array([0, 1, 0, 1, 0, 1])
+    probs = rng.dirichlet([1, 1], size=40)
+    taken = np.zeros(40, bool)
+    taken[::3] = True
+    quota = np.array([5, 5])
+    asked = []
+    vote = A.knn_vote
+    monkeypatch.setattr(A, "knn_vote", lambda query, *a, **kw: asked.append(len(query)) or vote(query, *a, **kw))
+    new, ys = A.grow(probs, pool_x, lab_x, lab_y, taken, quota, 3)
+    assert asked == [int((~taken).sum())]
+    every = vote(pool_x, lab_x, lab_y, 3, 2)  # the vote on every row, as grow did before
+    ok = ~taken & (every == probs.argmax(1))
+    want = np.sort(np.concatenate([np.flatnonzero(ok & (probs.argmax(1) == c))[np.argsort(
+        -probs.max(1)[ok & (probs.argmax(1) == c)], kind="stable")][:5] for c in range(2)]))
+    assert len(new) > 0 and new.tolist() == want.tolist() and not taken[new].any()
+
+
 def test_prior_is_the_gold_mix_or_the_mean_prediction():
     probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.5, 0.5]])
     assert np.allclose(A.estimate_prior("gold", probs, np.array([0, 0, 1, 1]), 2), [0.5, 0.5])

@@ -388,3 +388,26 @@ def test_guard_eval_scores_the_rows_the_product_guard_scores():
     recs = [{"dataset": "toy", "k": 5, "seed": s, "gain": gain, "d_brier": -0.2, "d_log_loss": ll}
             for s, (gain, ll) in enumerate([(0.05, -0.3), (-0.02, 0.4)])]
     assert "| toy | 5 | 2 | -0.20 … -0.20 | -0.30 … +0.40 | -0.020 … +0.050 | 1 (1) |" in table(recs)
+
+
+def test_speed_agree_times_both_loops_on_clustered_rows():
+    """Section i on small random features: both contenders run the labeler's loop, report seconds
+    and a traced peak, and predict the pool alike; the blocked loop's peak is below the one-matrix
+    loop's once the pool is larger than a block."""
+    import numpy as np
+
+    from benchmarks import speed_agree
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 16))
+    y = np.repeat(np.arange(3), 1500)
+    x = centers[y] + rng.normal(scale=0.8, size=(len(y), 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    res = speed_agree.bench_agree(x, y, [4000], repeats=1, k=4)
+    (r,) = res["runs"]
+    assert r["pool"] == 4000 and res["gold_rows"] == 12
+    assert r["argmax_agreement"] == 1.0
+    assert r["unblocked"]["seconds"] > 0 and r["selftrain"]["seconds"] > 0
+    assert r["selftrain"]["peak_mb"] < r["unblocked"]["peak_mb"]
+    with pytest.raises(ValueError, match="agree_pool"):
+        speed_agree.bench_agree(x, y, [5000], k=4)

@@ -77,24 +77,42 @@ class AgreeConfig(PluginConfig):
     prior: Literal["gold", "predicted"] = Field("gold", description="Class prior the pseudo-labels are balanced and aligned to: 'gold', the class mix of the gold training rows (uniform when they were drawn per class); 'predicted', the mean of round 1's probabilities over the pool (skewed when those are sharp and the first classifier under-predicts a class).")
 
 
+#: Similarities computed at once by the k-NN vote: query rows go in blocks of KNN_BLOCK_ENTRIES // L
+#: rows against the L labelled keys, so the vote holds ~16.8 M floats (256 MiB in float64 with the
+#: negated copy the partition needs) however large the pool. In one (N, L) matrix, a 35,000-row pool
+#: against the ~28,000 rows labelled by round 5 peaked at 14.4 GiB, and a 100,000-row pool would need
+#: ~120 GiB (benchmarks/speed_agree.py).
+KNN_BLOCK_ENTRIES = 2**24
+
+
 def knn_vote(query: np.ndarray, keys: np.ndarray, key_labels: np.ndarray, k: int, n_classes: int,
-             prior: np.ndarray | None = None) -> np.ndarray:
+             prior: np.ndarray | None = None, block: int | None = None) -> np.ndarray:
     """(N, H) queries, (L, H) labelled keys (L2-normalised), (L,) labels -> (N,) the class with the
     largest k-NN posterior among the k most cosine-similar keys (ties: the lower class id).
 
     ``prior`` (C,) given: votes_c / n_c * prior_c, the k-NN density estimate p(x|c) ~ k_c / n_c
     times the class prior, so a class with few labelled rows so far (a class whose gold rows sit
     off its cluster, say) is not outvoted by sheer count and starved of pseudo-labels for good.
-    None: the plain majority vote."""
+    None: the plain majority vote. The queries go ``block`` rows at a time (default: as many as keep a
+    block's similarities within ``KNN_BLOCK_ENTRIES``); each row's vote is its own, so blocks change
+    nothing but the memory."""
     k = min(k, len(keys))
-    sim = query @ keys.T  # (N, L)
-    nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # (N, k)
-    votes = np.zeros((len(query), n_classes))
-    np.add.at(votes, (np.repeat(np.arange(len(query)), k), key_labels[nn].ravel()), 1.0)
+    block = block or max(1, KNN_BLOCK_ENTRIES // max(len(keys), 1))
+    scale = None
     if prior is not None:
         n_c = np.bincount(key_labels, minlength=n_classes).astype(np.float64)
-        votes = votes * (np.asarray(prior, np.float64) / np.clip(n_c, 1.0, None))
-    return votes.argmax(1)
+        scale = np.asarray(prior, np.float64) / np.clip(n_c, 1.0, None)  # (C,)
+    out = np.empty(len(query), np.int64)
+    for start in range(0, len(query), block):
+        q = query[start:start + block]  # (b, H)
+        sim = q @ keys.T  # (b, L)
+        nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # (b, k)
+        votes = np.zeros((len(q), n_classes))  # (b, C)
+        np.add.at(votes, (np.repeat(np.arange(len(q)), k), key_labels[nn].ravel()), 1.0)
+        if scale is not None:
+            votes = votes * scale
+        out[start:start + block] = votes.argmax(1)
+    return out
 
 
 def align(probs: np.ndarray, prior_ref: np.ndarray) -> np.ndarray:
@@ -112,7 +130,9 @@ def grow(probs: np.ndarray, pool_x: np.ndarray, lab_x: np.ndarray, lab_y: np.nda
     which the classifier and the k-NN vote (prior-corrected when ``prior`` is given) agree."""
     C = probs.shape[1]
     pred, conf = probs.argmax(1), probs.max(1)
-    ok = ~taken & (knn_vote(pool_x, lab_x, lab_y, knn, C, prior) == pred)
+    ok = ~taken  # (N,) only rows not kept yet are voted on: by round 5 that is a fifth of the pool
+    free = np.flatnonzero(ok)
+    ok[free] = knn_vote(pool_x[free], lab_x, lab_y, knn, C, prior) == pred[free]
     idx = []
     for c in range(C):
         rows = np.flatnonzero(ok & (pred == c))
