@@ -176,3 +176,35 @@ def test_nested_draws_pair_pool_sizes_on_the_same_gold_and_dev_eval_rows():
     assert again[0].tolist() == gold.tolist() and again[2].tolist() == ev.tolist()  # pool size does not move the draw
     with pytest.raises(ValueError, match="--sample 0"):
         nested_draws(y, 4, [1100], 200, seed=3)
+
+
+def test_student_scores_fit_frozen_and_tuned_students_on_the_loops_rows(tiny_body, monkeypatch):
+    """--students: the agree loop's kept rows (its guard passing) become the training rows of both
+    students; the tuned one is fixmatch on those same rows; a refusing guard leaves every student
+    the probe on the gold rows."""
+    from benchmarks import dev_eval_adapt as D
+    from selftrain.plugins.classifiers.fixmatch import FixMatch
+    from selftrain.plugins.labelers import agree
+    from selftrain.plugins.testing import SENTENCES, TOPIC_ROWS
+
+    texts = [t for t, _ in TOPIC_ROWS] * 2 + list(SENTENCES)
+    y = np.array([c for _, c in TOPIC_ROWS] * 2 + [0] * len(SENTENCES))
+    n = len(TOPIC_ROWS)
+    gold, pool, ev = np.arange(n), np.arange(n, len(texts)), np.arange(n)
+    seen = []
+    fit = FixMatch.fit
+    monkeypatch.setattr(FixMatch, "fit", lambda self, init, labels, rows, *a, **kw: seen.append(rows) or fit(self, init, labels, rows, *a, **kw))
+    monkeypatch.setattr(agree, "cv_guard", lambda *a, **kw: {"use_pool": True})
+    out = D.student_scores(texts, y, ["a", "b"], gold, pool, ev, 0, 32, {"tuned": {"steps": 2, "batch_size": 4, "mu": 0}},
+                           body=tiny_body)
+    assert set(out) == {"agree-probe", "agree-tuned"}
+    kept = out["agree-probe"]["kept"]
+    assert kept > 0 and out["agree-tuned"]["kept"] == kept
+    (rows,) = seen
+    assert rows.n_gold == n and len(rows.texts) == n + kept
+    assert rows.weights[:n].tolist() == [1.0] * n and set(rows.weights[n:].tolist()) == {agree.AgreeConfig().weight}
+    assert all(0 <= r["macro_f1"] <= 1 for r in out.values())
+    monkeypatch.setattr(agree, "cv_guard", lambda *a, **kw: {"use_pool": False})
+    refused = D.student_scores(texts, y, ["a", "b"], gold, pool, ev, 0, 32, {"tuned": {"steps": 2}}, body=tiny_body)
+    assert {r["kept"] for r in refused.values()} == {0} and len(seen) == 1
+    assert refused["agree-tuned"]["macro_f1"] == refused["agree-probe"]["macro_f1"]

@@ -176,10 +176,12 @@ def _lr(x, y, w, n_classes, C):
     return proba
 
 
-def simulate(gold_x, gold_y, pool_x, rounds: int, cfg: AgreeConfig, n_classes: int):
-    """The whole loop with a logistic regression as the classifier -> predict_proba of the last model."""
+def loop_rows(gold_x, gold_y, pool_x, rounds: int, cfg: AgreeConfig, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The whole loop with a logistic regression as the classifier -> (M,) the pool rows it kept and
+    (M,) their classes, in the order kept (round by round)."""
     lab_x, lab_y, lab_w = gold_x, gold_y, np.ones(len(gold_y))
     taken = np.zeros(len(pool_x), bool)
+    kept: list[np.ndarray] = []
     prior1 = mix1 = None
     for r in range(1, rounds + 1):
         probs = _lr(lab_x, lab_y, lab_w, n_classes, cfg.C)(pool_x)
@@ -193,9 +195,20 @@ def simulate(gold_x, gold_y, pool_x, rounds: int, cfg: AgreeConfig, n_classes: i
         new, ys = grow(probs, pool_x, lab_x, lab_y, taken, quotas(prior1, len(pool_x), r, rounds, cfg.grow_to, have), cfg.knn,
                        prior1 if cfg.knn_prior else None)
         taken[new] = True
+        kept.append(new)
         lab_x, lab_y = np.vstack([lab_x, pool_x[new]]), np.concatenate([lab_y, ys])
         lab_w = np.concatenate([lab_w, np.full(len(new), cfg.weight)])
-    return _lr(lab_x, lab_y, lab_w, n_classes, cfg.C)
+    idx = np.concatenate(kept) if kept else np.zeros(0, np.int64)
+    return idx, lab_y[len(gold_y):]
+
+
+def simulate(gold_x, gold_y, pool_x, rounds: int, cfg: AgreeConfig, n_classes: int):
+    """The whole loop with a logistic regression as the classifier -> predict_proba of the last model
+    (gold rows weigh 1, the kept pool rows ``cfg.weight``)."""
+    idx, ys = loop_rows(gold_x, gold_y, pool_x, rounds, cfg, n_classes)
+    x, y = np.vstack([gold_x, pool_x[idx]]), np.concatenate([gold_y, ys])
+    w = np.concatenate([np.ones(len(gold_y)), np.full(len(idx), cfg.weight)])
+    return _lr(x, y, w, n_classes, cfg.C)
 
 
 #: Up to this many gold rows in the smallest class the guard's folds are class-balanced
