@@ -14,6 +14,7 @@ c. orchestration — pipeline wall: Prefect flow (ephemeral API start included) 
                    functions, fresh processes (``benchmarks/speed_system.py``)
 d. validate      — ``validate_frame`` on 1M synthetic rows: seconds, rows/s, peak RSS
 e. memory        — peak RSS of ingest + validate + pseudo-label at 1x and 10x the unlabeled pool
+                   (a probe teacher: the agree labeler's first round with its guard)
 f. scale         — the pool scored in shards on 1, 2, 4 Dask workers: rows/s vs workers and the
                    overhead per shard (``benchmarks/speed_scale.py``)
 g. gpu           — ``--device cuda``: MLM pretraining of MiniLM and a BERT-base-sized backbone vs HF

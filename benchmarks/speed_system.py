@@ -11,7 +11,11 @@ d. validate      — ``validate_frame`` on N synthetic rows (default 1M), rows/s
 e. memory        — peak RSS of ingest + validate + pseudo-label (the stage functions) on 1x and
                    10x an unlabeled pool, each in a fresh subprocess (VmHWM at its end). The 1x
                    pool runs with the MiniLM teacher and with a from-scratch tiny-BERT teacher;
-                   the 10x pool with the tiny-BERT teacher only, to stay fast.
+                   the 10x pool with the tiny-BERT teacher only, to stay fast. Each teacher is a
+                   probe (the pipeline's default), so the default labeler (agree) runs its whole
+                   first round: the pool's scores and embeddings, the guard's cross-validated
+                   loops over the pool, the first growth (before 2026-12-07 the teachers were
+                   sequence classifiers, which the labeler's path for adapted bodies skips).
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ from benchmarks.common import (
     reset_peak_rss,
     spread,
 )
+from benchmarks.speed_label import make_probe
 from benchmarks.speed_train import (
-    make_classifier,
+    labeled_tweets,
     make_tiny_bert,
     minilm_dir,
     TWEETS,
@@ -272,7 +277,9 @@ def child_memory(a: dict) -> dict:
     t0 = time.perf_counter()
     pl = stages.pseudo_label_stage(cfg, val["clean"], a["teacher"])
     times["pseudo_label_s"] = time.perf_counter() - t0
+    guard = (pl["report"].get("notes") or {}).get("guard") or {}
     return {"pool": pl["report"]["pool"], "rows": ing["rows"], "kept": pl["report"]["kept"], **times,
+            "labeler": pl["report"]["labeler"], "guard_use_pool": guard.get("use_pool"), "guard_folds": guard.get("folds"),
             "rss_start_mb": rss_start, "peak_rss_mb": proc_status_mb("VmHWM") or peak_rss_mb(),
             "examples_per_s": pl["report"]["examples_per_s"]}
 
@@ -305,9 +312,12 @@ def bench_memory(pool: int, scales: tuple[int, ...] = (1, 10), minilm: bool = Tr
         teachers = {}
         tiny_options = tiny_options or {"vocab_size": 2000, "hidden_size": 64, "layers": 2, "heads": 2}
         tiny_bb = make_tiny_bert(tweet_texts(exclude_test=True), str(tmp / "tiny-bb"), **tiny_options)
-        teachers["tiny-bert"] = make_classifier(tiny_bb, labels, str(tmp / "tiny-clf"))
+        # the pipeline's default teacher (a probe), so the default labeler (agree) runs its whole first
+        # round: scoring + embeddings of the pool, the guard's cross-validated loops, the first growth
+        fit_on = labeled_tweets()
+        teachers["tiny-bert"] = make_probe(tiny_bb, labels, str(tmp / "tiny-clf"), fit_on)
         if minilm:
-            teachers["minilm"] = make_classifier(minilm_dir(), labels, str(tmp / "minilm-clf"))
+            teachers["minilm"] = make_probe(minilm_dir(), labels, str(tmp / "minilm-clf"), fit_on)
         cases = []
         for scale in scales:
             for name in ("minilm", "tiny-bert"):

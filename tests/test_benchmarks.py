@@ -113,6 +113,8 @@ def test_speed_memory_tiny(tmp_path):
     assert run["teacher"] == "tiny-bert" and run["scale"] == 2 and run["source"].endswith(".parquet")
     assert run["pool"] > 0 and run["peak_rss_mb"] >= run["rss_start_mb"] > 0
     assert {"ingest_s", "validate_s", "pseudo_label_s"} <= set(run)
+    # the pipeline's default path: a probe teacher, so the agree labeler ran its guard's folds
+    assert run["labeler"] == "agree" and run["guard_folds"] > 0 and run["guard_use_pool"] in (True, False)
 
 
 def test_speed_predict_tiny(tweets, tiny_models, tmp_path):
