@@ -283,8 +283,10 @@ class FixMatch(Probe):
         log({"epoch": 1, "train_loss": read["loss_s"], "val_macro_f1": report.val_macro_f1})
         report.seconds = time.perf_counter() - t0
         report.notes.append(f"fixmatch: {c.steps} steps, {len(lab_ids)} labelled rows, {len(pool_ids)} pool rows; "
-                            f"mean supervised loss {read['loss_s']:.3f}, consistency loss {read['loss_u']:.3f}, "
-                            + (f"mean SoftMatch weight of a pool row {read['mask']:.2f} (running confidence at the last step: "
+                            f"mean supervised loss {read['loss_s']:.3f}"
+                            + (" (no pool: the body finetuned on the labelled rows alone)" if not pool_ids else
+                               f", consistency loss {read['loss_u']:.3f}, ")
+                            + ("" if not pool_ids else f"mean SoftMatch weight of a pool row {read['mask']:.2f} (running confidence at the last step: "
                                f"mean {float(sm_mu):.2f}, sd {float(sm_var) ** 0.5:.2f})" if c.softmatch and pool_ids else
                                f"pool rows above their threshold {read['mask']:.2f}" + threshold_note(thresholds, label_names, c))
                             + (f"; weak-view targets from a mean teacher (EMA decay {c.teacher_ema:g})"

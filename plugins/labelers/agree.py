@@ -78,11 +78,12 @@ class AgreeConfig(PluginConfig):
 
 
 #: Similarities computed at once by the k-NN vote: query rows go in blocks of KNN_BLOCK_ENTRIES // L
-#: rows against the L labelled keys, so the vote holds ~16.8 M floats (256 MiB in float64 with the
-#: negated copy the partition needs) however large the pool. In one (N, L) matrix, a 35,000-row pool
+#: rows against the L labelled keys, so the vote holds ~4.2 M floats (64 MiB in float64 with the
+#: negated copy the partition needs) however large the pool; smaller blocks also ran faster than
+#: 16.8 M ones (cache-sized; 10.4 s against 12.0 s at 35,000 rows). In one (N, L) matrix, a 35,000-row pool
 #: against the ~28,000 rows labelled by round 5 peaked at 14.4 GiB, and a 100,000-row pool would need
 #: ~120 GiB (benchmarks/speed_agree.py).
-KNN_BLOCK_ENTRIES = 2**24
+KNN_BLOCK_ENTRIES = 2**22
 
 
 def knn_vote(query: np.ndarray, keys: np.ndarray, key_labels: np.ndarray, k: int, n_classes: int,
