@@ -229,7 +229,7 @@ def fit_and_score(method: str, options: dict, texts, y, labels, gold, pool, ev, 
 
 
 def student_scores(texts, y, labels, gold, pool, ev, seed: int, max_length: int, tuned: dict[str, dict],
-                   body: str | None = None) -> dict[str, dict]:
+                   body: str | None = None, fit_seed: int | None = None) -> dict[str, dict]:
     """The default recipe's pool step, then its student with a frozen or a finetuned body, on one draw.
 
     The probe (its defaults) is fitted on the gold rows; the agree labeler's guard and loop (its
@@ -239,7 +239,8 @@ def student_scores(texts, y, labels, gold, pool, ev, seed: int, max_length: int,
     pipeline's student stage fits them: ``agree-probe``, the probe (the product's frozen student,
     what ``make demo`` ships), and per entry of ``tuned`` (name -> fixmatch options) ``agree-<name>``,
     fixmatch on the same rows (its body finetuned on them; with ``mu`` > 0 also consistency on the
-    pool), then its probe head. Where the guard refuses the pool every student is the probe on the
+    pool), then its probe head (``fit_seed``: the tuned fits' classifier seed where it differs from the
+    draw's). Where the guard refuses the pool every student is the probe on the
     gold rows. Returns name -> {"macro_f1", "seconds", "kept", "pseudo_accuracy" (the kept rows'
     labels against their hidden ones: diagnostics), "notes"}."""
     from sklearn.metrics import f1_score
@@ -274,14 +275,15 @@ def student_scores(texts, y, labels, gold, pool, ev, seed: int, max_length: int,
         frozen = fit_probe(body, str(Path(tmp) / "probe"), labels, rows, seed, max_length)
         out["agree-probe"] = {"macro_f1": f1(frozen.predict_proba(etexts).argmax(1)), "seconds": time.perf_counter() - t0,
                               "kept": int(len(idx)), "pseudo_accuracy": acc, "notes": []}
-        ctx = RuntimeContext(seed=seed, cache_dir=str(io.cache_root() / "embeddings"))
+        ctx = RuntimeContext(seed=seed if fit_seed is None else fit_seed, cache_dir=str(io.cache_root() / "embeddings"))
         for name, opts in tuned.items():
             t0 = time.perf_counter()
             clf = FixMatch(FixMatch.Config(**opts), ctx, max_length, {})
             rep = clf.fit(body, labels, rows, [], np.zeros(0, np.int64), str(Path(tmp) / name))
             proba = clf.load(str(Path(tmp) / name), labels).predict_proba(etexts)  # (E, C)
             out[f"agree-{name}"] = {"macro_f1": f1(proba.argmax(1)), "seconds": time.perf_counter() - t0,
-                                    "kept": int(len(idx)), "pseudo_accuracy": acc, "notes": rep.notes, "options": opts}
+                                    "kept": int(len(idx)), "pseudo_accuracy": acc, "notes": rep.notes, "options": opts,
+                                    "fit_seed": ctx.seed}
     return out
 
 
@@ -354,6 +356,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="per draw, the default recipe's pool step and its student: the frozen probe (agree-probe) and, "
                          "per NAME=OPTIONS (a YAML mapping of fixmatch options, e.g. 'tuned={mu: 0}'), fixmatch fitted "
                          "on the same gold + pseudo-labelled rows (agree-NAME); see student_scores")
+    ap.add_argument("--student-fit-seed", type=int, default=0, metavar="OFFSET",
+                    help="with --students: the tuned students' classifier seed is the draw's + OFFSET, recorded as "
+                         "agree-NAME@OFFSET (the frozen student has no seed: it is recorded as always)")
     ap.add_argument("--extra-pool", type=int, default=0, metavar="N",
                     help="tweets: N more pool rows per draw from the tweets outside the draws' 8,000-row sample")
     ap.add_argument("--out", default=None)
@@ -439,9 +444,12 @@ def main(argv: list[str] | None = None) -> None:
 
                 if a.students is not None:
                     tuned = {n: yaml.safe_load(o) or {} for n, _, o in (item.partition("=") for item in a.students)}
-                    for name, rec in student_scores(texts, y, labels, gold, pool, ev, seed, MAX_LENGTH[ds], tuned).items():
-                        records.append({"dataset": ds, "k": k, "seed": seed, "method": name + pool_tag, **rec})
-                        log(f"  {ds} k={k} seed={seed} {name}{pool_tag}: {rec['macro_f1']:.3f} ({rec['seconds']:.0f} s, "
+                    off = a.student_fit_seed
+                    for name, rec in student_scores(texts, y, labels, gold, pool, ev, seed, MAX_LENGTH[ds], tuned,
+                                                    fit_seed=seed + off).items():
+                        name += pool_tag + (f"@{off}" if off and name != "agree-probe" else "")
+                        records.append({"dataset": ds, "k": k, "seed": seed, "method": name, **rec})
+                        log(f"  {ds} k={k} seed={seed} {name}: {rec['macro_f1']:.3f} ({rec['seconds']:.0f} s, "
                             f"{rec['kept']} kept, {rec['pseudo_accuracy']} right) {'; '.join(rec['notes'])}")
                 if not a.pretrained_only:
                     run_methods(suffix=pool_tag)

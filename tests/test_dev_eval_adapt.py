@@ -196,8 +196,8 @@ def test_student_scores_fit_frozen_and_tuned_students_on_the_loops_rows(tiny_bod
     monkeypatch.setattr(FixMatch, "fit", lambda self, init, labels, rows, *a, **kw: seen.append(rows) or fit(self, init, labels, rows, *a, **kw))
     monkeypatch.setattr(agree, "cv_guard", lambda *a, **kw: {"use_pool": True})
     out = D.student_scores(texts, y, ["a", "b"], gold, pool, ev, 0, 32, {"tuned": {"steps": 2, "batch_size": 4, "mu": 0}},
-                           body=tiny_body)
-    assert set(out) == {"agree-probe", "agree-tuned"}
+                           body=tiny_body, fit_seed=7)
+    assert set(out) == {"agree-probe", "agree-tuned"} and out["agree-tuned"]["fit_seed"] == 7
     kept = out["agree-probe"]["kept"]
     assert kept > 0 and out["agree-tuned"]["kept"] == kept
     (rows,) = seen
