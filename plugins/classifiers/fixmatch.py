@@ -282,13 +282,16 @@ class FixMatch(Probe):
                                                      labels=list(range(C)), zero_division=0))
         log({"epoch": 1, "train_loss": read["loss_s"], "val_macro_f1": report.val_macro_f1})
         report.seconds = time.perf_counter() - t0
+        if not pool_ids:
+            pool_note = " (no pool: the body finetuned on the labelled rows alone)"
+        elif c.softmatch:
+            pool_note = (f", consistency loss {read['loss_u']:.3f}, mean SoftMatch weight of a pool row {read['mask']:.2f} "
+                         f"(running confidence at the last step: mean {float(sm_mu):.2f}, sd {float(sm_var) ** 0.5:.2f})")
+        else:
+            pool_note = (f", consistency loss {read['loss_u']:.3f}, pool rows above their threshold {read['mask']:.2f}"
+                         + threshold_note(thresholds, label_names, c))
         report.notes.append(f"fixmatch: {c.steps} steps, {len(lab_ids)} labelled rows, {len(pool_ids)} pool rows; "
-                            f"mean supervised loss {read['loss_s']:.3f}"
-                            + (" (no pool: the body finetuned on the labelled rows alone)" if not pool_ids else
-                               f", consistency loss {read['loss_u']:.3f}, ")
-                            + ("" if not pool_ids else f"mean SoftMatch weight of a pool row {read['mask']:.2f} (running confidence at the last step: "
-                               f"mean {float(sm_mu):.2f}, sd {float(sm_var) ** 0.5:.2f})" if c.softmatch and pool_ids else
-                               f"pool rows above their threshold {read['mask']:.2f}" + threshold_note(thresholds, label_names, c))
+                            f"mean supervised loss {read['loss_s']:.3f}" + pool_note
                             + (f"; weak-view targets from a mean teacher (EMA decay {c.teacher_ema:g})"
                                + ("; the saved body is the teacher's" if c.keep_teacher else "") if teacher is not None else "")
                             + (f"; predictions blend the frozen probe at weight {c.frozen_weight:g}" if c.frozen_weight else ""))
