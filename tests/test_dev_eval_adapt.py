@@ -1,5 +1,6 @@
-"""benchmarks.dev_eval_adapt: the pretrained bodies, the readouts of a fixmatch fit it scores, and the
-summary it prints (benchmarks.dev_eval.summary)."""
+"""benchmarks.dev_eval_adapt (with dev_eval_bodies and dev_eval_students): the pretrained bodies,
+the readouts of a fixmatch fit it scores, the students, and the summary it prints
+(benchmarks.dev_eval.summary)."""
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ def test_dev_eval_adapt_pretrains_a_body_as_the_pretrain_stage_does(tweets, tiny
     saved where the classifier plugins load a body from; its weights moved."""
     from safetensors.numpy import load_file
 
-    from benchmarks.dev_eval_adapt import pretrain_body
+    from benchmarks.dev_eval_bodies import pretrain_body
 
     out = tmp_path / "body"
     res = pretrain_body(tweets[:64], "simcse", 32, 0, str(out), body=tiny_body, overrides={"batch_size": 16})
@@ -51,7 +52,8 @@ def test_variant_scores_reads_one_fixmatch_fit_four_more_ways(tiny_body, tmp_pat
     without the body the fit started from."""
     from sklearn.metrics import f1_score
 
-    from benchmarks.dev_eval_adapt import VARIANTS, variant_scores
+    from benchmarks.dev_eval_adapt import VARIANTS
+    from benchmarks.dev_eval_bodies import variant_scores
     from selftrain.plugins import LabeledRows, RuntimeContext, one_hot
     from selftrain.plugins.classifiers.fixmatch import FixMatch
     from selftrain.plugins.testing import SENTENCES, TOPIC_ROWS
@@ -182,7 +184,7 @@ def test_student_scores_fit_frozen_and_tuned_students_on_the_loops_rows(tiny_bod
     """--students: the agree loop's kept rows (its guard passing) become the training rows of both
     students; the tuned one is fixmatch on those same rows; a refusing guard leaves every student
     the probe on the gold rows."""
-    from benchmarks import dev_eval_adapt as D
+    from benchmarks import dev_eval_students as D
     from selftrain.plugins.classifiers.fixmatch import FixMatch
     from selftrain.plugins.labelers import agree
     from selftrain.plugins.testing import SENTENCES, TOPIC_ROWS
