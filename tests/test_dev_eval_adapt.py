@@ -210,3 +210,39 @@ def test_student_scores_fit_frozen_and_tuned_students_on_the_loops_rows(tiny_bod
     refused = D.student_scores(texts, y, ["a", "b"], gold, pool, ev, 0, 32, {"tuned": {"steps": 2}}, body=tiny_body)
     assert {r["kept"] for r in refused.values()} == {0} and len(seen) == 1
     assert refused["agree-tuned"]["macro_f1"] == refused["agree-probe"]["macro_f1"]
+
+
+def test_students_run_on_each_pretrained_body_and_pretrained_only_skips_the_checkpoint(monkeypatch, tmp_path):
+    """--students with --pretrain: the pool step and students run on the checkpoint (body None) and on
+    each pretrained body, recorded as agree-NAME+<objective> with the pretraining's record;
+    --pretrained-only leaves out the checkpoint's students."""
+    import json
+
+    from benchmarks import dev_eval_adapt as D
+
+    texts, y = [f"text {i}" for i in range(30)], np.repeat([0, 1, 2], 10)
+    monkeypatch.setattr(D, "load", lambda ds, sample=None: (texts, y, ["a", "b", "c"]))
+    monkeypatch.setattr(D, "eval_draw", lambda y_, ds, k, seed, n: (np.arange(3), np.arange(3, 20), np.arange(20, 30)))
+    monkeypatch.setattr(D, "pretrain_body", lambda seen, obj, ml, seed, out, overrides=None:
+                        {"steps": len(seen), "seconds": 1.0, "final_loss": 0.5})
+    bodies = []
+
+    def students(texts_, y_, labels, gold, pool, ev, seed, max_length, tuned, body=None, fit_seed=None):
+        bodies.append(body)
+        base = 0.5 if body is None else 0.6
+        return {f"agree-{n}": {"macro_f1": base + i / 10, "seconds": 0.0, "kept": 5, "pseudo_accuracy": 1.0, "notes": []}
+                for i, n in enumerate(["probe", *tuned])}
+    monkeypatch.setattr(D, "student_scores", students)
+    out = tmp_path / "r.json"
+    D.main(["--datasets", "tweets", "--seeds", "0", "--methods", "--students", "tuned={mu: 0}",
+            "--pretrain", "simcse", "--out", str(out)])
+    recs = {r["method"]: r for r in json.loads(out.read_text())["records"]}
+    assert set(recs) == {"agree-probe", "agree-tuned", "agree-probe+simcse", "agree-tuned+simcse"}
+    assert bodies[0] is None and bodies[1] is not None  # the checkpoint, then the pretrained body
+    assert recs["agree-tuned+simcse"]["macro_f1"] == pytest.approx(0.7) and recs["agree-tuned"]["macro_f1"] == pytest.approx(0.6)
+    assert recs["agree-tuned+simcse"]["pretrain"]["steps"] == 20 and "pretrain" not in recs["agree-tuned"]  # gold + pool seen
+    bodies.clear()
+    D.main(["--datasets", "tweets", "--seeds", "0", "--methods", "--students", "tuned={mu: 0}",
+            "--pretrain", "simcse", "--pretrained-only", "--out", str(out)])
+    assert {r["method"] for r in json.loads(out.read_text())["records"]} == {"agree-probe+simcse", "agree-tuned+simcse"}
+    assert len(bodies) == 1 and bodies[0] is not None
