@@ -30,13 +30,14 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-PLUGIN_API_VERSION = "1.5"
+PLUGIN_API_VERSION = "1.6"
 """Version of this API. Bumped in the major part on breaking changes (1.1 added the
 classifiers group and the embedding fields of :class:`LabelerInputs`; 1.2 added
 :attr:`RuntimeContext.compile_inference` and :mod:`selftrain.plugins.inference`; 1.3 added
 :attr:`LabeledRows.unlabeled` and :attr:`Classifier.uses_unlabeled`; 1.4 added
 :attr:`Labeler.guards_pool` and :attr:`Selection.pool_refused`; 1.5 added
-:attr:`Classifier.body_fits_labels` and :attr:`LabelerInputs.embeddings_fit_labels`)."""
+:attr:`Classifier.body_fits_labels` and :attr:`LabelerInputs.embeddings_fit_labels`; 1.6 added
+:meth:`TrainedClassifier.uncalibrated`)."""
 
 BackboneKind = Literal["encoder", "decoder"]
 
@@ -316,6 +317,13 @@ class TrainedClassifier(ABC):
         plugin whose head reads the embeddings (the probe) overrides it to encode once."""
         probs = self.predict_proba(texts, batch_size, progress=progress)
         return probs, (self.embed(texts, batch_size) if embeddings else None)
+
+    def uncalibrated(self) -> TrainedClassifier:
+        """The model as its head was fitted, without a temperature its plugin fitted on the
+        training rows for its users (the probe's ``calibrate``; API 1.6). Pseudo-labelling reads
+        this: the labelers' guards, quotas and drift stop were measured on those probabilities.
+        Default: the model itself."""
+        return self
 
 
 class Classifier(_Plugin):

@@ -362,7 +362,7 @@ def test_fixmatch_wise_alpha_saves_the_body_between_the_checkpoint_and_the_adapt
 
 def test_fixmatch_frozen_weight_blends_the_adapted_model_with_the_frozen_probe(tmp_path):
     """frozen_weight = 0.25 from the same seed: the saved model's probabilities are exactly 0.75 * the
-    frozen_weight = 0 model's + 0.25 * a plain probe's on the starting body, the embeddings are the
+    frozen_weight = 0 model's + 0.25 * a plain probe's (uncalibrated) on the starting body, the embeddings are the
     adapted body's, validation is scored on the blend, and a dir without its frozen_core/ is refused."""
     import shutil
 
@@ -376,7 +376,7 @@ def test_fixmatch_frozen_weight_blends_the_adapted_model_with_the_frozen_probe(t
         clf = FixMatch(FixMatch.Config(steps=3, batch_size=4, mu=2, lr=1e-3, frozen_weight=w), RuntimeContext(seed=0), 32)
         rep = clf.fit(body, ["a", "b"], rows, texts[:4], y[:4], str(tmp_path / f"m{w}"))
         fits[w] = (clf.load(str(tmp_path / f"m{w}"), ["a", "b"]), rep)
-    probe = Probe(Probe.Config(), RuntimeContext(seed=0), 32)
+    probe = Probe(Probe.Config(calibrate=False), RuntimeContext(seed=0), 32)  # the blend mixes heads as fitted
     probe.fit(body, ["a", "b"], rows, [], np.zeros(0, np.int64), str(tmp_path / "p"))
     p_frozen = probe.load(str(tmp_path / "p"), ["a", "b"]).predict_proba(texts)  # (12, 2)
     adapted, blend = fits[0.0][0], fits[0.25][0]

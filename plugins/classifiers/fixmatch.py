@@ -271,7 +271,9 @@ class FixMatch(Probe):
         report = super().fit(str(tuned), label_names, train, val_texts, val_labels, out_dir, max_epochs, log=lambda r: None)
         shutil.rmtree(tuned, ignore_errors=True)
         if c.frozen_weight > 0:  # the supervised core beside it: a plain probe on the body the fit started from
-            frozen = Probe(ProbeConfig(**{f: getattr(c, f) for f in ProbeConfig.model_fields}), self.ctx, self.max_length)
+            # calibrate off: the blend mixes the two heads as fitted (the adapted one has no temperature either)
+            frozen = Probe(ProbeConfig(**{**{f: getattr(c, f) for f in ProbeConfig.model_fields}, "calibrate": False}),
+                           self.ctx, self.max_length)
             frozen.fit(init_dir, label_names, train, [], np.zeros(0, np.int64), str(Path(out_dir) / FROZEN_DIR))
             if len(val_texts):  # the validation score is the saved model's, the ensemble's
                 from sklearn.metrics import f1_score

@@ -18,7 +18,8 @@ Saved layout (loads with plain transformers + safetensors; with ``extra_layer: n
 sentence-transformers; the model card has the snippet)::
 
     <dir>/            the body: config.json, model.safetensors, tokenizer, modules.json, 1_Pooling/
-    <dir>/head.safetensors           weight (C, F), bias (C,): logits = features @ weight.T + bias
+    <dir>/head.safetensors           weight (C, F), bias (C,): logits = features @ weight.T + bias (calibrated:
+                                     the temperature folded in); raw_weight, raw_bias: the head as fitted
     <dir>/selftrain_classifier.json  {"classifier": "probe", "labels": [...], "pooling": {...},
                                       "extra_layer": 3 | null, "features": "...", ...}
 """
@@ -36,6 +37,7 @@ import numpy as np
 from pydantic import Field
 
 from selftrain.plugins import Classifier, FitReport, LabeledRows, PluginConfig, TrainedClassifier
+from selftrain.plugins.classifiers.calibration import cv_temperature
 from selftrain.plugins.classifiers.embed import Embedder, resolve_layer
 
 HEAD_FILE, META_FILE = "head.safetensors", "selftrain_classifier.json"
@@ -56,6 +58,11 @@ class ProbeConfig(PluginConfig):
         "weight 1: the declared label set carries meaning a sentence encoder understands (zero-shot). Names without "
         "a letter (e.g. '0', '1') are never used. Measured: +0.018 (BBC) / +0.011 (tweets) macro-F1 at 4 labels per "
         "class, within +-0.001 from 16 on (dev-eval, 5 seeds). No labelled example is added: k is unchanged.")
+    calibrate: bool = Field(
+        True, description="Temperature-scale the head (one scalar T folded into its weights: the predicted class never "
+        "changes) so that its probabilities are calibrated: T is fitted on out-of-fold logits of the training rows "
+        "themselves (5 folds, stratified; calibration.py). Frozen bodies only (a plugin whose body trains on the rows "
+        "keeps T = 1). Measured on the demo's final model: expected calibration error 0.21 -> 0.03 on test.")
 
 
 def name_rows(label_names: list[str]) -> tuple[list[str], list[int]]:
@@ -110,8 +117,16 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 class TrainedProbe(TrainedClassifier):
-    def __init__(self, model_dir: str, label_names: list[str], embedder: Embedder, W: np.ndarray, b: np.ndarray):
+    def __init__(self, model_dir: str, label_names: list[str], embedder: Embedder, W: np.ndarray, b: np.ndarray,
+                 raw: tuple[np.ndarray, np.ndarray] | None = None):
         self.model_dir, self.label_names, self.embedder, self.W, self.b = model_dir, label_names, embedder, W, b
+        self.raw = raw  # the head before its temperature (calibrate), as fitted: (C, F), (C,)
+
+    def uncalibrated(self) -> TrainedProbe:
+        """The same body with the head as fitted (bit for bit), before the temperature folded into it."""
+        if self.raw is None:
+            return self
+        return TrainedProbe(self.model_dir, self.label_names, self.embedder, *self.raw)
 
     def embed(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
         return self.embedder(texts, batch_size)
@@ -157,8 +172,23 @@ class Probe(Classifier):
         else:
             hx, ht, hw = x, targets, weights
         W, b = fit_head(hx, ht, hw, len(label_names), self.config.C, self.config.max_iter)
-        self.save(init_dir, out_dir, label_names, W, b, emb.pooling, emb.extra_layer, names)
         notes = []
+        raw_W, raw_b, temperature = W, b, 1.0
+        if self.config.calibrate and not self.body_fits_labels:
+            n = len(x)  # the label-name rows stay in every fold's training part
+
+            def fit_rows(idx):
+                return fit_head(np.vstack([x[idx], hx[n:]]), np.vstack([targets[idx], ht[n:]]),
+                                np.concatenate([weights[idx], hw[n:]]), len(label_names), self.config.C,
+                                self.config.max_iter)
+            t, folds = cv_temperature(fit_rows, x, targets, weights, self.ctx.seed)
+            if t is None:
+                notes.append("not temperature-scaled: a class has a single training row, nothing to hold out")
+            else:
+                temperature = t
+                W, b = W / t, b / t  # (C, F), (C,): logits / T, folded into the head
+        self.save(init_dir, out_dir, label_names, W, b, emb.pooling, emb.extra_layer, names, temperature,
+                  raw=(raw_W, raw_b) if temperature != 1.0 else None)
         gold_pred = (x[: train.n_gold] @ W.T + b).argmax(1)
         if train.n_gold and len(np.unique(gold_pred)) == 1 and len(np.unique(targets[: train.n_gold].argmax(1))) > 1:
             notes.append("the probe predicts one class for every gold training row: collapsed")
@@ -171,15 +201,18 @@ class Probe(Classifier):
             pred = p.argmax(1).tolist()
             f1 = float(f1_score(val_labels, pred, average="macro", labels=list(range(len(label_names))), zero_division=0))
             loss = float(-np.log(np.clip(p[np.arange(len(val_labels)), val_labels], 1e-12, 1)).mean())
-        p_tr = softmax(x @ W.T + b)  # (N, C): the weighted soft cross-entropy the head minimised (without L2)
+        p_tr = softmax(x @ raw_W.T + raw_b)  # (N, C): the weighted soft cross-entropy the head minimised (without L2)
         w = np.asarray(train.weights, np.float64)
         train_loss = float(-(w * (targets * np.log(np.clip(p_tr, 1e-12, 1))).sum(1)).sum() / max(w.sum(), 1e-12))
         log({"epoch": 1, "train_loss": train_loss, "val_macro_f1": f1})
         return FitReport(val_macro_f1=f1, val_loss=loss, val_pred=pred, best_epoch=1, epochs_run=1,
-                         seconds=time.perf_counter() - t0, notes=notes)
+                         seconds=time.perf_counter() - t0, temperature=temperature, notes=notes)
 
     def save(self, body: str, out_dir: str, label_names, W, b, pooling: dict, extra_layer: int | None = None,
-             name_texts: list[str] = ()) -> None:
+             name_texts: list[str] = (), temperature: float = 1.0,
+             raw: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """``W``, ``b``: the head users read (its temperature folded in); ``raw``: the head as fitted, kept
+        beside it (``raw_weight``, ``raw_bias``) for pseudo-labelling (``TrainedProbe.uncalibrated``)."""
         from safetensors.numpy import save_file
 
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -203,9 +236,13 @@ class Probe(Classifier):
                 (Path(out_dir) / "2_Normalize").mkdir(exist_ok=True)
                 mods.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
             (Path(out_dir) / "modules.json").write_text(json.dumps(mods, indent=2))
-        save_file({"weight": W.astype(np.float32), "bias": b.astype(np.float32)}, str(Path(out_dir) / HEAD_FILE))
+        head = {"weight": W.astype(np.float32), "bias": b.astype(np.float32)}
+        if raw is not None:
+            head |= {"raw_weight": raw[0].astype(np.float32), "raw_bias": raw[1].astype(np.float32)}
+        save_file(head, str(Path(out_dir) / HEAD_FILE))
         meta = {"classifier": "probe", "labels": list(label_names), "pooling": pooling, "max_length": self.max_length,
                 "C": self.config.C, "extra_layer": extra_layer, "label_name_rows": list(name_texts),
+                "temperature": temperature,  # already folded into head.safetensors (logits = raw logits / T)
                 "features": "embedding" if extra_layer is None else
                 f"concat(l2(embedding), l2(mean_pool(hidden_states[{extra_layer}]))) / sqrt(2)", **self.meta()}
         (Path(out_dir) / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -226,4 +263,5 @@ class Probe(Classifier):
         head = load_file(str(Path(model_dir) / HEAD_FILE))
         return TrainedProbe(model_dir, list(label_names),
                             Embedder(model_dir, self.max_length, self.ctx, meta.get("extra_layer")),
-                            head["weight"], head["bias"])
+                            head["weight"], head["bias"],
+                            (head["raw_weight"], head["raw_bias"]) if "raw_weight" in head else None)

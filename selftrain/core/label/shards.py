@@ -114,7 +114,7 @@ def score_job(cfg: PipelineConfig, job: dict, threads: int | None = None) -> dic
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     df = io.read_parquet(job["shard"])
-    model = load_model(cfg, job["model"], job["labels"])
+    model = load_model(cfg, job["model"], job["labels"]).uncalibrated()  # as the pseudo-label stage reads it
     t1 = time.perf_counter()
     probs, emb = model.score(df["text"].astype(str).tolist(), cfg.pseudo_label.batch_size, embeddings=job["embeddings"])
     tensors = {"probs": np.ascontiguousarray(probs, np.float32), "pool_index": df["pool_index"].to_numpy(np.int64)}

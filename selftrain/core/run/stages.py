@@ -278,7 +278,9 @@ def pseudo_label_stage(cfg: PipelineConfig, clean: str, teacher: str, round_: in
     probs, val_probs, temps, pool_emb, train_emb = 0.0, np.zeros((len(val_y), len(labels))), [], None, None
     fit_labels = False  # the teacher's body trained on the gold rows: its embeddings of them are not held out
     for i, uri in enumerate(members):  # each member calibrated on validation on its own, then averaged
-        model = load_trained(cfg, uri, labels)
+        # the head as fitted, without the temperature a probe folds in for its users: the labelers' guards,
+        # quotas and drift stop were measured on it (dev-eval session 25: the calibrated teacher -0.001 / -0.002)
+        model = load_trained(cfg, uri, labels).uncalibrated()
         want_emb = i == 0 and lcls.needs_embeddings  # the teacher's own sentence embeddings
         if scores is not None and uri in scores:
             from selftrain.core.label.shards import merge
