@@ -14,7 +14,8 @@ with the labeler's guard, students, evaluate), and its ``metrics.json`` is read:
 trained is scored on the dev-eval rows (the run's "test"). The product's test split plays no part,
 so a recipe can be chosen here.
 
-Records (per draw): ``<name>`` is the run's final model, ``<name>-<model>`` each model it trained
+Records (per draw, each with its dev-eval macro-F1 and expected calibration error ``ece``): ``<name>`` is
+the run's final model, ``<name>-<model>`` each model it trained
 (``<name>-baseline``, its supervised core; ``teacher``, ``student-1`` ...), the final one included;
 with ``final``, the core chosen and the pseudo-label rounds (rows kept; their accuracy against the
 pool's hidden labels, diagnostics only). ``--setfit-peer``: SetFit at its own defaults
@@ -85,7 +86,8 @@ def run_draw(config: str, overrides: list[str], frame, run_dir: Path, seed: int,
     seconds = time.perf_counter() - t0
     metrics = json.loads(Path(cfg.run_dir, "metrics.json").read_text())
     rounds = pseudo_label_rounds(cfg.run_dir, metrics, truth)
-    return {"scores": {m: float(v["macro_f1"]) for m, v in metrics["models"].items()}, "final": metrics["final"],
+    return {"scores": {m: float(v["macro_f1"]) for m, v in metrics["models"].items()},
+            "ece": {m: v.get("ece") for m, v in metrics["models"].items()}, "final": metrics["final"],
             "baseline": metrics.get("baseline", "baseline"), "core": (metrics.get("core") or {}).get("chosen"),
             "rounds": rounds, "notes": metrics.get("notes", []), "seconds": seconds,
             "run_dir": cfg.run_dir, "clean": str(Path(cfg.run_dir) / "data" / "clean.parquet"), "max_length": cfg.model.max_length}
@@ -127,10 +129,10 @@ def main(argv: list[str] | None = None) -> None:
                     r = run_draw(a.config, [f"data.labels_per_class={k}", *a.set], frame, Path(tmp), seed, truth)
                     info = {"final": r["final"], "core": r["core"], "rounds": r["rounds"], "seconds": r["seconds"],
                             "overrides": a.set}
-                    records.append({**base, "method": name, "macro_f1": r["scores"][r["final"]], **info,
-                                    "notes": r["notes"]})
+                    records.append({**base, "method": name, "macro_f1": r["scores"][r["final"]],
+                                    "ece": r["ece"][r["final"]], **info, "notes": r["notes"]})
                     for m, f1 in r["scores"].items():  # every model, the final one too: <name>-baseline always exists
-                        records.append({**base, "method": f"{name}-{m}", "macro_f1": f1})
+                        records.append({**base, "method": f"{name}-{m}", "macro_f1": f1, "ece": r["ece"][m]})
                     log(f"  {ds} k={k} seed={seed} {name}: final {r['final']} {r['scores'][r['final']]:.3f} "
                         f"({r['seconds']:.0f} s; core {r['core']}); " + ", ".join(f"{m} {v:.3f}" for m, v in r["scores"].items())
                         + "".join(f"; round {p['round']}: {p['kept']} kept, {p['accuracy_vs_hidden']}" for p in r["rounds"]))

@@ -54,6 +54,7 @@ def test_run_draw_scores_every_model_of_the_run_on_the_dev_eval_rows(bbc, tmp_pa
     r = run_draw(str(TINY), over, frame, tmp_path / "a", 1, truth)
     assert r["final"] == "student-1" and set(r["scores"]) == {"baseline", "student-1"}
     assert all(0.0 <= v <= 1.0 for v in r["scores"].values())
+    assert set(r["ece"]) == set(r["scores"]) and all(0.0 <= v <= 1.0 for v in r["ece"].values())  # calibration, per model
     clean = pd.read_parquet(r["clean"])
     test = clean[clean["split"] == "test"]
     assert 0 < len(test) <= len(ev) and set(test["text"]) <= {texts[i] for i in ev}
