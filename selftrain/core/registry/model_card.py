@@ -26,6 +26,7 @@ PROBE_SNIPPET = (
     "    emb = torch.cat([emb, mean(hs[meta[\"extra_layer\"]])], -1) / 2 ** 0.5  # (N, 2H)\n"
     "head = load_file(f\"{path}/head.safetensors\")\n"
     "logits = emb.numpy() @ head[\"weight\"].T + head[\"bias\"]  # (N, C); classes: meta[\"labels\"]\n"
+    "# softmax(logits) is calibrated: the temperature meta[\"temperature\"] is already folded into the head\n"
     "# trained with extra_layer: null -> SentenceTransformer(path).encode(texts) gives emb\n")
 FINETUNE_SNIPPET = (
     "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
