@@ -78,11 +78,12 @@ def test_the_pipeline_scores_in_shards_when_pool_workers_is_set(tiny_config):
 
 
 def _reference(cfg, clean, teacher, labels):
-    """Probabilities and embeddings of the pool, scored in this process in one piece."""
+    """Probabilities and embeddings of the pool, scored in this process in one piece, as the pseudo-label
+    stage reads the teacher (its head as fitted: ``uncalibrated()``)."""
     from selftrain.core.train.classifiers import load_trained
 
     pool = pd.concat([rb.to_pandas() for rb in clean_io.scan_clean(clean, ["text"], unlabeled=True)])
-    return load_trained(cfg, teacher, labels).score(pool["text"].astype(str).tolist(), embeddings=True)
+    return load_trained(cfg, teacher, labels).uncalibrated().score(pool["text"].astype(str).tolist(), embeddings=True)
 
 
 @pytest.mark.slow
