@@ -181,7 +181,7 @@ class Probe(Classifier):
                 return fit_head(np.vstack([x[idx], hx[n:]]), np.vstack([targets[idx], ht[n:]]),
                                 np.concatenate([weights[idx], hw[n:]]), len(label_names), self.config.C,
                                 self.config.max_iter)
-            t, folds = cv_temperature(fit_rows, x, targets, weights, self.ctx.seed)
+            t, _ = cv_temperature(fit_rows, x, targets, weights, self.ctx.seed)  # (T, folds used)
             if t is None:
                 notes.append("not temperature-scaled: a class has a single training row, nothing to hold out")
             else:
