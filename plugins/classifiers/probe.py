@@ -62,7 +62,8 @@ class ProbeConfig(PluginConfig):
         True, description="Temperature-scale the head (one scalar T folded into its weights: the predicted class never "
         "changes) so that its probabilities are calibrated: T is fitted on out-of-fold logits of the training rows "
         "themselves (5 folds, stratified; calibration.py). Frozen bodies only (a plugin whose body trains on the rows "
-        "keeps T = 1). Measured on the demo's final model: expected calibration error 0.21 -> 0.03 on test.")
+        "keeps T = 1). Pseudo-labelling reads the head as fitted. Measured (dev-eval, 5 draws): expected calibration error "
+        "0.205 -> 0.030 (BBC k = 4, final model), 0.161 -> 0.097 (tweets k = 16); every prediction unchanged.")
 
 
 def name_rows(label_names: list[str]) -> tuple[list[str], list[int]]:
