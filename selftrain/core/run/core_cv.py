@@ -52,15 +52,10 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
     """The temperature T that minimises the log-loss of softmax(log p / T) over the rows of (N, C)
     ``probs`` with labels (N,) ``y``: temperature scaling (Guo et al. 2017, "On Calibration of Modern
     Neural Networks"). One parameter, so it changes how sharp a core is, never which class it picks."""
-    from scipy.optimize import minimize_scalar
+    from selftrain.plugins.classifiers.calibration import fit_soft_temperature
 
-    logp = np.log(np.clip(probs, 1e-12, None))  # (N, C)
-
-    def nll(log_t: float) -> float:
-        lp = _log_softmax(logp / np.exp(log_t))
-        return float(-lp[np.arange(len(y)), y].mean())
-
-    return float(np.exp(minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded").x))
+    logp = np.log(np.clip(probs, 1e-12, None))  # (N, C): logits up to a per-row constant
+    return fit_soft_temperature(logp, one_hot(np.asarray(y), probs.shape[1]), np.ones(len(y)))
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
