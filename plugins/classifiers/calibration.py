@@ -27,6 +27,12 @@ import numpy as np
 FOLDS = 5
 
 
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """(N, C) logits -> (N, C) log-probabilities, stable (the row max subtracted first)."""
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
 def fit_soft_temperature(logits: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> float:
     """(N, C) logits, (N, C) target distributions, (N,) weights -> T in [e^-4, e^4] minimising the
     weighted soft cross-entropy of softmax(logits / T)."""
@@ -36,9 +42,7 @@ def fit_soft_temperature(logits: np.ndarray, targets: np.ndarray, weights: np.nd
     t = np.asarray(targets, np.float64)
 
     def nll(log_t: float) -> float:
-        z = logits / np.exp(log_t)
-        z = z - z.max(1, keepdims=True)
-        log_p = z - np.log(np.exp(z).sum(1, keepdims=True))  # (N, C)
+        log_p = log_softmax(logits / np.exp(log_t))  # (N, C)
         return float(-(w * (t * log_p).sum(1)).sum())
 
     return float(np.exp(minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded").x))

@@ -27,6 +27,7 @@ from selftrain.core.common import io
 from selftrain.core.run.stages import _gold, _pool_texts, backbone, label_names
 from selftrain.core.train.classifiers import classifier
 from selftrain.plugins import LabeledRows, one_hot
+from selftrain.plugins.classifiers.calibration import fit_soft_temperature, log_softmax
 
 
 def fold_indices(y: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
@@ -52,15 +53,8 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
     """The temperature T that minimises the log-loss of softmax(log p / T) over the rows of (N, C)
     ``probs`` with labels (N,) ``y``: temperature scaling (Guo et al. 2017, "On Calibration of Modern
     Neural Networks"). One parameter, so it changes how sharp a core is, never which class it picks."""
-    from selftrain.plugins.classifiers.calibration import fit_soft_temperature
-
     logp = np.log(np.clip(probs, 1e-12, None))  # (N, C): logits up to a per-row constant
     return fit_soft_temperature(logp, one_hot(np.asarray(y), probs.shape[1]), np.ones(len(y)))
-
-
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    return z - np.log(np.exp(z).sum(1, keepdims=True))
 
 
 def temperature_scaled(probs: np.ndarray, y: np.ndarray, held: list[np.ndarray]) -> np.ndarray:
@@ -73,7 +67,7 @@ def temperature_scaled(probs: np.ndarray, y: np.ndarray, held: list[np.ndarray])
     for h in held:
         rest = np.setdiff1d(np.arange(len(y)), h)
         t = fit_temperature(probs[rest], y[rest])
-        out[h] = np.exp(_log_softmax(np.log(np.clip(probs[h], 1e-12, None)) / t))
+        out[h] = np.exp(log_softmax(np.log(np.clip(probs[h], 1e-12, None)) / t))
     return out
 
 
