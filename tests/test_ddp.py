@@ -88,3 +88,43 @@ def test_a_failed_launch_reports_the_ranks_error_lines_not_only_torchruns_summar
     assert "RuntimeError: Connection closed by peer" in text and "what():  [enforce fail]" in text
     assert "noise" not in text and text.endswith("torchrun summary line 29")
     assert _failure_text("\n".join(summary)) == "\n".join(summary[-25:])  # nothing to pick: the tail alone
+
+
+def _job(tmp_path: Path, result: dict | None, done: list[int]) -> Path:
+    if result is not None:
+        (tmp_path / "result.json").write_text(json.dumps(result))
+    for r in done:
+        (tmp_path / f"done-{r}").write_text("ok")
+    (tmp_path / "stderr.log").write_text("terminate called without an active exception\n" + "summary\n" * 30)
+    return tmp_path
+
+
+def test_a_teardown_crash_after_every_rank_finished_keeps_the_run_and_logs_it(tmp_path):
+    """CI once saw rank 1 abort in gloo's teardown after step 6/6: the run was whole, torchrun exited 1."""
+    from selftrain.core.train.ddp import _read_outcome
+
+    res = {"steps": 6, "final_loss": 1.5}
+    logged: list[dict] = []
+    assert _read_outcome(_job(tmp_path, res, [0, 1]), 2, 1, logged.append) == res
+    assert [r["event"] for r in logged] == ["ddp_teardown_crash"] and logged[0]["exit"] == 1
+    assert "terminate called" in logged[0]["detail"]
+    logged.clear()
+    assert _read_outcome(tmp_path, 2, 0, logged.append) == res and logged == []  # a clean exit logs nothing
+
+
+def test_a_crash_before_every_rank_finished_fails_the_run(tmp_path):
+    from selftrain.core.train.ddp import _read_outcome
+
+    with pytest.raises(RuntimeError, match=r"(?s)2 processes failed \(exit 1\).*terminate called"):
+        _read_outcome(_job(tmp_path, {"steps": 6}, [0]), 2, 1, lambda rec: None)  # rank 1 never got past the barrier
+    with pytest.raises(RuntimeError, match="failed"):
+        _read_outcome(_job(_fresh(tmp_path), None, [0, 1]), 2, 0, lambda rec: None)  # no result at all
+    with pytest.raises(InterruptedError, match="stopped after step 3"):
+        _read_outcome(_job(_fresh(tmp_path), {"error": "InterruptedError", "message": "stopped after step 3"}, []),
+                      2, 1, lambda rec: None)
+
+
+def _fresh(tmp_path: Path) -> Path:
+    d = tmp_path / f"job{len(list(tmp_path.iterdir()))}"
+    d.mkdir()
+    return d

@@ -81,15 +81,29 @@ def pretrain_ddp(texts: list[str], model_dir: str, kind: str, objective_cls: typ
                     log(json.loads(line[len(LOG_PREFIX):]))
                 else:
                     sys.stdout.write(line)
-        out = job / "result.json"
-        res = json.loads(out.read_text()) if out.exists() else None
-        if res is not None and "error" in res:
-            cls = _ERRORS.get(res["error"])
-            raise cls(res["message"]) if cls else RuntimeError(f"{res['error']} in a rank: {res['message']}")
-        if proc.returncode != 0 or res is None:
-            raise RuntimeError(f"torchrun with {n} processes failed (exit {proc.returncode}):\n"
-                               + _failure_text((job / "stderr.log").read_text()))
+        res = _read_outcome(job, n, proc.returncode, log)
         return PretrainResult(**res)
+
+
+def _read_outcome(job: Path, n: int, returncode: int, log: Callable[[dict], None]) -> dict:
+    """Rank 0's result from ``job``, or the error the ranks met, raised as the stage would.
+
+    torchrun's exit code alone is not the verdict: a rank can abort in gloo's teardown after
+    every rank passed the final barrier and wrote ``done-<rank>`` (the model and result are
+    then whole). That crash is logged, not raised; without the markers a non-zero exit fails."""
+    out = job / "result.json"
+    res = json.loads(out.read_text()) if out.exists() else None
+    if res is not None and "error" in res:
+        cls = _ERRORS.get(res["error"])
+        raise cls(res["message"]) if cls else RuntimeError(f"{res['error']} in a rank: {res['message']}")
+    finished = all((job / f"done-{r}").exists() for r in range(n))
+    if res is None or (returncode != 0 and not finished):
+        raise RuntimeError(f"torchrun with {n} processes failed (exit {returncode}):\n"
+                           + _failure_text((job / "stderr.log").read_text()))
+    if returncode != 0:
+        log({"event": "ddp_teardown_crash", "exit": returncode,
+             "detail": _failure_text((job / "stderr.log").read_text(), tail=3)})
+    return res
 
 
 def _failure_text(stderr: str, tail: int = 25) -> str:
@@ -104,12 +118,22 @@ def _failure_text(stderr: str, tail: int = 25) -> str:
     return "\n".join(head + lines[-tail:])
 
 
-def _finish() -> None:
-    """Wait for every rank, then leave the group: a rank that tore down gloo while rank 0 was
-    still writing the model could abort (SIGABRT in a gloo thread), failing a finished run."""
+def _finish(job_path: Path, rank: int) -> None:
+    """Wait for every rank, mark this one done, leave the group and exit without the
+    interpreter's finalisation.
+
+    A rank that tore down gloo while rank 0 was still writing the model could abort (SIGABRT
+    in a gloo thread); even after the barrier, gloo's threads can abort a rank while the
+    process group is destroyed or the interpreter finalises ("terminate called without an
+    active exception", seen once in CI after a finished run). The ``done-<rank>`` markers,
+    written after the barrier, let the parent tell such a teardown crash from a failed run."""
     if torch.distributed.get_world_size() > 1:
         torch.distributed.barrier()
+    (job_path / f"done-{rank}").write_text("ok")
     torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # nothing left to run; skip finalisation, where leftover gloo threads abort
 
 
 def _rank_main(job_dir: str) -> None:
@@ -147,11 +171,10 @@ def _rank_main(job_dir: str) -> None:
             (job_path / "result.json").write_text(json.dumps(out))
         if out["error"] not in _ERRORS:
             raise
-        _finish()
-        return
+        _finish(job_path, rank)  # exits
     if rank == 0:
         (job_path / "result.json").write_text(json.dumps(out))
-    _finish()
+    _finish(job_path, rank)
 
 
 if __name__ == "__main__":
