@@ -120,3 +120,19 @@ def test_uncalibrated_gives_the_head_as_fitted_and_pseudo_labelling_reads_it(tin
     np.testing.assert_array_equal(probs["cal"][1], probs["raw"][0])  # uncalibrated() = the head as fitted, bit for bit
     assert not np.allclose(probs["cal"][0], probs["raw"][0], atol=1e-4)  # what users read: the calibrated head
     assert (probs["cal"][0].argmax(1) == probs["raw"][0].argmax(1)).all()
+
+
+def test_the_adapt_check_scores_the_probe_as_fitted(tmp_path):
+    """core_cv.cv_probs reads ``uncalibrated()``: the probe's held-out probabilities are the same with
+    calibrate on and off, so the check's raw log_loss metric never compares a calibrated probe with an
+    uncalibrated adapted core."""
+    from selftrain.core.run.core_cv import cv_probs, fold_indices
+
+    body = TinyBert(TinyBert.Config()).materialize(SENTENCES, str(tmp_path / "body"), seed=0)
+    texts, y = [t for t, _ in TOPIC_ROWS], np.array([c for _, c in TOPIC_ROWS])
+    held = fold_indices(y, 3, seed=0)
+    probs = {name: cv_probs(lambda: Probe(Probe.Config(**opts), RuntimeContext(seed=0), 32), body, ["a", "b"],
+                            texts, y, None, held)
+             for name, opts in (("on", {}), ("off", {"calibrate": False}))}
+    assert probs["on"].shape == (len(y), 2) and np.isfinite(probs["on"]).all()
+    np.testing.assert_array_equal(probs["on"], probs["off"])

@@ -75,7 +75,8 @@ def cv_probs(make, init_dir: str, labels: list[str], texts: list[str], y: np.nda
              held: list[np.ndarray], epochs: int | None = None) -> np.ndarray:
     """(N, C) held-out probabilities of the gold rows: for each fold, ``make()`` (a fresh classifier
     plugin) is fitted from ``init_dir`` on the other folds' rows (+ ``pool`` for a plugin that
-    ``uses_unlabeled``, as the finetune stage hands it) and scores the fold's rows."""
+    ``uses_unlabeled``, as the finetune stage hands it) and scores the fold's rows with its head
+    as fitted (``uncalibrated()``: the check's metric does its own temperature scaling)."""
     probs = np.zeros((len(y), len(labels)), np.float32)
     for out in held:
         train_idx = np.setdiff1d(np.arange(len(y)), out)
@@ -85,7 +86,9 @@ def cv_probs(make, init_dir: str, labels: list[str], texts: list[str], y: np.nda
                            unlabeled=pool if getattr(clf, "uses_unlabeled", False) else None)
         with tempfile.TemporaryDirectory(prefix="selftrain-cv-") as tmp:
             clf.fit(init_dir, labels, rows, [], np.zeros(0, np.int64), tmp, epochs)
-            probs[out] = clf.load(tmp, labels).predict_proba([texts[i] for i in out])
+            # uncalibrated(): both cores as fitted (the probe's own temperature would hand the raw
+            # log_loss metric a calibrated probe against an uncalibrated adapted core)
+            probs[out] = clf.load(tmp, labels).uncalibrated().predict_proba([texts[i] for i in out])
     return probs
 
 
