@@ -38,11 +38,18 @@ from benchmarks.common import log
 PEER_METHODS = ("probe", "setfit", "setfit-5it", "tfidf+logreg", "self-training", "label-spreading")
 
 
-def _metrics(y_true, y_pred, n_classes: int) -> dict:
+def _metrics(y_true, y_pred, n_classes: int, proba: np.ndarray | None = None) -> dict:
+    """accuracy and macro-F1 of (N,) predictions; with the (N, C) probabilities behind them, also
+    ``ece`` (selftrain's own 15-bin expected calibration error, as metrics.json reports it)."""
     from sklearn.metrics import accuracy_score, f1_score
 
-    return {"accuracy": float(accuracy_score(y_true, y_pred)),
-            "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=list(range(n_classes)), zero_division=0))}
+    from selftrain.core.run.evaluate import expected_calibration_error
+
+    out = {"accuracy": float(accuracy_score(y_true, y_pred)),
+           "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=list(range(n_classes)), zero_division=0))}
+    if proba is not None:
+        out["ece"] = expected_calibration_error(np.asarray(proba, np.float64), np.asarray(y_true))
+    return out
 
 
 def splits_of(df, labels: list[str]) -> dict:
@@ -90,7 +97,7 @@ def peer_methods(df, labels: list[str], seed: int = 0, svd_dim: int = 100, n_nei
         if best is None or f1 > best[0]:
             best = (f1, c, lr)
     _, c_best, lr = best
-    out["tfidf+logreg"] = {**_metrics(s["test_y"], lr.predict(Xte), C), "C": c_best,
+    out["tfidf+logreg"] = {**_metrics(s["test_y"], lr.predict(Xte), C, lr.predict_proba(Xte)), "C": c_best,
                            "seconds": time.perf_counter() - t0}
 
     # self-training over the pool
@@ -111,7 +118,7 @@ def peer_methods(df, labels: list[str], seed: int = 0, svd_dim: int = 100, n_nei
                 best_st = (f1, c, th, st)
     _, c_st, th_st, st = best_st
     added = int((st.labeled_iter_ > 0).sum())
-    out["self-training"] = {**_metrics(s["test_y"], st.predict(Xte), C), "C": c_st, "threshold": th_st,
+    out["self-training"] = {**_metrics(s["test_y"], st.predict(Xte), C, st.predict_proba(Xte)), "C": c_st, "threshold": th_st,
                             "pseudo_labeled": added, "iterations": int(st.n_iter_),
                             "seconds": time.perf_counter() - t0}
 
@@ -130,7 +137,9 @@ def peer_methods(df, labels: list[str], seed: int = 0, svd_dim: int = 100, n_nei
     unreached = ~np.isfinite(proba).all(1) | (np.nan_to_num(proba).sum(1) == 0)
     pred = np.nan_to_num(proba).argmax(1)
     pred[unreached] = np.bincount(s["train_y"], minlength=C).argmax()
-    out["label-spreading"] = {**_metrics(s["test_y"], pred, C), "svd_dim": dim, "n_neighbors": ls.n_neighbors,
+    proba = np.where(unreached[:, None], 1.0 / C, np.nan_to_num(proba))  # an unreached row: no confidence
+    proba = proba / proba.sum(1, keepdims=True)
+    out["label-spreading"] = {**_metrics(s["test_y"], pred, C, proba), "svd_dim": dim, "n_neighbors": ls.n_neighbors,
                               "unreached_test_rows": int(unreached.sum()), "seconds": time.perf_counter() - t0}
 
     skipped = {"status": "skipped"}
@@ -160,7 +169,9 @@ def run_probe(s: dict, n_classes: int, model_dir: str | None, max_length: int) -
     t0 = time.perf_counter()
     emb = Embedder(_model_dir(model_dir), max_length, RuntimeContext(cache_dir=str(io.cache_root() / "embeddings")))
     lr = LogisticRegression(max_iter=2000).fit(emb(s["train"]), s["train_y"])
-    return {**_metrics(s["test_y"], lr.predict(emb(s["test"])), n_classes), "seconds": time.perf_counter() - t0}
+    x_test = emb(s["test"])
+    return {**_metrics(s["test_y"], lr.predict(x_test), n_classes, lr.predict_proba(x_test)),
+            "seconds": time.perf_counter() - t0}
 
 
 def setfit_defaults(labels) -> dict:
@@ -214,6 +225,7 @@ def run_setfit(s: dict, n_classes: int, model_dir: str | None, seed: int, iterat
                               train_dataset=Dataset.from_dict({"text": s["train"], "label": s["train_y"].tolist()}))
             trainer.train()
         pred = np.asarray([int(p) for p in model.predict(s["test"])])
+        proba = np.asarray(model.predict_proba(s["test"], as_numpy=True))  # (N, C), the classes 0..C-1 it saw
     except Exception as exc:  # noqa: BLE001 - a peer failing must not end the benchmark
         log_fn(f"    setfit failed: {type(exc).__name__}: {exc}")
         return {"status": f"error: {type(exc).__name__}: {exc}"}
@@ -224,5 +236,7 @@ def run_setfit(s: dict, n_classes: int, model_dir: str | None, seed: int, iterat
                      "num_epochs": list(args.num_epochs), "body_learning_rate": list(args.body_learning_rate),
                      "loss": args.loss.__name__, "max_seq_length": model.model_body.max_seq_length,
                      "pairs": plan["pairs"], **({"why": plan["why"]} if "why" in plan else {})}
-    return {**_metrics(s["test_y"], pred, n_classes), "iterations": plan["num_iterations"], "training_args": training_args,
+    # setfit's head has one column per class it saw: every class has gold rows here
+    return {**_metrics(s["test_y"], pred, n_classes, proba if proba.shape[1] == n_classes else None),
+            "iterations": plan["num_iterations"], "training_args": training_args,
             "seconds": time.perf_counter() - t0}

@@ -19,9 +19,9 @@ regression on the frozen mean-pooled MiniLM embeddings, scikit-learn's defaults,
 outside the plugin: a check that ``supervised`` is the probe it claims to be), TF-IDF + LogisticRegression, scikit-learn's SelfTrainingClassifier and LabelSpreading,
 and SetFit (same MiniLM, same k rows) when installed.
 
-Writes ``quality.json`` (one record per (dataset, k, seed, method) with ``macro_f1`` and
-``accuracy``, so every table can be recomputed from it; ``--merge`` replaces only the cells this
-invocation ran, so the grid can be run in parts), ``quality.png`` (macro-F1 vs k per dataset) and
+Writes ``quality.json`` (one record per (dataset, k, seed, method) with ``macro_f1``,
+``accuracy`` and ``ece`` (test expected calibration error, 15 bins), so every table can be
+recomputed from it; ``--merge`` replaces only the cells this invocation ran, so the grid can be run in parts), ``quality.png`` (macro-F1 vs k per dataset) and
 prints a markdown table with mean ± std over seeds and, per cell, on how many seeds ``full``
 beats ``supervised`` (paired: the same rows).
 
@@ -81,8 +81,8 @@ def run_config(config: str | None, overrides: list[str], run_dir: Path, stages=N
 
 def _score(metrics: dict, model: str) -> dict:
     m = metrics["models"][model]
-    return {"accuracy": float(m["accuracy"]), "macro_f1": float(m["macro_f1"]), "model": model,
-            "val_macro_f1": m.get("val_macro_f1")}
+    return {"accuracy": float(m["accuracy"]), "macro_f1": float(m["macro_f1"]), "ece": float(m["ece"]),
+            "model": model, "val_macro_f1": m.get("val_macro_f1")}
 
 
 def selftrain_runs(k: int | None, seed: int, work_dir: Path, config: str | None = None,
@@ -152,6 +152,9 @@ def summarize(records: list[dict]) -> dict:
                 "macro_f1_mean": float(f1.mean()), "macro_f1_std": float(f1.std(ddof=1)) if len(rs) > 1 else 0.0,
                 "n": len(rs), "seeds": [r["seed"] for r in rs],
             }
+            eces = [r["ece"] for r in rs if "ece" in r]  # records from before ECE was recorded have none
+            if eces:
+                summary[ds][m][str(k)].update(ece_mean=float(np.mean(eces)), ece_n=len(eces))
         by_seed = {(r["seed"], r["method"]): r.get("macro_f1") for r in cell}
         seeds = sorted({r["seed"] for r in cell if (r["seed"], "full") in by_seed and (r["seed"], "supervised") in by_seed})
         gains = [by_seed[(s_, "full")] - by_seed[(s_, "supervised")] for s_ in seeds]
@@ -199,6 +202,23 @@ def paired_table(records: list[dict], peers: tuple[str, ...] = ("setfit", "probe
                        f"{d.mean():+.3f} ± {d.std(ddof=1) if len(d) > 1 else 0.0:.3f} ({int((d > 0).sum())} / {int((d < 0).sum())})")
         rows.append(row)
     return markdown_table(header, rows)
+
+
+def ece_table(summary: dict) -> str:
+    """One row per (dataset, k), one column per method: mean test ECE (15 bins) over the seeds that
+    recorded one, "(n)" when fewer than the cell's macro-F1 seeds did; "—" when none did."""
+    present = [m for m in METHODS if any(m in per for per in summary.values())]
+    rows = []
+    for ds, per in sorted(summary.items()):
+        ks = sorted({k for m, e in per.items() if m != "_paired" for k in e}, key=lambda x: (x == "None", int(x) if x != "None" else 0))
+        for k in ks:
+            row = [ds, k]
+            for m in present:
+                e = per.get(m, {}).get(k) or {}
+                row.append("—" if "ece_mean" not in e else
+                           f"{e['ece_mean']:.3f}" + (f" ({e['ece_n']})" if e["ece_n"] < e["n"] else ""))
+            rows.append(row)
+    return markdown_table(["dataset", "k", *present], rows)
 
 
 def plot(summary: dict, path: Path, title: str = "") -> Path | None:
@@ -273,7 +293,7 @@ def run(ks: list[int | None], seeds: list[int], overrides: list[str], config: st
             shutil.rmtree(work, ignore_errors=True)
     summary = summarize(records)
     return {"records": records, "summary": summary, "runs": runs, "seconds": time.perf_counter() - t_start,
-            "table": quality_table(summary)}
+            "table": quality_table(summary), "ece_table": ece_table(summary)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,9 +361,10 @@ def finish(out: Path, payload: dict) -> Path | None:
     The one closing step of a run (``main``) and of ``--render``, so the two can never drift apart."""
     payload["summary"] = summarize(payload["records"])
     payload["table"], payload["paired_table"] = quality_table(payload["summary"]), paired_table(payload["records"])
+    payload["ece_table"] = ece_table(payload["summary"])
     write_json(out / "quality.json", payload)
     png = plot(payload["summary"], out / "quality.png", title="test macro-F1 vs gold labels per class")
-    print("\n" + payload["table"] + "\n\n" + payload["paired_table"])
+    print("\n" + payload["table"] + "\n\n" + payload["paired_table"] + "\n\ntest ECE (15 bins):\n" + payload["ece_table"])
     return png
 
 

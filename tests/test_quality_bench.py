@@ -24,11 +24,13 @@ def test_quality_peers_tiny(val):
     assert list(peers) == list(peer_module.PEER_METHODS)
     for name in ("probe", "tfidf+logreg", "self-training", "label-spreading"):
         assert 0.0 <= peers[name]["macro_f1"] <= 1.0 and 0.0 <= peers[name]["accuracy"] <= 1.0
+        assert 0.0 <= peers[name]["ece"] <= 1.0, name  # every peer's probabilities are scored for calibration
     # an explicit iteration count is the reduced, separately named peer; `setfit` (its defaults) is skipped then
     assert peers["setfit"] == {"status": "skipped"}
     st = peers["setfit-5it"]
     assert "macro_f1" in st or st["status"] == "not installed" or st["status"].startswith("error")
     if "macro_f1" in st:
+        assert 0.0 <= st["ece"] <= 1.0
         assert st["training_args"]["num_iterations"] == 1 and st["training_args"]["pairs"] == 2 * 1 * len(df[df["split"] == "train"])
 
 
@@ -63,6 +65,9 @@ def test_quality_run_tiny(tmp_path):
     for m in quality.SELFTRAIN_METHODS:
         e = res["summary"]["config"][m]["3"]
         assert 0.0 <= e["macro_f1_mean"] <= 1.0 and e["n"] == 1
+        assert 0.0 <= e["ece_mean"] <= 1.0 and e["ece_n"] == 1
+    assert all("ece" in r for r in recs if "macro_f1" in r)
+    assert res["ece_table"].startswith("| dataset | k |")
     paired = res["summary"]["config"]["_paired"]["3"]
     assert paired["seeds"] == 1 and paired["full_beats_supervised"] + paired["ties"] <= 1
     assert res["runs"][0]["full"]["pseudo_labels"], "the full run recorded no pseudo-label round"
