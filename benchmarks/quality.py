@@ -166,24 +166,34 @@ def summarize(records: list[dict]) -> dict:
     return summary
 
 
-def quality_table(summary: dict) -> str:
-    """One row per (dataset, k), one column per method: macro-F1 mean ± std, and the paired wins."""
+def _summary_table(summary: dict, cell, last: tuple[str, object] | None = None) -> str:
+    """One row per (dataset, k), one column per method present: ``cell(entry or None)`` for each
+    method's summary entry; ``last`` = (header, fn(paired entry or None)) adds a final column."""
     present = [m for m in METHODS if any(m in per for per in summary.values())]
-    header = ["dataset", "k", *present, "full > supervised (seeds)"]
     rows = []
     for ds, per in sorted(summary.items()):
         ks = sorted({k for m, e in per.items() if m != "_paired" for k in e}, key=lambda x: (x == "None", int(x) if x != "None" else 0))
         for k in ks:
-            row = [ds, k]
-            for m in present:
-                e = per.get(m, {}).get(k)
-                row.append("—" if e is None else e["status"] if "status" in e else
-                           f"{e['macro_f1_mean']:.3f} ± {e['macro_f1_std']:.3f}")
-            p = per.get("_paired", {}).get(k)
-            row.append(f"{p['full_beats_supervised']}/{p['seeds']} (ties {p['ties']}), gain {p['gain_mean']:+.3f} ± {p['gain_std']:.3f}"
-                       if p else "—")
+            row = [ds, k, *[cell(per.get(m, {}).get(k)) for m in present]]
+            if last:
+                row.append(last[1](per.get("_paired", {}).get(k)))
             rows.append(row)
-    return markdown_table(header, rows)
+    return markdown_table(["dataset", "k", *present, *([last[0]] if last else [])], rows)
+
+
+def quality_table(summary: dict) -> str:
+    """One row per (dataset, k), one column per method: macro-F1 mean ± std, and the paired wins."""
+    return _summary_table(
+        summary, lambda e: "—" if e is None else e["status"] if "status" in e else f"{e['macro_f1_mean']:.3f} ± {e['macro_f1_std']:.3f}",
+        ("full > supervised (seeds)", lambda p: f"{p['full_beats_supervised']}/{p['seeds']} (ties {p['ties']}), "
+                                                f"gain {p['gain_mean']:+.3f} ± {p['gain_std']:.3f}" if p else "—"))
+
+
+def ece_table(summary: dict) -> str:
+    """One row per (dataset, k), one column per method: mean test ECE (15 bins) over the seeds that
+    recorded one, "(n)" when fewer than the cell's macro-F1 seeds did; "—" when none did."""
+    return _summary_table(summary, lambda e: "—" if not e or "ece_mean" not in e else
+                          f"{e['ece_mean']:.3f}" + (f" ({e['ece_n']})" if e["ece_n"] < e["n"] else ""))
 
 
 def paired_table(records: list[dict], peers: tuple[str, ...] = ("setfit", "probe")) -> str:
@@ -202,23 +212,6 @@ def paired_table(records: list[dict], peers: tuple[str, ...] = ("setfit", "probe
                        f"{d.mean():+.3f} ± {d.std(ddof=1) if len(d) > 1 else 0.0:.3f} ({int((d > 0).sum())} / {int((d < 0).sum())})")
         rows.append(row)
     return markdown_table(header, rows)
-
-
-def ece_table(summary: dict) -> str:
-    """One row per (dataset, k), one column per method: mean test ECE (15 bins) over the seeds that
-    recorded one, "(n)" when fewer than the cell's macro-F1 seeds did; "—" when none did."""
-    present = [m for m in METHODS if any(m in per for per in summary.values())]
-    rows = []
-    for ds, per in sorted(summary.items()):
-        ks = sorted({k for m, e in per.items() if m != "_paired" for k in e}, key=lambda x: (x == "None", int(x) if x != "None" else 0))
-        for k in ks:
-            row = [ds, k]
-            for m in present:
-                e = per.get(m, {}).get(k) or {}
-                row.append("—" if "ece_mean" not in e else
-                           f"{e['ece_mean']:.3f}" + (f" ({e['ece_n']})" if e["ece_n"] < e["n"] else ""))
-            rows.append(row)
-    return markdown_table(["dataset", "k", *present], rows)
 
 
 def plot(summary: dict, path: Path, title: str = "") -> Path | None:
