@@ -306,3 +306,23 @@ def test_models_cli(tmp_path, tiny_models, capsys):
     cfg.write_text(f"retrain: {{artifacts_root: {tmp_path}, model_name: news}}\n")
     assert main(["models", "show", "-c", str(cfg)]) == 0
     assert capsys.readouterr().out.startswith(f"{v1}: the champion")
+
+
+def test_every_config_section_either_retrains_or_not_and_the_classifier_retrains(tiny_config):
+    """The retrain flow's training digest covers what a challenger would learn: each top-level config
+    field is in TRAINING_SECTIONS or RUN_SECTIONS (a new section must be placed), and changing the
+    classifier alone (finetune -> probe, or the probe's options) changes the digest; where it runs does not."""
+    from selftrain.core.registry.retrain import RUN_SECTIONS, TRAINING_SECTIONS, training_digest
+
+    cfg = tiny_config()
+    assert set(TRAINING_SECTIONS) | set(RUN_SECTIONS) == set(cfg.dump())
+    assert not set(TRAINING_SECTIONS) & set(RUN_SECTIONS)
+    base = training_digest(cfg)
+    assert cfg.classifier.name == "finetune"  # the tiny config's
+    for changed in ("seed=7", "pseudo_label.rounds=3"):
+        assert training_digest(tiny_config(changed)) != base, changed
+    probe = ("classifier.name=probe", "pseudo_label.refit_on_gold=false")  # a frozen body is not refit
+    assert training_digest(tiny_config(*probe)) != training_digest(tiny_config("pseudo_label.refit_on_gold=false"))
+    assert training_digest(tiny_config(*probe, "classifier.options={calibrate: false}")) != training_digest(tiny_config(*probe))
+    for same in ("run_name=elsewhere", "inference_compile=off", "cpu_bf16=true"):
+        assert training_digest(tiny_config(same)) == base, same

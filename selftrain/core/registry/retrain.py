@@ -45,9 +45,12 @@ from selftrain.plugins.registry import plugin_versions
 
 log = logging.getLogger("selftrain")
 
-# config sections that change what a challenger would learn (run_name, output_dir, device,
-# execution and retrain itself do not: changing only those does not trigger a retrain)
-TRAINING_SECTIONS = ("data", "validate", "model", "pretrain", "finetune", "pseudo_label", "evaluate", "seed")
+# config sections that change what a challenger would learn; the others say where, how fast or
+# under what name it runs, and changing only those does not trigger a retrain (every top-level
+# field is in exactly one of the two: tests/test_model_registry.py keeps it so)
+TRAINING_SECTIONS = ("data", "validate", "model", "classifier", "pretrain", "finetune", "pseudo_label", "evaluate",
+                     "seed")
+RUN_SECTIONS = ("run_name", "output_dir", "device", "cpu_bf16", "inference_compile", "execution", "retrain")
 
 
 class RetrainError(ValueError):
