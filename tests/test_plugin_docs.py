@@ -41,3 +41,20 @@ def test_every_runtime_context_field_and_the_api_version_are_documented():
     for f in dataclasses.fields(RuntimeContext):
         assert f"| `{f.name}` |" in section, f"RuntimeContext.{f.name} is missing from docs/plugins.md 2.4"
     assert DOC.count(f'currently `"{PLUGIN_API_VERSION}"`') == 2
+
+
+def test_the_sample_outputs_quote_this_api_version_and_every_plugin_group():
+    """The sample outputs ("this selftrain provides X") quote PLUGIN_API_VERSION, and the table of
+    entry-point groups names every group selftrain's own pyproject registers built-ins in."""
+    import re
+
+    from selftrain.plugins import PLUGIN_API_VERSION
+
+    quoted = re.findall(r"selftrain provides (\d+\.\d+)", DOC)
+    assert quoted and set(quoted) == {PLUGIN_API_VERSION}, quoted
+    groups = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
+    table = DOC.split("| entry-point group |")[1].split("\n\n")[0]
+    for group, names in groups.items():
+        if group.startswith("selftrain."):
+            assert f"| `{group}` |" in table, group
+            assert all(f"`{n}`" in table.split(f"| `{group}` |")[1].split("\n")[0] for n in names), group
