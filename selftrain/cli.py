@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "version: one parquet of predictions, a quarantine of bad rows, a drift summary")
     pr.add_argument("--input", "-i", required=True, help="csv / jsonl / parquet, local path or fsspec URI (s3://...)")
     pr.add_argument("--output", "-o", required=True, help="the predictions parquet (local path or s3://...); bad "
-                    "rows go to <output>.quarantine.parquet")
+                    "rows go to <output stem>.quarantine.parquet (preds.parquet -> preds.quarantine.parquet)")
     pick = pr.add_mutually_exclusive_group(required=True)
     pick.add_argument("--run", help="a run directory: predict with its models/<--model> (default: its final model)")
     pick.add_argument("--root", help="a registry: retrain.artifacts_root (or the registry folder itself)")

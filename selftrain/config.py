@@ -279,8 +279,8 @@ class PipelineConfig(Section):
         "examples/s of fp32, embeddings at cosine >= 0.9999 to fp32's); slower elsewhere. Off: CPU results stay fp32.")
     inference_compile: Literal["auto", "on", "off"] = Field(
         "auto", description="torch.compile (Inductor, frozen weights, dynamic shapes) the classifiers' inference "
-        "forwards: embeddings, pseudo-labelling, evaluation. Same results (within 2e-7), ~1.25x the examples/s on the "
-        "CPU, but ~30 s of compilation per process. auto: on the CPU, when a C++ compiler is found, once a model's "
+        "forwards: embeddings, pseudo-labelling, evaluation. Same results (within 6e-7 of eager), ~1.25x the examples/s "
+        "on the CPU, but ~25-30 s of compilation per process. auto: on the CPU, when a C++ compiler is found, once a model's "
         "inference work in the process reaches 2M token positions (~65k tweets; counted over the pool's chunks), "
         "where it pays; on: every inference call, any device; off: never. A failed compile warns and runs eagerly.")
     data: DataConfig = Field(default_factory=DataConfig)
