@@ -61,6 +61,17 @@ class DataConfig(Section):
     max_rows: int | None = Field(None, ge=1, description="Read at most this many rows (quick trials).")
     seed: int = Field(0, description="Seed of the split.")
 
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(f"{v!r} is not an encoding Python knows; use e.g. utf-8, latin-1 or cp1252") from None
+        return v
+
 
 class ValidateConfig(Section):
     min_chars: int = Field(3, ge=1, description="Texts shorter than this (after stripping) are quarantined.")

@@ -114,3 +114,40 @@ def test_a_small_labeled_set_splits_with_default_sizes(tmp_path, caplog):
     for lab in ("billing", "bug", "feature"):
         assert counts[("test", lab)] == 5 and counts[("train", lab)] == 5, counts
     assert "data.test_per_class takes 5 of them, not 100" in caplog.text
+
+
+@pytest.mark.parametrize("name, content, encoding, expect", [
+    ("empty.csv", b"", "utf-8", r"empty.csv is empty: no header line and no rows"),
+    ("broken.jsonl", b'{"text": "fine", "label": "a"}\n{"text": "broken\n', "utf-8",
+     r"broken.jsonl line 2 is not a JSON object \(.*\)\. Fix: one JSON object per line"),
+    ("list.jsonl", b'{"text": "fine", "label": "a"}\n\n[1, 2]\n', "utf-8", r"list.jsonl line 3 is not a JSON object"),
+    ("fake.parquet", b"text,label\nhello,a\n", "utf-8", r"fake.parquet is not a parquet file .*set data.format"),
+    ("latin.csv", "text,label\ncaf\xe9 ok,a\n".encode("latin-1"), "utf-8",
+     r"latin.csv is not valid utf-8: byte 0xe9 at position \d+ .*set data.encoding"),
+])
+def test_an_unreadable_file_says_what_where_and_the_fix(tmp_path, name, content, encoding, expect):
+    """Each of these reached the user as a pandas / pyarrow traceback (EmptyDataError, 'Expected object or
+    value at position 56', 'Parquet magic bytes not found'); now one DataSourceError names the file, the
+    line or byte, and the fix."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataSourceError, match=expect):
+        ingest_frame(DataConfig(source=str(path), encoding=encoding))
+
+
+def test_an_unknown_encoding_is_refused_by_the_config():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="'bogus' is not an encoding Python knows"):
+        DataConfig(encoding="bogus")
+    assert DataConfig(encoding="latin-1").encoding == "latin-1"
+
+
+def test_fewer_gold_rows_than_labels_per_class_asks_for_is_said(tmp_path, caplog):
+    rows = [{"text": f"{lab} row number {i} about {lab}", "label": lab} for lab in ("a", "b") for i in range(3)]
+    path = tmp_path / "few.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    with caplog.at_level("WARNING", logger="selftrain"):
+        df = ingest_frame(DataConfig(source=str(path), labels_per_class=10, val_per_class=0, test_per_class=1))
+    assert (df["split"] == "train").sum() == 4  # 3 per class, 1 to test
+    assert "class 'a': data.labels_per_class asks for 10 labeled rows, but only 2 are left" in caplog.text

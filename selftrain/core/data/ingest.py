@@ -22,6 +22,7 @@ import pandas as pd
 import logging
 
 from selftrain.config import DataConfig
+from selftrain.core.data.read_errors import describe_read_error
 from selftrain.core.data.text import normalize_text
 
 log = logging.getLogger("selftrain")
@@ -37,6 +38,10 @@ SPLIT_ALIASES = {
 
 class DataSourceError(ValueError):
     """The source cannot be read or mapped; the message says what to change."""
+
+
+class DataDownloadError(DataSourceError):
+    """An ``hf:`` dataset could not be downloaded: unlike the other source errors, a retry may cure it."""
 
 
 def package_file(dist: str, rel: str) -> Path:
@@ -72,7 +77,7 @@ def _read_hf(spec: str) -> pd.DataFrame:
     try:
         dsd = datasets.load_dataset(name, conf or None)
     except Exception as exc:  # network, unknown name, ...
-        raise DataSourceError(f"could not load Hugging Face dataset {spec!r}: {exc}") from exc
+        raise DataDownloadError(f"could not load Hugging Face dataset {spec!r}: {exc}") from exc
     frames = []
     for split, ds in dsd.items():
         frame = ds.to_pandas()
@@ -107,8 +112,11 @@ def read_source(cfg: DataConfig) -> tuple[pd.DataFrame, dict]:
                 df = pd.read_parquet(src)
         except FileNotFoundError:
             raise DataSourceError(f"data.source {src!r} does not exist") from None
-        except UnicodeDecodeError as exc:
-            raise DataSourceError(f"{src} is not valid {cfg.encoding} ({exc}); set data.encoding (e.g. latin-1)") from None
+        except (ValueError, TypeError, LookupError, OSError) as exc:  # empty, broken, another format, encoding
+            import fsspec
+
+            raise DataSourceError(describe_read_error(src, fmt, cfg.encoding, exc, lambda: fsspec.open(
+                src, "rt", encoding=cfg.encoding))) from None
     if cfg.max_rows is not None and len(df) > cfg.max_rows:
         df = df.sample(n=cfg.max_rows, random_state=cfg.seed).sort_index()
     return df, mapping
@@ -160,6 +168,9 @@ def _take_per_class(pool: pd.DataFrame, n: int, rng: np.random.Generator, cap: f
             idx = groups[k]
             picked.extend(idx[: n_ - taken] if taken + len(idx) > n_ else idx)
             taken += min(len(idx), n_ - taken)
+        if cap is None and taken < n:  # the train draw: fewer gold labels than asked, said, not hidden
+            log.warning("class %r: %s asks for %d labeled rows, but only %d are left after test and validation took "
+                        "theirs; training uses %d", label, what or "data.labels_per_class", n, taken, taken)
     return pd.Index(picked)
 
 
