@@ -55,21 +55,38 @@ def cmd_run(args) -> int:
     except ConfigError as exc:
         print(f"selftrain: {exc}", file=sys.stderr)
         return 2
-    if args.no_prefect:
-        from selftrain.core.run.pipeline import run_stages
+    try:
+        if args.no_prefect:
+            from selftrain.core.run.pipeline import run_stages
 
-        _stage_log_lines()
-        result = run_stages(cfg)
-    else:
-        from selftrain.flows import pipeline
+            _stage_log_lines()
+            result = run_stages(cfg)
+        else:
+            from selftrain.flows import pipeline
 
-        result = pipeline(cfg)
+            result = pipeline(cfg)
+    except Exception as exc:
+        if not _report_user_error(exc):
+            raise
+        return 2
     print()
     print(result["table"])
     print(f"\nfinal: {result['final']}   baseline: {result['baseline']}   run directory: {result['run_dir']}")
     for note in result.get("notes", []):
         print(f"note: {note}")
     return 0
+
+
+def _report_user_error(exc: Exception) -> bool:
+    """Whether a failed run failed on the user's data or config (``tasks.retry.USER_ERRORS``: the
+    message names the fix); if so, print that one line. Anything else (a bug, an outage) is the
+    caller's to re-raise with its traceback."""
+    from selftrain.tasks.retry import USER_ERRORS  # only on failure: it imports Prefect
+
+    if not isinstance(exc, USER_ERRORS):
+        return False
+    print(f"selftrain: {exc}", file=sys.stderr)
+    return True
 
 
 def _stage_log_lines() -> None:
@@ -149,15 +166,20 @@ def cmd_retrain(args) -> int:
     except ConfigError as exc:
         print(f"selftrain: {exc}", file=sys.stderr)
         return 2
-    if args.no_prefect:
-        from selftrain.core.registry.retrain import run_retrain
+    try:
+        if args.no_prefect:
+            from selftrain.core.registry.retrain import run_retrain
 
-        _stage_log_lines()
-        out = run_retrain(cfg, force=args.force)
-    else:
-        from selftrain.flows import retrain
+            _stage_log_lines()
+            out = run_retrain(cfg, force=args.force)
+        else:
+            from selftrain.flows import retrain
 
-        out = retrain(cfg, force=args.force)
+            out = retrain(cfg, force=args.force)
+    except Exception as exc:
+        if not _report_user_error(exc):
+            raise
+        return 2
     print(f"{out['status']}: {out.get('reason', '')}")
     print(f"champion: {out.get('champion') or '-'}   registry: {out.get('registry')}   ({out['seconds']:.1f} s)")
     return 0

@@ -10,14 +10,16 @@ model load). Those errors are :data:`USER_ERRORS`; the task ends failed on the f
 from __future__ import annotations
 
 from selftrain.config import ConfigError
+from selftrain.core.data.ingest import DataDownloadError, DataSourceError
 from selftrain.core.data.validate_report import DataValidationError
 from selftrain.core.predict.source import PredictError
 from selftrain.core.registry.retrain import RetrainError
 from selftrain.core.registry.store import RegistryError
 
-#: Raised for what the user must fix; never retried. (``DataSourceError`` is not here: it also
-#: wraps a failed ``hf:`` download, which a retry can cure.)
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataValidationError, PredictError, RegistryError, RetrainError)
+#: Raised for what the user must fix; never retried. (A failed ``hf:`` download is a
+#: ``DataSourceError`` too, but a ``DataDownloadError``, which a retry can cure: retried.)
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataSourceError, DataValidationError, PredictError,
+                                            RegistryError, RetrainError)
 
 
 def retry_unless_user_error(task, task_run, state) -> bool:
@@ -26,4 +28,4 @@ def retry_unless_user_error(task, task_run, state) -> bool:
         exc = state.result(raise_on_failure=False)  # the exception the failed attempt raised
     except Exception:  # noqa: BLE001  (a result that cannot be read: retry, as without this check)
         return True
-    return not isinstance(exc, USER_ERRORS)
+    return isinstance(exc, DataDownloadError) or not isinstance(exc, USER_ERRORS)

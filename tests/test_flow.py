@@ -147,27 +147,33 @@ def test_retry_succeeds_without_redoing_finished_stages(prefect_api, tiny_config
 
 
 def test_a_user_error_is_not_retried_a_transient_one_is(prefect_api, tmp_path):
-    """tasks.RETRY's condition: a PredictError (e.g. a column that is not in the file) fails on the
-    first attempt; a ConnectionError goes through the retries."""
+    """tasks.RETRY's condition: a PredictError (e.g. a column that is not in the file) or a
+    DataSourceError (an empty or broken data file) fails on the first attempt; a ConnectionError and
+    a failed hf: download (DataDownloadError) go through the retries."""
     from prefect import flow, task
 
     from selftrain import tasks
+    from selftrain.core.data.ingest import DataDownloadError, DataSourceError
     from selftrain.core.predict.source import PredictError
 
-    attempts = {"user": 0, "transient": 0}
+    errors = {"user": PredictError("column 'body' not in new.csv. Fix: --column text=..."),
+              "source": DataSourceError("new.jsonl line 2 is not a JSON object"),
+              "transient": ConnectionError("storage hiccup"),
+              "download": DataDownloadError("could not load Hugging Face dataset 'x': timed out")}
+    attempts = dict.fromkeys(errors, 0)
 
     def failing(kind: str):
         attempts[kind] += 1
-        raise (PredictError("column 'body' not in new.csv. Fix: --column text=...") if kind == "user"
-               else ConnectionError("storage hiccup"))
+        raise errors[kind]
 
     t = task(failing, name="failing", **{**tasks.RETRY, "retry_delay_seconds": 0, "retry_jitter_factor": None})
 
     @flow
-    def both():
-        return [t(k, return_state=True) for k in ("user", "transient")]
+    def every():
+        return [t(k, return_state=True) for k in errors]
 
-    state = both(return_state=True)
-    assert attempts == {"user": 1, "transient": 1 + tasks.RETRY["retries"]}
+    state = every(return_state=True)
+    retried = 1 + tasks.RETRY["retries"]
+    assert attempts == {"user": 1, "source": 1, "transient": retried, "download": retried}
     counts = sorted(r.run_count for r in _task_runs(state.state_details.flow_run_id))
-    assert counts == [1, 1 + tasks.RETRY["retries"]], counts
+    assert counts == [1, 1, retried, retried], counts

@@ -93,3 +93,28 @@ def test_unknown_extension_and_skipped_sources(tmp_path):
     assert check_run(None, ["data.max_rows=-1", "data.source=missing.csv"]) is None
     assert check_run(tmp_path / "no-such.yaml", []) is None
     assert "not found" in check_run(None, [f"data.source=file://{tmp_path}/missing.csv"])
+
+
+def test_a_data_error_found_after_the_preflight_is_one_line_rc2(tmp_path):
+    """An empty csv passes the preflight (no header to check) and fails in ingest: `run` ends with the
+    DataSourceError's one line and exit 2, not a pandas traceback (and no Prefect retry when it runs
+    under Prefect: DataSourceError is a user error, tasks/retry.py)."""
+    (tmp_path / "empty.csv").write_text("")
+    out = _cli(["run", "--no-prefect", "--set", "data.source=empty.csv", "-o", str(tmp_path / "run")], tmp_path)
+    assert out.returncode == 2, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("selftrain: empty.csv is empty: no header line and no rows. Fix:"), out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_no_pool_left_with_pseudo_labelling_on_fails_at_validation(tmp_path):
+    """Every row labeled and drawn into train / val / test: the run used to train the baseline and then
+    fail with "the unlabeled pool is empty" (a traceback); validation now says it first."""
+    rows = [{"text": f"{lab} row number {i} about {lab} things", "label": lab} for lab in ("a", "b") for i in range(4)]
+    pd.DataFrame(rows).to_csv(tmp_path / "few.csv", index=False)
+    out = _cli(["run", "--no-prefect", "--set", "data.source=few.csv", "--set", "data.labels_per_class=10",
+                "--set", "data.test_per_class=1", "--set", "data.val_per_class=0", "-o", str(tmp_path / "run")], tmp_path)
+    assert out.returncode == 2, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert "no unlabeled rows left for the pool" in last and "pseudo_label.enabled: false" in last, out.stderr
+    assert not (tmp_path / "run" / "models").exists(), "nothing was trained"

@@ -249,6 +249,17 @@ def test_split_sanity_error_when_a_class_is_missing_from_test():
     assert len(res2.report["split_errors"]) == 9
 
 
+def test_a_single_class_is_a_split_error_not_a_model():
+    """A label column with one class used to train and save a model that predicts it everywhere
+    (exit 0, a sklearn warning); now validation refuses it and says what to check."""
+    df = frame()
+    df = df[df["label"].isna() | (df["label"] == "negative")]
+    res = validate_frame(df, ValidateConfig(), ["negative"])
+    assert res.report["split_errors"][0].startswith("the labeled rows hold 1 class(es) ('negative'): a classifier needs")
+    with pytest.raises(DataValidationError, match="is data.columns.label the label column"):
+        check_thresholds(res, ValidateConfig())
+
+
 def test_hidden_label_passes_through():
     df = frame()
     df["hidden_label"] = pd.Series([None] * len(df), dtype="object")

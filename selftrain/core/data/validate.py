@@ -348,6 +348,9 @@ def validate_frame(df: pd.DataFrame, cfg: ValidateConfig, labels: list[str]) -> 
         for lab in labels_t
         if per_class[sp][lab] < cfg.min_per_class and (sp != "val" or per_split["val"] > 0)  # no val split: allowed
     ]
+    if len(labels_t) < 2:  # a "classifier" of one class predicts it everywhere; nothing to learn
+        split_errors.insert(0, f"the labeled rows hold {len(labels_t)} class(es) ({', '.join(map(repr, labels_t)) or 'none'}): "
+                               "a classifier needs at least 2 (is data.columns.label the label column?)")
     hidden = {}
     if "hidden_label" in cw.columns:
         unl = cw.loc[cw["split"] == "unlabeled", "hidden_label"].dropna()

@@ -33,6 +33,7 @@ from selftrain.core.run.evaluate import classification_metrics, confusion_png, m
 from selftrain.core.train.pretrain import pretrain
 from selftrain.core.train.runtime import runtime
 from selftrain.core.data.validate import check_thresholds, validate_frame
+from selftrain.core.data.validate_report import DataValidationError
 from selftrain.plugins import LabeledRows, LabelerInputs, Selection, one_hot
 from selftrain.plugins.registry import plugin_versions
 
@@ -70,6 +71,11 @@ def validate(cfg: PipelineConfig, snapshot: str, fingerprint: str = "") -> dict:
         q_uri = io.write_parquet(res.quarantine, _uri(cfg, "quarantine.parquet"))
     io.write_text(_uri(cfg, "validation.md"), res.markdown)
     check_thresholds(res, cfg.validate_, q_uri)  # raises with what/where/fix; quarantine already written
+    if cfg.pseudo_label.enabled and res.report["per_split"]["unlabeled"] == 0:  # now, not after the baseline trained
+        raise DataValidationError(
+            f"no unlabeled rows left for the pool after the split ({res.report['per_split']}): pseudo-labelling needs "
+            "some. Fix: add rows without a label (or lower data.labels_per_class / val_per_class / test_per_class so "
+            "labeled rows join the pool), or set pseudo_label.enabled: false")
     clean = io.write_parquet(res.clean.reset_index(drop=True), _uri(cfg, "data", "clean.parquet"))
     log.info("validated: %d clean, %d quarantined", len(res.clean), len(res.quarantine))
     return {"clean": clean, "quarantine": q_uri, "fingerprint": io.frame_fingerprint(res.clean),
