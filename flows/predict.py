@@ -86,7 +86,8 @@ def predict(input: str, output: str, run_dir: str | None = None, model: str | No
 
         plan = predict_tasks.plan_shards(input, output, **sel, shard_rows=shard_rows, workers=workers,
                                          threads_per_worker=threads_per_worker, dask_address=dask_address,
-                                         work_dir=work_dir)
+                                         work_dir=work_dir, threshold=threshold, max_class_shift=max_class_shift,
+                                         max_psi=max_psi)
         scored = predict_shards_flow.with_options(task_runner=dask_runner(plan["config"]))(
             plan["config"], plan["jobs"], plan["work"])
         result = predict_tasks.finish_shards(plan, scored, **drift)

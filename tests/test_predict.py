@@ -301,3 +301,43 @@ def test_predict_landing_flow_scores_each_new_file_once_and_retries_a_failed_one
     done = predict_landing(str(inc), str(out), run_dir=run["dir"], reference=False)
     assert [d["input"] for d in done] == [f"{inc}/b.csv"] and done[0]["predicted"] == 4
     assert predict_landing(str(inc), str(out), run_dir=run["dir"], reference=False) == []
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"output": "preds.csv"}, r"--output preds.csv: predictions are written as parquet.*Fix: -o preds.parquet"),
+    ({"threshold": 1.5}, r"--threshold 1.5: a confidence threshold lies in \[0, 1\]"),
+    ({"max_class_shift": 0.0}, r"--max-class-shift 0.0: a class-mix distance lies in \(0, 1\]"),
+    ({"max_psi": -1.0}, r"--max-psi -1.0: must be above 0"),
+    ({"chunk_rows": 0}, r"chunk_rows=0: must be at least 1"),
+])
+def test_bad_prediction_arguments_are_refused_before_any_work(kw, match):
+    """`-o p.csv` used to write parquet bytes into p.csv (exit 0); `--threshold 1.5` flagged every row."""
+    from selftrain.core.predict.batch import PredictError, check_arguments
+
+    args = {"output": "preds.parquet", "chunk_rows": 8, "threshold": 0.5, "max_class_shift": 0.25, "max_psi": 0.25, **kw}
+    with pytest.raises(PredictError, match=match):
+        check_arguments(**args)
+    check_arguments("preds.parquet", 8, 0.5, 0.25, 0.25)  # the defaults pass
+    check_arguments("preds/", 8, 0.0, 1.0, 0.1)  # a sharded run's folder, the range ends
+
+
+def test_a_run_directory_that_does_not_exist_is_named_as_such(tmp_path):
+    from selftrain.core.predict.source import PredictError, resolve_model
+
+    with pytest.raises(PredictError, match=r"the run directory .*nope does not exist\. Fix: --run"):
+        resolve_model(run_dir=str(tmp_path / "nope"))
+
+
+def test_an_unreadable_input_names_the_line_or_the_encoding(tmp_path):
+    from selftrain.core.predict.batch import PredictError, _chunks
+
+    bad = tmp_path / "new.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": oops}\n')
+    with pytest.raises(PredictError, match=r"new.jsonl line 2 is not a JSON object .*or set --format"):
+        _chunks(str(bad), "jsonl", "utf-8", 8)
+    latin = tmp_path / "new.csv"
+    latin.write_bytes("text\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(PredictError, match=r"not valid utf-8: byte 0xe9 .*Fix: set --encoding"):
+        _chunks(str(latin), "csv", "utf-8", 8)
+    with pytest.raises(PredictError, match=r"--encoding 'bogus' is not an encoding Python knows"):
+        _chunks(str(latin), "csv", "bogus", 8)

@@ -43,6 +43,7 @@ from selftrain.core.common import io
 from selftrain.core.train.classifiers import saved_info
 from selftrain.core.predict.drift import LOW_CONFIDENCE, MAX_CLASS_SHIFT, MAX_PSI, confidence_histogram, drift_report
 from selftrain.core.predict.source import ModelSource, PredictError, reference_texts, resolve_model
+from selftrain.core.data.read_errors import describe_read_error
 from selftrain.core.data.validate import _row_failures, snapshot_model
 
 log = logging.getLogger("selftrain")
@@ -121,9 +122,13 @@ def _chunks(uri: str, fmt: str, encoding: str, chunk_rows: int) -> tuple[list[st
         first = next(it, None)
     except PredictError:
         raise
-    except (UnicodeDecodeError, ValueError, OSError) as exc:
-        raise PredictError(f"cannot read {uri} as {fmt} ({type(exc).__name__}: {exc}). Fix: --format / --encoding, "
-                           "or repair the file") from None
+    except (ValueError, TypeError, LookupError, OSError) as exc:  # broken, another format, wrong or unknown encoding
+        def open_text():
+            fs, path = io.fs_path(uri)
+            return fs.open(path, "rt", encoding=encoding)
+
+        raise PredictError(describe_read_error(uri, fmt, encoding, exc, open_text, encoding_key="--encoding",
+                                               format_key="--format")) from None
     if first is None:  # a csv / jsonl without a header or rows
         return [], iter(())
     return [str(c) for c in first.columns], itertools.chain([first], it)
@@ -329,6 +334,29 @@ def _write_pair(output: str, quarantine: str, write) -> None:
             fs.put(local, path)  # an S3 object appears only once its upload is complete
 
 
+# ---------------------------------------------------------------- argument checks
+_NOT_PARQUET = (".csv", ".tsv", ".json", ".jsonl", ".txt", ".xlsx", ".xls")
+
+
+def check_arguments(output: str | None, chunk_rows: int, threshold: float, max_class_shift: float,
+                    max_psi: float) -> None:
+    """Refuse, before any work, an output named like another format (it would hold parquet bytes)
+    and thresholds outside their range (a confidence threshold of 1.5 flags every row)."""
+    if output is not None and output.rstrip("/").lower().endswith(_NOT_PARQUET):
+        stem = output.rstrip("/").rsplit(".", 1)[0]
+        raise PredictError(f"--output {output}: predictions are written as parquet, whatever the name says. "
+                           f"Fix: -o {stem}.parquet (pandas.read_parquet reads it; df.to_csv makes a csv)")
+    if chunk_rows < 1:
+        raise PredictError(f"chunk_rows={chunk_rows}: must be at least 1")
+    if not 0.0 <= threshold <= 1.0:
+        raise PredictError(f"--threshold {threshold}: a confidence threshold lies in [0, 1] (default {LOW_CONFIDENCE})")
+    if not 0.0 < max_class_shift <= 1.0:
+        raise PredictError(f"--max-class-shift {max_class_shift}: a class-mix distance lies in (0, 1] "
+                           f"(default {MAX_CLASS_SHIFT})")
+    if not max_psi > 0.0:
+        raise PredictError(f"--max-psi {max_psi}: must be above 0 (default {MAX_PSI}; 0.25 is the usual 'shifted')")
+
+
 # ---------------------------------------------------------------- public API
 def predict_file(input: str, output: str, *, run_dir: str | None = None, model: str | None = None,
                  root: str | None = None, name: str | None = None, version: str | None = None,
@@ -344,8 +372,7 @@ def predict_file(input: str, output: str, *, run_dir: str | None = None, model: 
     import pyarrow.parquet as pq
 
     t0 = time.perf_counter()
-    if chunk_rows < 1:
-        raise PredictError(f"chunk_rows={chunk_rows}: must be at least 1")
+    check_arguments(output, chunk_rows, threshold, max_class_shift, max_psi)
     explicit = parse_columns(columns)
     source = resolve_model(run_dir=run_dir, model=model, root=root, name=name, version=version)
     source.input = input
@@ -379,6 +406,7 @@ def predict_frame(frame: pd.DataFrame, *, run_dir: str | None = None, model: str
     """``predict_file`` on a DataFrame already in memory; nothing is written. The result also holds
     ``predictions`` and ``quarantine`` (DataFrames with the columns of the two files)."""
     t0 = time.perf_counter()
+    check_arguments(None, chunk_rows, threshold, max_class_shift, max_psi)
     source = resolve_model(run_dir=run_dir, model=model, root=root, name=name, version=version)
     source.input = "the frame"
     mapping = resolve_mapping([str(c) for c in frame.columns], parse_columns(columns),

@@ -134,14 +134,17 @@ def plan(input: str, output: str, *, run_dir: str | None = None, model: str | No
          name: str | None = None, version: str | None = None, columns: dict[str, str] | list[str] | None = None,
          format: str = "auto", encoding: str = "utf-8", chunk_rows: int = P.CHUNK_ROWS, shard_rows: int = SHARD_ROWS,
          workers: int = 1, threads_per_worker: int = 1, dask_address: str | None = None,
-         work_dir: str | None = None) -> dict:
+         work_dir: str | None = None, threshold: float = LOW_CONFIDENCE, max_class_shift: float = MAX_CLASS_SHIFT,
+         max_psi: float = MAX_PSI) -> dict:
     """Check the input and the model, cut the input into shards (once: a re-run finds them) -> the plan:
     ``jobs`` (one per shard), ``config`` (the model's, with this prediction's ``execution``: the
-    engine's Dask settings) and what ``finish`` needs."""
+    engine's Dask settings) and what ``finish`` needs. ``threshold`` / ``max_class_shift`` /
+    ``max_psi`` are ``finish``'s, only checked here, so a bad one fails before any shard is scored."""
     t0 = time.time()
     if shard_rows < 1 or chunk_rows < 1:
         raise PredictError(f"shard_rows={shard_rows}, chunk_rows={chunk_rows}: both must be at least 1 "
                            f"(e.g. --shard-rows {SHARD_ROWS})")
+    P.check_arguments(output, chunk_rows, threshold, max_class_shift, max_psi)
     explicit = P.parse_columns(columns)
     fs, opath = io.fs_path(output)
     if fs.exists(opath) and not fs.isdir(opath):
@@ -291,7 +294,7 @@ def predict_sharded(input: str, output: str, *, threshold: float = LOW_CONFIDENC
                     **kw) -> dict:
     """``plan`` -> every job in this process, one after the other -> ``finish`` (the engine-free path;
     ``kw``: ``plan``'s arguments)."""
-    p = plan(input, output, **kw)
+    p = plan(input, output, threshold=threshold, max_class_shift=max_class_shift, max_psi=max_psi, **kw)
     results = [score_shard(p["config"], j) for j in p["jobs"]]
     return finish(p, results, threshold=threshold, max_class_shift=max_class_shift, max_psi=max_psi,
                   reference=reference)

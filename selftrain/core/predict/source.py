@@ -68,6 +68,9 @@ def open_registry(root: str, name: str | None = None) -> Registry:
 
 
 def _from_run(run_dir: str, model: str | None, error=PredictError) -> ModelSource:
+    if not io.exists(run_dir):
+        raise error(f"the run directory {run_dir} does not exist. Fix: --run <the --output of a finished "
+                    "`selftrain run`, e.g. runs/demo>, or --root for the model registry")
     metrics_uri = io.join(run_dir, "metrics.json")
     metrics = io.read_json(metrics_uri) if io.exists(metrics_uri) else {}
     if model is None:
