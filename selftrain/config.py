@@ -353,11 +353,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         where = str(path)
         try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
+            with open(path, encoding="utf-8") as f:  # a stream: YAML's errors name the file, not "<unicode string>"
+                raw = yaml.safe_load(f) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file {path} not found") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"{path} is not valid YAML: {exc}\nFix: repair the YAML at the line and column "
+                              "above (often an unclosed bracket or quote, or a missing space after a colon)") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     parsed = [parse_override(item) for item in overrides or []]

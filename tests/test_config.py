@@ -128,3 +128,10 @@ def test_inference_compile_takes_yaml_on_and_off(tmp_path):
     assert load_config(None).inference_compile == "auto"
     with pytest.raises(ConfigError, match="inference_compile"):
         load_config(None, ["inference_compile=sometimes"])
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  source: builtin:bbc\n  labels_per_class: [1, 2\nmodel: {}\n")
+    with pytest.raises(ConfigError, match=rf'(?s)is not valid YAML.*in "{bad}", line 3, column 21.*Fix: repair the YAML'):
+        load_config(bad)
