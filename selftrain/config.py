@@ -390,6 +390,8 @@ def validate_config(raw: dict, where: str = "config") -> PipelineConfig:
             hint = ""
             if e["type"] == "extra_forbidden":
                 hint = " (unknown key: check the spelling; `selftrain config --show` lists every key)"
+            elif e.get("input", "") is None and e["type"].endswith("_type"):  # `--set key=` or `key:` with no value
+                hint = f" (it is empty: give it a value, --set {key}=<value>, or drop the key for its default)"
             msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"  {key}: {msg}{hint}" if key else f"  {msg}")
         raise ConfigError(f"invalid configuration ({where}):\n" + "\n".join(lines)) from None

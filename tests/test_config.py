@@ -135,3 +135,8 @@ def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
     bad.write_text("data:\n  source: builtin:bbc\n  labels_per_class: [1, 2\nmodel: {}\n")
     with pytest.raises(ConfigError, match=rf'(?s)is not valid YAML.*in "{bad}", line 3, column 21.*Fix: repair the YAML'):
         load_config(bad)
+
+
+def test_an_empty_value_is_called_empty():
+    with pytest.raises(ConfigError, match=r"data.columns.text: Input should be a valid string \(it is empty: give it a value"):
+        load_config(None, ["data.columns.text="])
