@@ -326,3 +326,51 @@ def test_every_config_section_either_retrains_or_not_and_the_classifier_retrains
     assert training_digest(tiny_config(*probe, "classifier.options={calibrate: false}")) != training_digest(tiny_config(*probe))
     for same in ("run_name=elsewhere", "inference_compile=off", "cpu_bf16=true"):
         assert training_digest(tiny_config(same)) == base, same
+
+
+def test_a_damaged_champion_pointer_is_refused_not_read_as_no_champion(tmp_path, tiny_models):
+    """champion.json without its 'version' (or naming a version that is not there, or not JSON) used to
+    read as "no champion", so the next retrain promoted any challenger over the real champion (exit 0).
+    Now every read raises, naming the file and the fix; `promote` is the fix and rewrites it."""
+    import json as _json
+
+    from selftrain.core.registry.store import RegistryError
+
+    reg, versions = _make(str(tmp_path / "news"), tiny_models, 2)
+    reg.promote("v1")
+    pointer = tmp_path / "news" / "champion.json"
+    for damaged, match in (({"name": "news", "history": []}, "has no 'version' key"),
+                           ({"name": "news", "version": "v0009"}, r"names 'v0009' as the champion, which is not a "
+                                                                  r"committed version \(v0001, v0002\)"),
+                           ('{"version": "v0001",', r"not valid JSON")):
+        pointer.write_text(damaged if isinstance(damaged, str) else _json.dumps(damaged))
+        for read in (reg.champion, reg.check, lambda: reg.resolve("champion"), reg.rollback):
+            with pytest.raises(RegistryError, match=rf"(?s)champion.json .*{match}.*Fix: .*selftrain models promote"):
+                read()
+    change = reg.promote("v2", reason="repair")
+    assert change["changed"] and reg.champion() == "v0002"
+    assert reg.champion_state()["history"][0]["action"] == "repair"
+
+
+def test_a_version_without_its_model_cannot_be_promoted_and_a_damaged_record_is_named(tmp_path, tiny_models):
+    import shutil
+
+    from selftrain.core.registry.store import RegistryError
+
+    reg, _ = _make(str(tmp_path / "news"), tiny_models, 2)
+    reg.promote("v1")
+    shutil.rmtree(tmp_path / "news" / "versions" / "v0002" / "model")
+    with pytest.raises(RegistryError, match=r"v0002 has no model at .*cannot serve as champion\. Fix: promote another"):
+        reg.promote("v2")
+    assert reg.champion() == "v0001"
+    (tmp_path / "news" / "versions" / "v0001" / "version.json").write_text("{oops")
+    with pytest.raises(RegistryError, match=r"v0001.version\.json is damaged: not valid JSON .*Fix: restore it"):
+        reg.check()
+
+
+def test_a_registry_root_that_is_a_file_is_named(tmp_path):
+    from selftrain.core.registry.store import Registry, RegistryError
+
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(RegistryError, match=r"cannot create the model registry at .*afile.*must name a folder"):
+        Registry(str(tmp_path / "afile"), "news").create({"labels": LABELS}, pd.DataFrame({"id": ["a"], "text": ["x"], "label": ["pos"]}))

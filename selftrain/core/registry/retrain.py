@@ -147,6 +147,7 @@ def plan(cfg: PipelineConfig, force: bool = False) -> dict:
     fingerprints = {cfg.data.source: io.frame_fingerprint(df)}
     digest = training_digest(cfg)
     info = _ensure_registry(cfg, reg, df)
+    reg.check()  # a damaged registry file fails here, before a challenger is trained
     last = reg.last_run()
     champion = reg.champion()
     base = {"registry": reg.root, "fingerprints": fingerprints, "config_digest": digest, "rows": len(df),

@@ -42,6 +42,11 @@ class RegistryError(ValueError):
     """A registry operation cannot be done as asked; the message says what, where and how to fix it."""
 
 
+# how a damaged registry file is rebuilt, besides restoring it from a backup (the errors' "Fix:")
+_REPAIR = {"champion.json": "selftrain models promote VERSION rewrites it (selftrain models list shows the versions)",
+           "last_run.json": "delete it: the next retrain then treats the data and config as new"}
+
+
 def _checkpoint(point: str) -> None:
     """Fault-injection point, a no-op. The crash-safety tests replace it in a child process to stop
     that process right here: ``version-commit`` (a version fully written, not yet committed) and
@@ -84,7 +89,12 @@ class Registry:
         fs, path = self._fresh_fs(self.uri(*parts))
         if not fs.exists(path):
             return default
-        return io.read_json(self.uri(*parts))
+        try:
+            return io.read_json(self.uri(*parts))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            how = f", or {_REPAIR[parts[-1]]}" if parts[-1] in _REPAIR else ""
+            raise RegistryError(f"{self.uri(*parts)} is damaged: not valid JSON ({exc}). Fix: restore it from a backup "
+                                f"(or your object store's versioning){how}") from None
 
     def info(self) -> dict:
         info = self._json("registry.json")
@@ -137,11 +147,36 @@ class Registry:
         return self.uri("versions", self.resolve(version), "model")
 
     def version_info(self, version: str) -> dict:
-        return io.read_json(self.uri("versions", self.resolve(version), "version.json"))
+        return self._json("versions", self.resolve(version), "version.json", default={})
 
-    def champion_state(self) -> dict:
-        return self._json("champion.json", default={"name": self.name, "version": None, "previous": None,
-                                                     "stack": [], "history": []})
+    def champion_state(self, repair: bool = False) -> dict:
+        """champion.json (an empty pointer when there is none). A damaged one (not JSON, no ``version``
+        key, a version that is not committed) raises: read as "no champion", it let a retrain promote
+        any challenger over the real champion. ``repair``: the state to rewrite it from instead (what
+        ``promote`` does, the fix the error names)."""
+        empty = {"name": self.name, "version": None, "previous": None, "stack": [], "history": []}
+        try:
+            st = self._json("champion.json", default=empty)
+            if not isinstance(st, dict) or "version" not in st:
+                raise RegistryError(f"{self.uri('champion.json')} is damaged: it has no 'version' key. "
+                                    f"Fix: {_REPAIR['champion.json']}")
+            if st["version"] is not None and st["version"] not in self.versions():
+                raise RegistryError(f"{self.uri('champion.json')} names {st['version']!r} as the champion, which is "
+                                    f"not a committed version ({self._have(self.versions())}). "
+                                    f"Fix: {_REPAIR['champion.json']}")
+        except RegistryError:
+            if not repair:
+                raise
+            return {**empty, "history": [{"action": "repair", "at": now(), "reason": "champion.json was damaged"}]}
+        return st
+
+    def check(self) -> None:
+        """Read every pointer and version record once: a damaged file raises its RegistryError now
+        (the retrain flow calls this before it trains a challenger, not after)."""
+        self.champion_state()
+        self.last_run()
+        for v in self.versions():
+            self.version_info(v)
 
     def champion(self) -> str | None:
         return self.champion_state().get("version")
@@ -158,7 +193,11 @@ class Registry:
         """Write the frozen evaluation set, then registry.json (which makes the registry exist)."""
         if self.exists():
             raise RegistryError(f"A registry already exists at {self.root}; its frozen evaluation set is fixed.")
-        io.write_parquet(eval_frame, self.uri("eval", "frozen.parquet"))
+        try:
+            io.write_parquet(eval_frame, self.uri("eval", "frozen.parquet"))
+        except (NotADirectoryError, FileExistsError) as exc:
+            raise RegistryError(f"cannot create the model registry at {self.root}: {exc}. Fix: retrain.artifacts_root "
+                                "(and retrain.model_name) must name a folder (or an s3:// prefix), not a file") from None
         info = {"name": self.name, "created": now(), **info}
         io.write_json(self.uri("registry.json"), info)
         return info
@@ -235,9 +274,15 @@ class Registry:
                 tmp.unlink()
 
     def promote(self, version: str, *, reason: str = "", by: str = "cli") -> dict:
-        """Make ``version`` the champion. Returns the change (``changed`` False if it already is)."""
+        """Make ``version`` the champion. Returns the change (``changed`` False if it already is).
+        Rewrites a damaged champion.json (the fix its error names); refuses a version whose model is gone."""
         v = self.resolve(version)
-        st = self.champion_state()
+        fs, mpath = self._fresh_fs(self.uri("versions", v, "model", "config.json"))
+        if not fs.exists(mpath):
+            raise RegistryError(f"{v} has no model at {self.uri('versions', v, 'model')} (no config.json: deleted?), "
+                                "so it cannot serve as champion. Fix: promote another version (selftrain models list), "
+                                "or restore the folder")
+        st = self.champion_state(repair=True)
         prev = st.get("version")
         entry = {"action": "promote", "version": v, "previous": prev, "at": now(), "by": by, "reason": reason}
         if prev == v:
