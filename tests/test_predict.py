@@ -341,3 +341,30 @@ def test_an_unreadable_input_names_the_line_or_the_encoding(tmp_path):
         _chunks(str(latin), "csv", "utf-8", 8)
     with pytest.raises(PredictError, match=r"--encoding 'bogus' is not an encoding Python knows"):
         _chunks(str(latin), "csv", "bogus", 8)
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("weights", r"(?s)the model at .* cannot be loaded \(.*\): its folder is incomplete or damaged\. Fix: restore it"),
+    ("selftrain_classifier.json", r"(?s)the model at .* cannot be loaded .*Fix: restore it or train it again"),
+    ("metrics.json", r"(?s)metrics\.json is damaged: not valid JSON .*Fix: restore it, or name the model yourself"),
+    ("config.yaml", r"(?s)config\.yaml is damaged: not valid YAML .*Fix: restore it"),
+])
+def test_a_damaged_run_directory_names_the_file_not_a_traceback(run, tmp_path, damage, match):
+    """Each of these reached the user as a FileNotFoundError / JSONDecodeError / yaml ParserError traceback."""
+    import shutil
+
+    from selftrain.core.predict.batch import PredictError, predict_file
+
+    copy = tmp_path / "run"
+    shutil.copytree(run["dir"], copy)
+    model = copy / "models" / run["final"]
+    if damage == "weights":
+        for f in [*model.glob("*.safetensors"), *model.glob("*.bin")]:
+            f.unlink()
+    else:
+        (model if damage == "selftrain_classifier.json" else copy).joinpath(damage).write_text("{oops: [")
+    src = tmp_path / "in.csv"
+    run["test"][["id", "text"]].head(3).to_csv(src, index=False)
+    with pytest.raises(PredictError, match=match):
+        predict_file(str(src), str(tmp_path / "preds.parquet"), run_dir=str(copy), reference=False)
+    assert not (tmp_path / "preds.parquet").exists()

@@ -182,10 +182,17 @@ def _load_model(source: ModelSource) -> _Loaded:
     from selftrain.core.label.shards import load_model  # the pseudo-label path's loader (cached per process)
 
     local = io.local_dir(source.model_uri)
-    _, labels = saved_info(local)
-    # no embedding cache: a prediction's rows are seen once, and a cache would keep every one of them (disk and memory)
-    return _Loaded(source, source.config, labels, model_fingerprint(local),
-                   load_model(source.config, source.model_uri, labels, cache=False))
+    try:
+        _, labels = saved_info(local)
+        # no embedding cache: a prediction's rows are seen once, and a cache would keep every one of them (disk and memory)
+        return _Loaded(source, source.config, labels, model_fingerprint(local),
+                       load_model(source.config, source.model_uri, labels, cache=False))
+    except PredictError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:  # a file missing or damaged in the model folder
+        raise PredictError(f"the model at {source.model_uri} cannot be loaded ({type(exc).__name__}: {exc}): its folder "
+                           "is incomplete or damaged. Fix: restore it or train it again, or score with another model "
+                           "(--model NAME, --version N)") from None
 
 
 # ---------------------------------------------------------------- scoring

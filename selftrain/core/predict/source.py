@@ -20,6 +20,7 @@ it was evaluated on.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,9 +53,25 @@ class ModelSource:
     input: str = ""
 
 
-def load_run_config(uri: str) -> PipelineConfig:
-    """A saved ``config.yaml`` (a run's or a registry version's), validated."""
-    return validate_config(yaml.safe_load(io.read_bytes(uri)) or {}, uri)
+def load_run_config(uri: str, error=PredictError) -> PipelineConfig:
+    """A saved ``config.yaml`` (a run's or a registry version's), validated; damaged: ``error``."""
+    try:
+        raw = yaml.safe_load(io.read_bytes(uri)) or {}
+    except yaml.YAMLError as exc:
+        raise error(f"{uri} is damaged: not valid YAML ({exc}). It records how the model was trained. Fix: restore "
+                    "it, or copy the config the run was started with there") from None
+    if not isinstance(raw, dict):
+        raise error(f"{uri} is damaged: not a mapping of config sections. Fix: restore it")
+    return validate_config(raw, uri)
+
+
+def read_record(uri: str, error=PredictError) -> dict:
+    """A run's JSON record (metrics.json ...); damaged: ``error`` naming it."""
+    try:
+        return io.read_json(uri)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{uri} is damaged: not valid JSON ({exc}). Fix: restore it, or name the model yourself "
+                    "(--model NAME) so it is not needed") from None
 
 
 def open_registry(root: str, name: str | None = None) -> Registry:
@@ -72,7 +89,7 @@ def _from_run(run_dir: str, model: str | None, error=PredictError) -> ModelSourc
         raise error(f"the run directory {run_dir} does not exist. Fix: --run <the --output of a finished "
                     "`selftrain run`, e.g. runs/demo>, or --root for the model registry")
     metrics_uri = io.join(run_dir, "metrics.json")
-    metrics = io.read_json(metrics_uri) if io.exists(metrics_uri) else {}
+    metrics = read_record(metrics_uri, error) if io.exists(metrics_uri) else {}
     if model is None:
         if not metrics.get("final"):
             raise error(f"{run_dir} has no metrics.json naming its final model (an unfinished run, or not a run "
@@ -88,7 +105,7 @@ def _from_run(run_dir: str, model: str | None, error=PredictError) -> ModelSourc
     if not io.exists(cfg_uri):
         raise error(f"{run_dir} has no config.yaml (written by ingest): cannot tell the row rules and the "
                     "classifier settings the model was trained with. Fix: point --run at a run directory")
-    cfg = load_run_config(cfg_uri)
+    cfg = load_run_config(cfg_uri, error)
     src = ModelSource(uri, f"{run_dir.rstrip('/').rsplit('/', 1)[-1]}/{model}", cfg.run_name, cfg)
     prior = ((metrics.get("validation") or {}).get("per_class") or {}).get("train")
     clean = io.join(run_dir, "data", "clean.parquet")
