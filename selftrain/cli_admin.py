@@ -94,19 +94,21 @@ def cmd_deploy_schema(args) -> int:
             print("selftrain: deploy-schema needs a Prefect server. Fix: export PREFECT_API_URL=http://<host>:4200/api",
                   file=sys.stderr)
             return 2
+    import httpx
+
     from selftrain.flows.schema import apply_typed_schemas
 
     try:
         report = apply_typed_schemas(args.deployment or None, dry_run=args.dry_run)
     except LookupError as exc:  # an unknown deployment name
         print(f"selftrain: deploy-schema: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # an unreachable server
+        return 2
+    except (OSError, httpx.HTTPError) as exc:  # an unreachable server (a bug elsewhere keeps its traceback)
         from prefect.settings import PREFECT_API_URL
 
         print(f"selftrain: deploy-schema: {type(exc).__name__}: {exc} (PREFECT_API_URL={PREFECT_API_URL.value()}). "
               "Fix: start the server or point PREFECT_API_URL at it", file=sys.stderr)
-        return 1
+        return 2
     if args.json:
         from dataclasses import asdict
 

@@ -229,3 +229,17 @@ def test_the_command_without_a_server_says_how_to_point_it_at_one(tmp_path):
     out = subprocess.run([sys.executable, "-m", "selftrain.cli", "deploy-schema"], capture_output=True, text=True,
                          env=env, timeout=120, cwd=ROOT)
     assert out.returncode == 2 and "export PREFECT_API_URL" in out.stderr, out.stderr
+
+
+def test_an_unreachable_server_is_exit_2_with_the_fix(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
+        "PREFECT_HOME": str(tmp_path), "PREFECT_API_URL": "http://127.0.0.1:9/api"}  # nothing listens on port 9
+    out = subprocess.run([sys.executable, "-m", "selftrain.cli", "deploy-schema"], capture_output=True, text=True,
+                         env=env, timeout=120, cwd=ROOT)
+    assert out.returncode == 2, out.stderr
+    assert "ConnectError" in out.stderr and "Fix: start the server or point PREFECT_API_URL at it" in out.stderr
+    assert "Traceback" not in out.stderr
