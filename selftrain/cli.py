@@ -332,9 +332,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def storage_error(exc: BaseException) -> str | None:
+    """The one-line report of an S3 failure anywhere in ``exc``'s chain (no credentials, an endpoint
+    that does not answer, a bucket that does not exist), or None: botocore's own tracebacks name
+    neither the fix nor, for missing credentials, what was being read."""
+    bc = sys.modules.get("botocore.exceptions")  # not imported: nothing touched S3
+    seen = set()
+    while bc is not None and exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (bc.BotoCoreError, bc.ClientError)):
+            return (f"an S3 request failed ({type(exc).__name__}: {exc}). Fix: check the s3:// URIs (bucket names) and "
+                    "the credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE, and AWS_ENDPOINT_URL "
+                    "for an S3-compatible store")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as exc:
+        line = storage_error(exc)
+        if line is None:
+            raise
+        print(f"selftrain: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -148,3 +148,30 @@ def test_ephemeral_runs_switch_off_the_server_services_that_lock_sqlite(api_url,
 
     assert off == (str(sorted(EPHEMERAL_OFF_SERVICES)) if api_url is None else "[]")
     assert persister == recorder == "True"
+
+
+def test_an_s3_failure_is_one_line_with_the_fix(tmp_path):
+    """botocore's NoCredentialsError reached the user as a traceback that named neither the URI nor the fix."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | {
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}  # nothing answers there
+    out = subprocess.run([sys.executable, "-m", "selftrain.cli", "models", "list", "--root", "s3://no-such-bucket/reg"],
+                         capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("selftrain: an S3 request failed (NoCredentialsError") and "AWS_ACCESS_KEY_ID" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_storage_error_finds_botocore_in_the_chain_and_nothing_else():
+    import botocore.exceptions as bc
+
+    from selftrain.cli import storage_error
+
+    try:
+        try:
+            raise bc.EndpointConnectionError(endpoint_url="http://127.0.0.1:9/bucket")
+        except bc.BotoCoreError as inner:
+            raise OSError("s3fs gave up") from inner
+    except OSError as exc:
+        assert "EndpointConnectionError" in storage_error(exc) and "AWS_ENDPOINT_URL" in storage_error(exc)
+    assert storage_error(ValueError("a bug")) is None
