@@ -371,7 +371,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raw[section].pop("options", None)
     for k, v in parsed:
         _set_dotted(raw, k, v)
-    return validate_config(raw, where)
+    return validate_config(raw, where + (" + --set" if parsed else ""), overridden=set_keys)
 
 
 #: (section, key) naming a plugin whose ``options`` belong to it. Switching the plugin with
@@ -380,7 +380,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 PLUGIN_KEYS = (("model", "name"), ("classifier", "name"), ("pretrain", "objective"), ("pseudo_label", "labeler"))
 
 
-def validate_config(raw: dict, where: str = "config") -> PipelineConfig:
+def validate_config(raw: dict, where: str = "config", overridden: set[str] | None = None) -> PipelineConfig:
+    """``raw`` -> PipelineConfig, or a ConfigError listing every bad key; a key that ``overridden``
+    (the ``--set`` keys) set, or lies under one, is marked "(from --set)", not blamed on ``where``."""
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
@@ -388,10 +390,12 @@ def validate_config(raw: dict, where: str = "config") -> PipelineConfig:
         for e in exc.errors():
             key = ".".join(str(p) for p in e["loc"])
             hint = ""
+            if any(key == k or key.startswith(k + ".") for k in overridden or ()):
+                hint = " (from --set)"
             if e["type"] == "extra_forbidden":
-                hint = " (unknown key: check the spelling; `selftrain config --show` lists every key)"
+                hint += " (unknown key: check the spelling; `selftrain config --show` lists every key)"
             elif e.get("input", "") is None and e["type"].endswith("_type"):  # `--set key=` or `key:` with no value
-                hint = f" (it is empty: give it a value, --set {key}=<value>, or drop the key for its default)"
+                hint += f" (it is empty: give it a value, --set {key}=<value>, or drop the key for its default)"
             msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"  {key}: {msg}{hint}" if key else f"  {msg}")
         raise ConfigError(f"invalid configuration ({where}):\n" + "\n".join(lines)) from None

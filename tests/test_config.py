@@ -138,5 +138,14 @@ def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
 
 
 def test_an_empty_value_is_called_empty():
-    with pytest.raises(ConfigError, match=r"data.columns.text: Input should be a valid string \(it is empty: give it a value"):
+    with pytest.raises(ConfigError, match=r"data.columns.text: Input should be a valid string \(from --set\) \(it is empty: give it"):
         load_config(None, ["data.columns.text="])
+
+
+def test_a_bad_value_from_set_is_marked_as_such_not_blamed_on_the_file():
+    tiny = Path(__file__).resolve().parents[1] / "examples" / "configs" / "tiny.yaml"
+    with pytest.raises(ConfigError) as ei:
+        load_config(tiny, ["retrain.metric=f1"])
+    msg = str(ei.value)
+    assert msg.startswith(f"invalid configuration ({tiny} + --set)") and "retrain.metric: Input should be" in msg
+    assert "'accuracy' (from --set)" in msg
