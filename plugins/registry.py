@@ -116,6 +116,26 @@ def load_entry_point(group: str, ep: EntryPoint) -> PluginRecord:
     return rec
 
 
+def allowlist_problems() -> list[str]:
+    """Entries of SELFTRAIN_PLUGIN_ALLOWLIST that allow nothing: a name that is no installed
+    distribution (a typo silently disables the plugin it meant) or a pattern (``*`` is not a
+    wildcard). Empty when the variable is unset or every entry names an installed distribution."""
+    from importlib.metadata import distributions
+
+    allow = os.environ.get("SELFTRAIN_PLUGIN_ALLOWLIST")
+    if allow is None:
+        return []
+    third = sorted({_canon(_dist_of(ep)[0]) for g in GROUPS for ep in entry_points(group=g)} - {OWN_DIST})
+    installed = {_canon(d.metadata["Name"]) for d in distributions() if d.metadata["Name"]} | set(third)
+    out = []
+    for entry in (e.strip() for e in allow.split(",")):
+        if entry and _canon(entry) not in installed:
+            out.append(f"SELFTRAIN_PLUGIN_ALLOWLIST entry {entry!r} is no installed distribution, so it allows nothing "
+                       f"(entries are exact distribution names, no patterns; installed plugin distributions: "
+                       f"{', '.join(third) or 'none'})")
+    return out
+
+
 @lru_cache(maxsize=None)
 def discover(group: str) -> tuple[PluginRecord, ...]:
     """All entry points of ``group``, each loaded independently (cached per process).

@@ -124,9 +124,12 @@ def cmd_config(args) -> int:
 
 
 def cmd_plugins(args) -> int:
-    from selftrain.plugins.registry import all_plugins
+    from selftrain.plugins.registry import all_plugins, allowlist_problems
 
     recs = all_plugins()
+    problems = allowlist_problems()
+    for line in problems:
+        print(f"selftrain: warning: {line}", file=sys.stderr)
     if args.json:
         print(json.dumps([r.as_dict() for r in recs], indent=2))
         return 0
@@ -138,7 +141,7 @@ def cmd_plugins(args) -> int:
         status = "ok" if r.status == "ok" else f"{r.status}: {r.error}"
         summary = f"  - {r.cls.summary}" if r.cls is not None and r.cls.summary else ""
         print(f"  {r.name:<12} {r.dist} {r.version}  [{status}]{summary}")
-    return 1 if args.strict and any(r.status == "error" for r in recs) else 0
+    return 1 if args.strict and (problems or any(r.status == "error" for r in recs)) else 0
 
 
 def cmd_plugins_show(args) -> int:
@@ -293,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     psub = pl.add_subparsers(dest="plugins_command", required=True)
     ls = psub.add_parser("list", help="every plugin by group with its distribution, version and status")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
-    ls.add_argument("--strict", action="store_true", help="exit 1 if any plugin is broken")
+    ls.add_argument("--strict", action="store_true", help="exit 1 if any plugin is broken or an allowlist entry "
+                    "allows nothing")
     ls.set_defaults(func=cmd_plugins)
     sh = psub.add_parser("show", help="one plugin: distribution, API version, summary and every option of its "
                          "Config (type, default, bounds, description)")

@@ -318,3 +318,17 @@ def test_discovery_is_cached_until_clear_cache(install, monkeypatch):
     assert records()["good"].status == "ok", "cached per process"
     registry.clear_cache()
     assert records()["good"].status == "disabled"
+
+
+def test_an_allowlist_entry_that_allows_nothing_is_reported(install, monkeypatch):
+    """A typo in SELFTRAIN_PLUGIN_ALLOWLIST (or '*', which is no wildcard) silently disabled the plugin it
+    meant; allowlist_problems (printed by `selftrain plugins list`, exit 1 with --strict) names each entry."""
+    monkeypatch.setenv("SELFTRAIN_PLUGIN_ALLOWLIST", "acme-plugins, acme-plugns, *")
+    install(ep("good", f"{MOD}:GoodObjective", dist="acme-plugins"))
+    problems = registry.allowlist_problems()
+    assert [p.split("'")[1] for p in problems] == ["acme-plugns", "*"], problems
+    assert "no patterns; installed plugin distributions: acme-plugins" in problems[0]
+    monkeypatch.setenv("SELFTRAIN_PLUGIN_ALLOWLIST", "acme-plugins")
+    assert registry.allowlist_problems() == []
+    monkeypatch.delenv("SELFTRAIN_PLUGIN_ALLOWLIST")
+    assert registry.allowlist_problems() == []
