@@ -151,3 +151,17 @@ def test_fewer_gold_rows_than_labels_per_class_asks_for_is_said(tmp_path, caplog
         df = ingest_frame(DataConfig(source=str(path), labels_per_class=10, val_per_class=0, test_per_class=1))
     assert (df["split"] == "train").sum() == 4  # 3 per class, 1 to test
     assert "class 'a': data.labels_per_class asks for 10 labeled rows, but only 2 are left" in caplog.text
+
+
+def test_a_lost_connection_is_not_turned_into_a_user_error(tmp_path, monkeypatch):
+    """A ConnectionError (an OSError) while reading stays what it is, so the stage's retries still cure a
+    storage hiccup; only what a retry cannot change becomes a DataSourceError (never retried)."""
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\nhello there,a\n")
+
+    def hiccup(*a, **k):
+        raise ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(pd, "read_csv", hiccup)
+    with pytest.raises(ConnectionError):
+        ingest_frame(DataConfig(source=str(path)))

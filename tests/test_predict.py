@@ -368,3 +368,15 @@ def test_a_damaged_run_directory_names_the_file_not_a_traceback(run, tmp_path, d
     with pytest.raises(PredictError, match=match):
         predict_file(str(src), str(tmp_path / "preds.parquet"), run_dir=str(copy), reference=False)
     assert not (tmp_path / "preds.parquet").exists()
+
+
+def test_a_lost_connection_while_reading_the_input_stays_retryable(tmp_path, monkeypatch):
+    from selftrain.core.predict import batch
+
+    def hiccup(*a, **k):
+        raise ConnectionError("connection reset by peer")
+        yield  # a generator, as _read is
+
+    monkeypatch.setattr(batch, "_read", hiccup)
+    with pytest.raises(ConnectionError):  # not a PredictError: tasks.RETRY retries it
+        batch._chunks(str(tmp_path / "in.csv"), "csv", "utf-8", 8)

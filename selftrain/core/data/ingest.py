@@ -112,7 +112,8 @@ def read_source(cfg: DataConfig) -> tuple[pd.DataFrame, dict]:
                 df = pd.read_parquet(src)
         except FileNotFoundError:
             raise DataSourceError(f"data.source {src!r} does not exist") from None
-        except (ValueError, TypeError, LookupError, OSError) as exc:  # empty, broken, another format, encoding
+        except (ValueError, TypeError, LookupError) as exc:  # empty, broken, another format, encoding
+            # (not OSError: a lost connection to s3:// is one, and the stage's retries are for it)
             import fsspec
 
             raise DataSourceError(describe_read_error(src, fmt, cfg.encoding, exc, lambda: fsspec.open(

@@ -120,7 +120,7 @@ def _chunks(uri: str, fmt: str, encoding: str, chunk_rows: int) -> tuple[list[st
     it = _read(uri, fmt, encoding, chunk_rows)
     try:
         first = next(it, None)
-    except PredictError:
+    except (PredictError, ConnectionError, TimeoutError):  # a lost connection is no broken file: the retries' to cure
         raise
     except (ValueError, TypeError, LookupError, OSError) as exc:  # broken, another format, wrong or unknown encoding
         def open_text():
@@ -187,7 +187,7 @@ def _load_model(source: ModelSource) -> _Loaded:
         # no embedding cache: a prediction's rows are seen once, and a cache would keep every one of them (disk and memory)
         return _Loaded(source, source.config, labels, model_fingerprint(local),
                        load_model(source.config, source.model_uri, labels, cache=False))
-    except PredictError:
+    except (PredictError, ConnectionError, TimeoutError):  # a lost connection: the retries' to cure
         raise
     except (OSError, ValueError, KeyError) as exc:  # a file missing or damaged in the model folder
         raise PredictError(f"the model at {source.model_uri} cannot be loaded ({type(exc).__name__}: {exc}): its folder "
