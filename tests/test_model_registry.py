@@ -363,6 +363,10 @@ def test_a_version_without_its_model_cannot_be_promoted_and_a_damaged_record_is_
     with pytest.raises(RegistryError, match=r"v0002 has no model at .*cannot serve as champion\. Fix: promote another"):
         reg.promote("v2")
     assert reg.champion() == "v0001"
+    from selftrain.core.registry.model_card import registry_rows
+
+    (tmp_path / "news" / "versions" / "v0002" / "version.json").write_text("{}")
+    assert [r["decision"] for r in registry_rows(reg)] == ["promote", "—"]  # unknown, not a made-up "reject"
     (tmp_path / "news" / "versions" / "v0001" / "version.json").write_text("{oops")
     with pytest.raises(RegistryError, match=r"v0001.version\.json is damaged: not valid JSON .*Fix: restore it"):
         reg.check()

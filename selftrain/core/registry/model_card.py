@@ -141,7 +141,9 @@ def registry_rows(reg: Registry) -> list[dict]:
         rows.append({"version": v, "champion": "yes" if v == champ else "", "created": info.get("created", ""),
                      "macro_f1": fe.get("macro_f1"), "accuracy": fe.get("accuracy"), "gold_train": gold,
                      "pseudo_labels": pseudo, "stage": info.get("stage", ""),
-                     "decision": "promote" if (info.get("decision") or {}).get("promote") else "reject"})
+                     # no decision recorded (version.json missing or emptied): unknown, not "reject"
+                     "decision": "—" if "decision" not in info else
+                     "promote" if (info["decision"] or {}).get("promote") else "reject"})
     return rows
 
 
