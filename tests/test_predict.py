@@ -380,3 +380,39 @@ def test_a_lost_connection_while_reading_the_input_stays_retryable(tmp_path, mon
     monkeypatch.setattr(batch, "_read", hiccup)
     with pytest.raises(ConnectionError):  # not a PredictError: tasks.RETRY retries it
         batch._chunks(str(tmp_path / "in.csv"), "csv", "utf-8", 8)
+
+
+def test_a_backbone_or_a_temp_folder_is_not_offered_as_a_model(run, tmp_path):
+    """The --model listing offered models/init / models/pretrain (backbones: predicting with one crashed in
+    softmax) and a killed stage's .teacher.tmp-* folder; now only classifiers are listed, and a backbone says so."""
+    import shutil
+
+    from selftrain.core.predict.source import PredictError, classifier_models, resolve_model
+
+    copy = tmp_path / "run"
+    shutil.copytree(run["dir"], copy)
+    (copy / "models" / "init").mkdir()
+    (copy / "models" / "init" / "config.json").write_text('{"architectures": ["BertModel"], "id2label": {"0": "LABEL_0"}}')
+    shutil.copytree(copy / "models" / run["final"], copy / "models" / ".teacher.tmp-1e690248")
+    have = classifier_models(str(copy))
+    assert run["final"] in have and "init" not in have and not any(n.startswith(".") for n in have)
+    with pytest.raises(PredictError, match=rf"models/init is a backbone, not a classifier .*; the classifiers there: "
+                                           rf".*{run['final']}.*Fix: --model one of those"):
+        resolve_model(run_dir=str(copy), model="init")
+    with pytest.raises(PredictError, match=r"models/nosuch is not a saved model"):
+        resolve_model(run_dir=str(copy), model="nosuch")
+
+
+def test_a_single_file_prediction_over_a_folder_is_refused_before_anything_is_written(run, tmp_path):
+    """-o naming a sharded prediction's folder failed at the very end (IsADirectoryError), after its
+    quarantine file had been replaced by this input's."""
+    from selftrain.core.predict.batch import PredictError, predict_file
+
+    (tmp_path / "preds").mkdir()
+    q = tmp_path / "preds.quarantine.parquet"
+    q.write_bytes(b"the earlier prediction's quarantine")
+    src = tmp_path / "in.csv"
+    run["test"][["id", "text"]].head(3).to_csv(src, index=False)
+    with pytest.raises(PredictError, match=r"--output .*preds is a folder .*Fix: -o a new file name"):
+        predict_file(str(src), str(tmp_path / "preds"), run_dir=run["dir"], reference=False)
+    assert q.read_bytes() == b"the earlier prediction's quarantine"

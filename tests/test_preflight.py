@@ -118,3 +118,11 @@ def test_no_pool_left_with_pseudo_labelling_on_fails_at_validation(tmp_path):
     last = out.stderr.strip().splitlines()[-1]
     assert "no unlabeled rows left for the pool" in last and "pseudo_label.enabled: false" in last, out.stderr
     assert not (tmp_path / "run" / "models").exists(), "nothing was trained"
+
+
+def test_an_output_dir_that_is_a_file_is_one_line_rc2(tmp_path):
+    (tmp_path / "existing.parquet").write_bytes(b"PAR1")
+    out = _cli(["run", "-o", str(tmp_path / "existing.parquet")], tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().startswith("selftrain: output_dir: ") and "is a file" in out.stderr
+    assert (tmp_path / "existing.parquet").read_bytes() == b"PAR1"

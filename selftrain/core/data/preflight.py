@@ -128,7 +128,13 @@ def check_run(path: str | Path | None, overrides: list[str] | None) -> str | Non
     """The one-line error of a run whose data cannot work, or None (also when the config itself
     cannot be read: ``load_config`` reports that)."""
     raw = raw_config(path, overrides)
-    if raw is None or not isinstance(raw.get("data", {}), (dict, type(None))):
+    if raw is None:
+        return None
+    out = raw.get("output_dir")
+    if isinstance(out, str) and local_path(out) is not None and local_path(out).is_file():
+        return (f"output_dir: {out!r} is a file, and a run writes a folder there. Fix: -o a new folder name "
+                "(e.g. runs/my-run), or move the file")
+    if not isinstance(raw.get("data", {}), (dict, type(None))):
         return None
     try:
         check_data(raw.get("data"))

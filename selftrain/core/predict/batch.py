@@ -380,6 +380,11 @@ def predict_file(input: str, output: str, *, run_dir: str | None = None, model: 
 
     t0 = time.perf_counter()
     check_arguments(output, chunk_rows, threshold, max_class_shift, max_psi)
+    fs, opath = io.fs_path(output)
+    if fs.isdir(opath):  # e.g. a sharded prediction's output: publishing over it would fail after the quarantine
+        raise PredictError(f"--output {output} is a folder (a sharded prediction's output?), and this prediction "
+                           "writes one parquet file. Fix: -o a new file name (e.g. preds.parquet), or --workers N to "
+                           "write a sharded folder")
     explicit = parse_columns(columns)
     source = resolve_model(run_dir=run_dir, model=model, root=root, name=name, version=version)
     source.input = input

@@ -84,6 +84,29 @@ def open_registry(root: str, name: str | None = None) -> Registry:
     return Registry(io.join(root, name), name)
 
 
+def _is_classifier(uri: str) -> bool:
+    """A saved classifier: a plugin's ``selftrain_classifier.json``, or a finetuned model's config.json
+    with its labels (``id2label``); a backbone (models/init, models/pretrain) has neither."""
+    if io.exists(io.join(uri, "selftrain_classifier.json")):
+        return True
+    cfg_uri = io.join(uri, "config.json")
+    if not io.exists(cfg_uri):
+        return False
+    try:
+        cfg = io.read_json(cfg_uri)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    # a bare AutoModel body saves architectures ["BertModel"] (and, on transformers 4, a default id2label)
+    return bool(cfg.get("id2label")) and any("ForSequenceClassification" in a for a in cfg.get("architectures") or [])
+
+
+def classifier_models(run_dir: str) -> list[str]:
+    """The classifier models of a run directory (``models/*``, temp and hidden folders excluded)."""
+    fs, path = io.fs_path(io.join(run_dir, "models"))
+    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)) if fs.exists(path) else []
+    return [n for n in names if not n.startswith(".") and _is_classifier(io.join(run_dir, "models", n))]
+
+
 def _from_run(run_dir: str, model: str | None, error=PredictError) -> ModelSource:
     if not io.exists(run_dir):
         raise error(f"the run directory {run_dir} does not exist. Fix: --run <the --output of a finished "
@@ -96,11 +119,12 @@ def _from_run(run_dir: str, model: str | None, error=PredictError) -> ModelSourc
                         "directory). Fix: pass --model NAME (one of models/*) or point --run at a finished run")
         model = metrics["final"]
     uri = io.join(run_dir, "models", model)
-    if not io.exists(io.join(uri, "config.json")) and not io.exists(io.join(uri, "selftrain_classifier.json")):
-        fs, path = io.fs_path(io.join(run_dir, "models"))
-        have = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)) if fs.exists(path) else []
-        raise error(f"no saved model {model!r} in {io.join(run_dir, 'models')} (models there: "
-                    f"{', '.join(have) or 'none'}). Fix: --model one of those")
+    if not _is_classifier(uri):
+        have = classifier_models(run_dir)
+        what = ("a backbone, not a classifier (pretrained or initial weights: nothing to predict with)"
+                if io.exists(io.join(uri, "config.json")) else "not a saved model")
+        raise error(f"{io.join(run_dir, 'models', model)} is {what}; the classifiers there: "
+                    f"{', '.join(have) or 'none'}. Fix: --model one of those")
     cfg_uri = io.join(run_dir, "config.yaml")
     if not io.exists(cfg_uri):
         raise error(f"{run_dir} has no config.yaml (written by ingest): cannot tell the row rules and the "
