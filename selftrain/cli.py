@@ -360,7 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         line = storage_error(exc)
         if line is None:
             raise
-        print(f"selftrain: {line}", file=sys.stderr)
+        values = [v for v in vars(args).values() if isinstance(v, str)]
+        values += [x for v in vars(args).values() if isinstance(v, list) for x in v if isinstance(x, str)]
+        uris = sorted({"s3://" + v.split("s3://", 1)[1] for v in values if "s3://" in v})  # also --set k=s3://...
+        print(f"selftrain: {line}" + (f" (s3:// in this command: {', '.join(uris)})" if uris else ""), file=sys.stderr)
         return 2
 
 

@@ -159,6 +159,7 @@ def test_an_s3_failure_is_one_line_with_the_fix(tmp_path):
                          capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert out.returncode == 2, out.stderr
     assert out.stderr.startswith("selftrain: an S3 request failed (NoCredentialsError") and "AWS_ACCESS_KEY_ID" in out.stderr
+    assert "(s3:// in this command: s3://no-such-bucket/reg)" in out.stderr
     assert "Traceback" not in out.stderr
 
 
