@@ -23,6 +23,18 @@ def test_output_dir_is_atomic_locally(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["m"], "no temporary leftovers"
 
 
+def test_what_a_killed_writer_left_is_removed_by_the_next_successful_write(tmp_path):
+    """SIGKILL mid-stage leaves .m.tmp-* (and, mid-swap, .m.old-*): the next write of the same target
+    removes them; another target's temp folder is not touched."""
+    target = tmp_path / "models" / "m"
+    target.parent.mkdir(parents=True)
+    for name in (".m.tmp-dead0001", ".m.old-dead0002", ".other.tmp-live0003"):
+        (target.parent / name).mkdir()
+    with io.output_dir(str(target)) as tmp:
+        Path(tmp, "a.txt").write_text("v1")
+    assert sorted(p.name for p in target.parent.iterdir()) == [".other.tmp-live0003", "m"]
+
+
 def test_unchanged_parquet_is_not_rewritten(tmp_path):
     df = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
     uri = str(tmp_path / "d.parquet")
