@@ -30,6 +30,34 @@ def _prefect_env() -> None:
             os.environ.setdefault(f"PREFECT_SERVER_SERVICES_{service}_ENABLED", "false")
 
 
+def _fast_interrupt_on_ephemeral_api() -> None:
+    """Ctrl-C during a run on Prefect's temporary API: say how to resume and exit 130 at once.
+
+    Without this, a terminal's Ctrl-C also stops the temporary server, and Prefect's engine then
+    spends ~2.5 min retrying to report the crash to it before a ConnectError traceback (measured:
+    163 s). Nothing of value is lost by not reporting it: the API is temporary, finished stages
+    are cached in the run directory and pretraining keeps its last checkpoint. Runs against a
+    real server (PREFECT_API_URL) keep Prefect's own handling (the run is marked Crashed there)."""
+    import signal
+
+    if os.environ.get("PREFECT_API_URL"):
+        return
+
+    def on_interrupt(signum, frame):
+        print("\nselftrain: interrupted. Finished stages are cached and pretraining keeps its last checkpoint: "
+              "run the same command again to resume.", file=sys.stderr, flush=True)
+        try:
+            from prefect.server.api.server import SubprocessASGIServer
+
+            for server in list(SubprocessASGIServer._instances.values()):
+                server.stop()  # os._exit skips the atexit hook that would stop it
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+
+
 #: Prefect server services a one-off run on the ephemeral API does not use (see _prefect_env).
 EPHEMERAL_OFF_SERVICES = ("TRIGGERS", "FOREMAN", "LATE_RUNS", "SCHEDULER", "PAUSE_EXPIRATIONS", "REPOSSESSOR",
                           "CANCELLATION_CLEANUP", "DB_VACUUM")
@@ -64,6 +92,7 @@ def cmd_run(args) -> int:
         else:
             from selftrain.flows import pipeline
 
+            _fast_interrupt_on_ephemeral_api()
             result = pipeline(cfg)
     except Exception as exc:
         if not _report_user_error(exc):
@@ -178,6 +207,7 @@ def cmd_retrain(args) -> int:
         else:
             from selftrain.flows import retrain
 
+            _fast_interrupt_on_ephemeral_api()
             out = retrain(cfg, force=args.force)
     except Exception as exc:
         if not _report_user_error(exc):

@@ -176,3 +176,26 @@ def test_storage_error_finds_botocore_in_the_chain_and_nothing_else():
     except OSError as exc:
         assert "EndpointConnectionError" in storage_error(exc) and "AWS_ENDPOINT_URL" in storage_error(exc)
     assert storage_error(ValueError("a bug")) is None
+
+
+@pytest.mark.slow  # ~30 s: a Prefect run on the temporary API, interrupted in pretraining
+def test_ctrl_c_on_the_temporary_api_exits_at_once_and_the_rerun_resumes(tmp_path):
+    """Ctrl-C used to leave Prefect retrying the crash report against the stopped temporary server for
+    ~2.5 min, then a ConnectError traceback. Now: the resume hint, exit 130, the server stopped."""
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {"PREFECT_HOME": str(tmp_path / "ph")}
+    cmd = [sys.executable, "-m", "selftrain.cli", "run", "-c", str(TINY), "-o", str(tmp_path / "run"),
+           "--set", "pretrain.max_steps=100000", "--set", "pretrain.epochs=1000", "--set", "pretrain.checkpoint_every=20"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    ckpt = tmp_path / "run" / "checkpoints" / "pretrain"
+    deadline = time.monotonic() + 180
+    while not (ckpt.exists() and any(ckpt.glob("step-*"))) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)  # the old path retried the dead API for ~150 s before exiting
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted. Finished stages are cached" in err and "Stopping temporary server" in err
+    assert "Traceback" not in err.split("interrupted.")[-1]
