@@ -30,6 +30,10 @@ def _prefect_env() -> None:
             os.environ.setdefault(f"PREFECT_SERVER_SERVICES_{service}_ENABLED", "false")
 
 
+RESUME_HINT = ("interrupted. Run the same command again to go on: pretraining resumes from its last checkpoint, "
+               "and under Prefect the finished stages are cached.")
+
+
 def _fast_interrupt_on_ephemeral_api() -> None:
     """Ctrl-C during a run on Prefect's temporary API: say how to resume and exit 130 at once.
 
@@ -44,8 +48,7 @@ def _fast_interrupt_on_ephemeral_api() -> None:
         return
 
     def on_interrupt(signum, frame):
-        print("\nselftrain: interrupted. Finished stages are cached and pretraining keeps its last checkpoint: "
-              "run the same command again to resume.", file=sys.stderr, flush=True)
+        print(f"\nselftrain: {RESUME_HINT}", file=sys.stderr, flush=True)
         try:
             from prefect.server.api.server import SubprocessASGIServer
 
@@ -94,6 +97,9 @@ def cmd_run(args) -> int:
 
             _fast_interrupt_on_ephemeral_api()
             result = pipeline(cfg)
+    except KeyboardInterrupt:
+        print(f"\nselftrain: {RESUME_HINT}", file=sys.stderr)
+        return 130
     except Exception as exc:
         if not _report_user_error(exc):
             raise
@@ -209,6 +215,9 @@ def cmd_retrain(args) -> int:
 
             _fast_interrupt_on_ephemeral_api()
             out = retrain(cfg, force=args.force)
+    except KeyboardInterrupt:
+        print(f"\nselftrain: {RESUME_HINT}", file=sys.stderr)
+        return 130
     except Exception as exc:
         if not _report_user_error(exc):
             raise

@@ -197,5 +197,5 @@ def test_ctrl_c_on_the_temporary_api_exits_at_once_and_the_rerun_resumes(tmp_pat
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)  # the old path retried the dead API for ~150 s before exiting
     assert proc.returncode == 130, err[-2000:]
-    assert "interrupted. Finished stages are cached" in err and "Stopping temporary server" in err
+    assert "interrupted. Run the same command again to go on" in err and "Stopping temporary server" in err
     assert "Traceback" not in err.split("interrupted.")[-1]
