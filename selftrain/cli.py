@@ -86,17 +86,37 @@ def cmd_run(args) -> int:
     except ConfigError as exc:
         print(f"selftrain: {exc}", file=sys.stderr)
         return 2
+    def plain():
+        from selftrain.core.run.pipeline import run_stages
+
+        return run_stages(cfg)
+
+    def flow():
+        from selftrain.flows import pipeline
+
+        return pipeline(cfg)
+
+    result = _execute(args.no_prefect, plain, flow)
+    if isinstance(result, int):
+        return result
+    print()
+    print(result["table"])
+    print(f"\nfinal: {result['final']}   baseline: {result['baseline']}   run directory: {result['run_dir']}")
+    for note in result.get("notes", []):
+        print(f"note: {note}")
+    return 0
+
+
+def _execute(no_prefect: bool, plain, flow) -> dict | int:
+    """``plain()`` (the stages as functions, their log lines to stderr) or ``flow()`` (the Prefect
+    flow) -> its result, or the exit code: 130 on Ctrl-C (with the resume hint), 2 on a user error
+    (its one line). Anything else is re-raised with its traceback."""
     try:
-        if args.no_prefect:
-            from selftrain.core.run.pipeline import run_stages
-
+        if no_prefect:
             _stage_log_lines()
-            result = run_stages(cfg)
-        else:
-            from selftrain.flows import pipeline
-
-            _fast_interrupt_on_ephemeral_api()
-            result = pipeline(cfg)
+            return plain()
+        _fast_interrupt_on_ephemeral_api()
+        return flow()
     except KeyboardInterrupt:
         print(f"\nselftrain: {RESUME_HINT}", file=sys.stderr)
         return 130
@@ -104,12 +124,6 @@ def cmd_run(args) -> int:
         if not _report_user_error(exc):
             raise
         return 2
-    print()
-    print(result["table"])
-    print(f"\nfinal: {result['final']}   baseline: {result['baseline']}   run directory: {result['run_dir']}")
-    for note in result.get("notes", []):
-        print(f"note: {note}")
-    return 0
 
 
 def _report_user_error(exc: Exception) -> bool:
@@ -204,24 +218,19 @@ def cmd_retrain(args) -> int:
     except ConfigError as exc:
         print(f"selftrain: {exc}", file=sys.stderr)
         return 2
-    try:
-        if args.no_prefect:
-            from selftrain.core.registry.retrain import run_retrain
+    def plain():
+        from selftrain.core.registry.retrain import run_retrain
 
-            _stage_log_lines()
-            out = run_retrain(cfg, force=args.force)
-        else:
-            from selftrain.flows import retrain
+        return run_retrain(cfg, force=args.force)
 
-            _fast_interrupt_on_ephemeral_api()
-            out = retrain(cfg, force=args.force)
-    except KeyboardInterrupt:
-        print(f"\nselftrain: {RESUME_HINT}", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if not _report_user_error(exc):
-            raise
-        return 2
+    def flow():
+        from selftrain.flows import retrain
+
+        return retrain(cfg, force=args.force)
+
+    out = _execute(args.no_prefect, plain, flow)
+    if isinstance(out, int):
+        return out
     print(f"{out['status']}: {out.get('reason', '')}")
     print(f"champion: {out.get('champion') or '-'}   registry: {out.get('registry')}   ({out['seconds']:.1f} s)")
     return 0
