@@ -42,6 +42,7 @@ from selftrain.config import PipelineConfig
 from selftrain.core.common import io
 from selftrain.core.train.classifiers import saved_info
 from selftrain.core.predict.drift import LOW_CONFIDENCE, MAX_CLASS_SHIFT, MAX_PSI, confidence_histogram, drift_report
+from selftrain.core.predict.checks import check_arguments
 from selftrain.core.predict.source import ModelSource, PredictError, reference_texts, resolve_model
 from selftrain.core.data.read_errors import describe_read_error
 from selftrain.core.data.validate import _row_failures, snapshot_model
@@ -339,29 +340,6 @@ def _write_pair(output: str, quarantine: str, write) -> None:
         for local, uri in ((local_q, quarantine), (local_out, output)):
             fs, path = io.fs_path(uri)
             fs.put(local, path)  # an S3 object appears only once its upload is complete
-
-
-# ---------------------------------------------------------------- argument checks
-_NOT_PARQUET = (".csv", ".tsv", ".json", ".jsonl", ".txt", ".xlsx", ".xls")
-
-
-def check_arguments(output: str | None, chunk_rows: int, threshold: float, max_class_shift: float,
-                    max_psi: float) -> None:
-    """Refuse, before any work, an output named like another format (it would hold parquet bytes)
-    and thresholds outside their range (a confidence threshold of 1.5 flags every row)."""
-    if output is not None and output.rstrip("/").lower().endswith(_NOT_PARQUET):
-        stem = output.rstrip("/").rsplit(".", 1)[0]
-        raise PredictError(f"--output {output}: predictions are written as parquet, whatever the name says. "
-                           f"Fix: -o {stem}.parquet (pandas.read_parquet reads it; df.to_csv makes a csv)")
-    if chunk_rows < 1:
-        raise PredictError(f"chunk_rows={chunk_rows}: must be at least 1")
-    if not 0.0 <= threshold <= 1.0:
-        raise PredictError(f"--threshold {threshold}: a confidence threshold lies in [0, 1] (default {LOW_CONFIDENCE})")
-    if not 0.0 < max_class_shift <= 1.0:
-        raise PredictError(f"--max-class-shift {max_class_shift}: a class-mix distance lies in (0, 1] "
-                           f"(default {MAX_CLASS_SHIFT})")
-    if not max_psi > 0.0:
-        raise PredictError(f"--max-psi {max_psi}: must be above 0 (default {MAX_PSI}; 0.25 is the usual 'shifted')")
 
 
 # ---------------------------------------------------------------- public API
