@@ -175,8 +175,8 @@ class Registry:
         (the retrain flow calls this before it trains a challenger, not after)."""
         self.champion_state()
         self.last_run()
-        for v in self.versions():
-            self.version_info(v)
+        for v in self.versions():  # read directly: version_info(v) would list the versions again for each
+            self._json("versions", v, "version.json", default={})
 
     def champion(self) -> str | None:
         return self.champion_state().get("version")
