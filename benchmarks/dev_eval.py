@@ -11,7 +11,8 @@ rows (macro-F1), paired per seed. The product's test split plays no part: this i
 are picked (docs/experiments.md), ``benchmarks.quality`` is where they are reported.
 
 Methods (``methods()``) are functions of the embeddings and the drawn rows -> dev-eval predictions:
-the plain probe on the checkpoint's embedding, pool-fitted feature maps (centering, whitening),
+the plain probe on the checkpoint's embedding, pool-fitted feature maps (centering, whitening,
+per-topic centering),
 the probe's middle-layer view and label-name rows (its defaults since session 6), and the
 product's own self-training loop (``selftrain.plugins.labelers.agree.simulate``, with its guard).
 """
@@ -101,6 +102,15 @@ def whitened(gold_x, pool_x, *xs, dim: int | None = None, shrink: float = 0.1):
     return [l2((x - mu) @ W) for x in (gold_x, pool_x, *xs)]
 
 
+def topic_centered(pool_x, n_topics: int, seed: int):
+    """k-means on the pool; each row minus its nearest topic centre, L2-normalised again: the pool
+    used to take the topic out of the space (session 27: it takes the sentiment out with it)."""
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_topics, n_init=4, random_state=seed).fit(pool_x)
+    return lambda x: l2(x - km.cluster_centers_[km.predict(x)])
+
+
 # ============================================================================ methods
 def lr_predict(gx, gy, ex, n_classes, C=1.0):
     from selftrain.plugins.labelers.agree import _lr
@@ -144,13 +154,21 @@ def methods() -> dict:
             gx, gy = with_names(gx, gy, v["names:" + view])
         return self_train(gx, gy, v[view][p], v[view][e], C, seed, **over)
 
+    def topics(v, g, p, e, y, C, seed, n_topics=3, concat=False):
+        f = topic_centered(v["mid"][p], n_topics, seed)
+        view = (lambda x: np.hstack([x, f(x)]) / np.sqrt(2)) if concat else f
+        gx, gy = with_names(view(v["mid"][g]), y[g], view(v["names:mid"]))
+        return lr_predict(gx, gy, view(v["mid"][e]), C)
+
     return {"probe": probe, "center": transformed(centered), "whiten": transformed(whitened),
             "probe+names": lambda *a: probe(*a, names=True),
             "probe+mid": lambda *a: probe(*a, view="mid"),
             "probe+mid+names": lambda *a: probe(*a, view="mid", names=True),
             "agree": agree, "agree+mid": lambda *a: agree(*a, view="mid"),
             "agree+mid+names": lambda *a: agree(*a, view="mid", names=True),
-            "agree+mid+names-noguard": lambda *a: agree(*a, view="mid", names=True, guard=False)}
+            "agree+mid+names-noguard": lambda *a: agree(*a, view="mid", names=True, guard=False),
+            **{f"topics{K}{'+cat' if cat else ''}": (lambda *a, K=K, cat=cat: topics(*a, n_topics=K, concat=cat))
+               for K in (3, 8, 20) for cat in (False, True)}}
 
 
 def nested_draws(y: np.ndarray, k: int, pools: list[int], eval_rows: int, seed: int):
