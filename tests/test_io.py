@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +36,31 @@ def test_what_a_killed_writer_left_is_removed_by_the_next_successful_write(tmp_p
     with io.output_dir(str(target)) as tmp:
         Path(tmp, "a.txt").write_text("v1")
     assert sorted(p.name for p in target.parent.iterdir()) == [".other.tmp-live0003", "m"]
+
+
+def _writer_killed_midway(path: Path) -> None:
+    """A real process that starts writing ``path`` through io.write_file and is SIGKILLed midway."""
+    code = ("import sys, time; from selftrain.core.common import io\n"
+            "def w(tmp):\n    open(tmp, 'w').write('half'); print('writing', flush=True); time.sleep(60)\n"
+            "io.write_file(sys.argv[1], w)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.kill()
+    proc.wait()
+
+
+def test_a_killed_file_writer_leaves_a_temp_file_the_next_write_removes(tmp_path):
+    """predict -o out.parquet killed midway left out.parquet.tmp-* forever (only folders were cleaned);
+    now the next write of the same file removes the temp files of dead writers, and never a live one's."""
+    out = tmp_path / "out.parquet"
+    _writer_killed_midway(out)
+    left = list(tmp_path.glob(".out.parquet.tmp-*"))
+    assert len(left) == 1 and not out.exists(), "the killed writer must leave only its temp file, no output"
+    live = tmp_path / f".out.parquet.tmp-{os.getpid()}-feedbeef"  # a live writer's (this process)
+    live.write_text("in progress")
+    io.write_bytes(str(out), b"whole")
+    assert out.read_bytes() == b"whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "out.parquet"]
 
 
 def test_unchanged_parquet_is_not_rewritten(tmp_path):

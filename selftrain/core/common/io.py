@@ -44,14 +44,38 @@ def exists(uri: str) -> bool:
 
 
 def _atomic_local(path: str, write) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    """``write(tmp)`` to a hidden ``.NAME.tmp-<pid>-<random>`` beside ``path``, then rename it over
+    ``path``; afterwards the temp files that killed writers of the same file left are removed."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = str(target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    _remove_dead_temps(target)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _remove_dead_temps(target: Path) -> None:
+    """Delete ``.NAME.tmp-<pid>-*`` beside ``target`` whose writer process is gone (SIGKILL, OOM, a
+    lost machine): only files of dead pids, so a live concurrent writer's temp file is never touched."""
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        pid = stale.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                stale.unlink()
 
 
 def write_file(uri: str, write) -> str:
