@@ -179,7 +179,7 @@ def test_storage_error_finds_botocore_in_the_chain_and_nothing_else():
 
 
 @pytest.mark.slow  # ~30 s: a Prefect run on the temporary API, interrupted in pretraining
-def test_ctrl_c_on_the_temporary_api_exits_at_once_and_the_rerun_resumes(tmp_path):
+def test_ctrl_c_on_the_temporary_api_exits_at_once_with_the_resume_hint(tmp_path):
     """Ctrl-C used to leave Prefect retrying the crash report against the stopped temporary server for
     ~2.5 min, then a ConnectError traceback. Now: the resume hint, exit 130, the server stopped."""
     import signal
@@ -199,3 +199,5 @@ def test_ctrl_c_on_the_temporary_api_exits_at_once_and_the_rerun_resumes(tmp_pat
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted. Run the same command again to go on" in err and "Stopping temporary server" in err
     assert "Traceback" not in err.split("interrupted.")[-1]
+    # what the hint promises the re-run resumes from (the resume itself: tests/test_stages.py)
+    assert any(p.is_dir() for p in ckpt.glob("step-*")), "the interrupt must leave the last pretraining checkpoint"
