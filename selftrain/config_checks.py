@@ -65,6 +65,24 @@ def check_adapt(cfg: PipelineConfig, lcls: type | None) -> type:
     return acls
 
 
+def _warn_unused_unknown(cfg: PipelineConfig) -> None:
+    """A stage that is off does not need its plugin installed (a CPU box may lack a GPU-only
+    objective), so its name is not an error; but a name that nothing provides is most likely a
+    typo that fails the day the stage is turned on: say so now."""
+    import warnings
+
+    from selftrain.plugins.registry import discover
+
+    for enabled, group, key, name in ((cfg.pretrain.enabled, "selftrain.objectives", "pretrain.objective", cfg.pretrain.objective),
+                                      (cfg.pseudo_label.enabled, "selftrain.labelers", "pseudo_label.labeler", cfg.pseudo_label.labeler)):
+        working = sorted({r.name for r in discover(group) if r.status == "ok"})
+        if not enabled and name not in working:
+            stage = key.split(".")[0]
+            warnings.warn(f"{key}={name!r} is not an installed plugin (installed: {', '.join(working) or 'none'}). It is "
+                          f"unused while {stage}.enabled is false, but turning {stage} on will fail. Fix {key} or pip "
+                          "install the plugin.", UserWarning, stacklevel=2)
+
+
 def check_plugins(cfg: PipelineConfig) -> None:
     """Plugins exist, their options validate and the objective fits the backbone — before any work."""
     mcls, mopts = plugin_options("selftrain.models", cfg.model.name, cfg.model.options, "model")
@@ -112,6 +130,7 @@ def check_plugins(cfg: PipelineConfig) -> None:
         if backend == "nccl" and cfg.device == "cpu":
             raise ConfigError("pretrain.ddp_backend=nccl needs CUDA GPUs, but device is cpu. Fix: set "
                               "pretrain.ddp_backend: auto (gloo on the CPU) or device: cuda.")
+    _warn_unused_unknown(cfg)
     if cfg.pretrain.enabled:
         ocls, _ = plugin_options("selftrain.objectives", cfg.pretrain.objective, cfg.pretrain.options, "pretrain")
         try:

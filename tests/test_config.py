@@ -53,6 +53,21 @@ def test_bad_value_names_the_key():
         load_config(None, ["finetune.lr=-1"])
 
 
+def test_an_unknown_plugin_of_a_stage_that_is_off_is_a_warning_not_an_error():
+    """pretrain.objective: mlmm was accepted in silence while pretraining was off, and failed only the day
+    pretraining was turned on. A stage that is off need not have its plugin installed, so it stays a
+    load, but the typo is named now."""
+    with pytest.warns(UserWarning, match=r"pretrain.objective='mlmm' is not an installed plugin.*mlm.*pretrain.enabled is false"):
+        cfg = load_config(None, ["pretrain.enabled=false", "pretrain.objective=mlmm"])
+    assert cfg.pretrain.objective == "mlmm"
+    with pytest.warns(UserWarning, match=r"pseudo_label.labeler='agre' .*agree"):
+        load_config(None, ["pseudo_label.enabled=false", "pseudo_label.labeler=agre"])
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an installed name of a stage that is off: no warning
+        load_config(None, ["pretrain.enabled=false", "pretrain.objective=mlm"])
+
+
 def test_unknown_objective_lists_installed():
     with pytest.raises(ConfigError) as exc:
         load_config(None, ["pretrain.enabled=true", "pretrain.objective=mlmm"])
