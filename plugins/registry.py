@@ -102,7 +102,7 @@ def load_entry_point(group: str, ep: EntryPoint) -> PluginRecord:
             return rec
     try:
         obj = ep.load()
-    except Exception as exc:  # a broken plugin must not take the others down
+    except (Exception, SystemExit) as exc:  # a broken plugin must not take the others down (sys.exit at import too)
         rec.status, rec.error = "error", f"import failed: {type(exc).__name__}: {exc}"
         return rec
     base = GROUPS[group]
@@ -155,6 +155,15 @@ def discover(group: str) -> tuple[PluginRecord, ...]:
             rec.status, rec.cls = "error", None
             rec.error = (f"name {ep.name!r} is already provided by {owner.dist} {owner.version}; "
                          "the plugin's author must rename its entry point")
+            if _canon(owner.dist) != OWN_DIST:
+                # two third parties: which one loaded first is install order, so neither is used
+                owner.status, owner.cls = "error", None
+                owner.error = (f"name {ep.name!r} is also provided by {rec.dist} {rec.version}, so which one runs "
+                               f"would depend on install order; uninstall one of {owner.dist} and {rec.dist} "
+                               "(or leave one out of SELFTRAIN_PLUGIN_ALLOWLIST)")
+                rec.error = (f"name {ep.name!r} is also provided by {owner.dist} {owner.version}, so which one runs "
+                             f"would depend on install order; uninstall one of {owner.dist} and {rec.dist} "
+                             "(or leave one out of SELFTRAIN_PLUGIN_ALLOWLIST)")
         elif rec.status == "ok":
             owners[ep.name] = rec
         records.append(rec)
@@ -175,14 +184,21 @@ def get(group: str, name: str, key: str | None = None) -> type:
     key = key or CONFIG_KEYS[group]
     rec = records.get(name)
     if rec is None:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(records), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise PluginError(
-            f"Unknown {group.split('.')[-1][:-1]} {name!r}; installed: {', '.join(installed) or 'none'}. "
+            f"Unknown {group.split('.')[-1][:-1]} {name!r}; installed: {', '.join(installed) or 'none'}.{hint} "
             f"Fix {key} or pip install the plugin."
         )
     if rec.status != "ok":
+        fix = (f"add {rec.dist} to SELFTRAIN_PLUGIN_ALLOWLIST (or unset it)" if "SELFTRAIN_PLUGIN_ALLOWLIST" in rec.error
+               and rec.status == "disabled" else "unset SELFTRAIN_DISABLE_PLUGIN_AUTOLOAD" if rec.status == "disabled"
+               else "repair the plugin")
         raise PluginError(
             f"Plugin {name!r} ({group}, from {rec.dist} {rec.version}) cannot be used: {rec.error}. "
-            f"Working ones: {', '.join(installed) or 'none'}. Fix {key} or repair the plugin."
+            f"Working ones: {', '.join(installed) or 'none'}. Fix {key} or {fix}."
         )
     return rec.cls  # type: ignore[return-value]
 

@@ -206,6 +206,38 @@ def test_a_third_party_cannot_shadow_a_builtin(install):
     assert clash and clash[0].status == "error" and "already provided by selftrain" in clash[0].error
 
 
+def test_two_third_parties_with_one_name_are_both_refused_naming_each_other(install):
+    """Which of two third-party plugins of one name ran was install order (entry_points() order), in
+    silence: a run used the other package's class. Now neither is used and each names the other."""
+    install(ep("twin", f"{MOD}:GoodObjective", dist="acme-a"), ep("twin", f"{MOD}:GoodObjective", dist="acme-b"))
+    twins = [r for r in registry.discover(OBJ) if r.name == "twin"]
+    assert [r.status for r in twins] == ["error", "error"]
+    assert {r.dist for r in twins} == {"acme-a", "acme-b"} and all("depend on install order" in r.error for r in twins)
+    with pytest.raises(PluginError, match=r"'twin'.*acme-a.*acme-b|'twin'.*acme-b.*acme-a"):
+        registry.get(OBJ, "twin")
+
+
+def test_a_plugin_that_calls_sys_exit_at_import_is_recorded_and_the_rest_work(install, monkeypatch, tmp_path):
+    """sys.exit() at import (e.g. 'no CUDA found') is a SystemExit, not an Exception: it ended every
+    selftrain command, plugins list and configs that never name the plugin included."""
+    (tmp_path / "_fake_exits_at_import.py").write_text("import sys\nsys.exit('acme: no CUDA found')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    install(ep("cuda-only", "_fake_exits_at_import:X", dist="acme-cuda"), ep("good", f"{MOD}:GoodObjective"))
+    recs = records()
+    assert recs["cuda-only"].status == "error" and "SystemExit: acme: no CUDA found" in recs["cuda-only"].error
+    assert recs["good"].status == "ok"
+
+
+def test_an_unknown_name_suggests_the_closest_and_an_allowlisted_one_says_to_allow_it(install, monkeypatch):
+    install(ep("acme-rtd", f"{MOD}:GoodObjective"))
+    with pytest.raises(PluginError, match=r"Did you mean 'acme-rtd'\?"):
+        registry.get(OBJ, "acme-rdt")
+    monkeypatch.setenv("SELFTRAIN_PLUGIN_ALLOWLIST", "other")
+    registry.clear_cache()
+    with pytest.raises(PluginError, match=r"add acme-plugins to SELFTRAIN_PLUGIN_ALLOWLIST"):
+        registry.get(OBJ, "acme-rtd")
+
+
 def test_allowlist_names_are_canonicalised(install, monkeypatch):
     monkeypatch.setenv("SELFTRAIN_PLUGIN_ALLOWLIST", "Third_Party.Pkg")
     install(ep("good", f"{MOD}:GoodObjective", dist="third-party-pkg"))
