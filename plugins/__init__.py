@@ -30,16 +30,23 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-PLUGIN_API_VERSION = "1.6"
+PLUGIN_API_VERSION = "1.7"
 """Version of this API. Bumped in the major part on breaking changes (1.1 added the
 classifiers group and the embedding fields of :class:`LabelerInputs`; 1.2 added
 :attr:`RuntimeContext.compile_inference` and :mod:`selftrain.plugins.inference`; 1.3 added
 :attr:`LabeledRows.unlabeled` and :attr:`Classifier.uses_unlabeled`; 1.4 added
 :attr:`Labeler.guards_pool` and :attr:`Selection.pool_refused`; 1.5 added
 :attr:`Classifier.body_fits_labels` and :attr:`LabelerInputs.embeddings_fit_labels`; 1.6 added
-:meth:`TrainedClassifier.uncalibrated`)."""
+:meth:`TrainedClassifier.uncalibrated`; 1.7 added :class:`PluginUserError`)."""
 
 BackboneKind = Literal["encoder", "decoder"]
+
+
+class PluginUserError(ValueError):
+    """Raise it from a plugin for a mistake the user can fix (a backbone without the token the
+    objective needs, options that do not fit the data), with the message saying what, where and
+    the fix: the run then ends with that one line and exit code 2, and Prefect does not retry the
+    stage (API 1.7). Any other exception is treated as a bug or an outage: traceback, retries."""
 
 
 class PluginConfig(BaseModel):
@@ -295,6 +302,19 @@ class FitReport:
     seconds: float = 0.0
     temperature: float = 1.0
     notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # a plugin may hand numpy: stored as JSON-ready lists (run metrics, paired comparisons)
+        self.val_pred = [] if self.val_pred is None else [int(v) for v in np.asarray(self.val_pred).reshape(-1)]
+        try:
+            t = float(self.temperature)
+        except (TypeError, ValueError):
+            t = float("nan")
+        if not (np.isfinite(t) and t > 0):
+            raise ValueError(f"FitReport.temperature must be a positive number (1.0: not calibrated), got "
+                             f"{self.temperature!r}")
+        self.temperature = t
+        self.notes = [str(n) for n in (self.notes or [])]
 
 
 class TrainedClassifier(ABC):

@@ -203,6 +203,13 @@ def get(group: str, name: str, key: str | None = None) -> type:
     return rec.cls  # type: ignore[return-value]
 
 
+def origin(group: str, name: str) -> str:
+    """'<distribution> <version>' of the working plugin ``name`` in ``group`` (for messages that must
+    say whose code failed), or '?' when there is none."""
+    rec = next((r for r in discover(group) if r.name == name and r.status == "ok"), None)
+    return f"{rec.dist} {rec.version}" if rec else "?"
+
+
 def clear_cache() -> None:
     discover.cache_clear()
 

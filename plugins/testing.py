@@ -36,6 +36,7 @@ from selftrain.plugins import (
     Objective,
     RuntimeContext,
     Selection,
+    TrainedClassifier,
 )
 from selftrain.plugins.registry import check_api_version
 
@@ -148,6 +149,17 @@ def build_objective(objective_cls: type[Objective], model_provider: ModelProvide
     return objective, [list(map(int, row)) for row in ids]
 
 
+def _modules_of(obj) -> list[tuple[str, torch.nn.Module]]:
+    """The nn.Modules an objective holds as attributes (directly, or in a list / tuple / dict)."""
+    out = []
+    for attr, v in vars(obj).items():
+        items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, (list, tuple)) else [(None, v)]
+        for key, m in items:
+            if isinstance(m, torch.nn.Module):
+                out.append((attr if key is None else f"{attr}[{key!r}]", m))
+    return out
+
+
 def check_objective(objective_cls: type[Objective], model_provider: ModelProvider | type[ModelProvider],
                     tmp_path: str | Path, options: dict | None = None, steps: int = 2, *,
                     overfit_steps: int = 15, batch_size: int = 8, lr: float = 1e-3, seed: int = 0) -> dict[str, list[float]]:
@@ -165,6 +177,9 @@ def check_objective(objective_cls: type[Objective], model_provider: ModelProvide
     model = objective.backbone.model
     params: dict[int, torch.nn.Parameter] = {id(p): p for p in model.parameters()}
     heads = objective.heads()
+    if heads is not objective.heads():
+        raise AssertionError(f"{name}.heads() must return the same object every call (build the heads in __init__): "
+                             "the optimizer and the checkpoints hold the first one")
     if heads is not None:
         if not isinstance(heads, torch.nn.Module):
             raise AssertionError(f"{name}.heads() must return a torch.nn.Module or None, got {type(heads).__name__}")
@@ -188,6 +203,15 @@ def check_objective(objective_cls: type[Objective], model_provider: ModelProvide
         bad = [n for n, p in model.named_parameters() if p.grad is not None and not _is_finite(p.grad)]
         if bad:
             raise AssertionError(f"{name}: non-finite gradients at {what} in {bad[:5]}")
+        if not any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in params.values()):
+            raise AssertionError(f"{name}.loss gives no gradient to the backbone or heads() at {what}: the loss is "
+                                 "detached from the model (a .detach(), .item() or numpy step inside loss)")
+        stray = [f"{attr}.{n}" for attr, mod in _modules_of(objective) for n, p in mod.named_parameters()
+                 if id(p) not in params and p.grad is not None and bool(p.grad.abs().sum() > 0)]
+        if stray:
+            raise AssertionError(f"{name}: {stray[:5]} get gradients but are not in heads(), so the optimizer never "
+                                 "updates them and checkpoints do not save them. Fix: return every trainable module "
+                                 "from heads() (one nn.Module; wrap several in a ModuleDict)")
         opt.step()
         return value
 
@@ -305,7 +329,7 @@ def check_classifier(classifier_cls: type[Classifier], model_provider: ModelProv
     check_api(classifier_cls)
     name = classifier_cls.__name__
     for flag in ("supports_soft_targets", "supports_sample_weights", "supports_token_noise",
-                 "supports_warm_start", "needs_validation", "uses_unlabeled"):
+                 "supports_warm_start", "needs_validation", "uses_unlabeled", "body_fits_labels"):
         if not isinstance(getattr(classifier_cls, flag, None), bool):
             raise AssertionError(f"{name}.{flag} must be a bool class attribute")
     tmp = Path(tmp_path)
@@ -335,6 +359,9 @@ def check_classifier(classifier_cls: type[Classifier], model_provider: ModelProv
         raise AssertionError(f"{name}.fit must return a selftrain.plugins.FitReport, got {type(report).__name__}")
     if report.val_macro_f1 is not None and not 0.0 <= report.val_macro_f1 <= 1.0:
         raise AssertionError(f"{name}.fit: val_macro_f1 {report.val_macro_f1} is outside [0, 1]")
+    if len(report.val_pred) != len(val_labels) or not all(0 <= v < len(labels) for v in report.val_pred):
+        raise AssertionError(f"{name}.fit: FitReport.val_pred must be the saved model's class index for each of the "
+                             f"{len(val_labels)} validation rows, got {report.val_pred}")
     p1 = np.asarray(clf.load(str(tmp / "model"), labels).predict_proba(texts))
     p2 = np.asarray(classifier_cls(clf.config, ctx, 32, clf.settings).load(str(tmp / "model"), labels).predict_proba(texts))
     if p1.shape != (len(texts), 2):
@@ -344,12 +371,31 @@ def check_classifier(classifier_cls: type[Classifier], model_provider: ModelProv
     if not np.allclose(p1, p2, atol=1e-5):
         raise AssertionError(f"{name}: two loads of the same saved model predict differently (max diff {np.abs(p1 - p2).max():.2e})")
     trained = clf.load(str(tmp / "model"), labels)
+    if not isinstance(trained, TrainedClassifier):
+        raise AssertionError(f"{name}.load must return a subclass of selftrain.plugins.TrainedClassifier, got "
+                             f"{type(trained).__name__} (the stages call its score() and uncalibrated())")
     try:
         emb = np.asarray(trained.embed(texts[:3]))
     except NotImplementedError:
         emb = None
     if emb is not None and (emb.ndim != 2 or len(emb) != 3 or not np.isfinite(emb).all()):
         raise AssertionError(f"{name}: embed returned {emb.shape if hasattr(emb, 'shape') else emb}, expected (3, H) finite")
+    # what the stages call: score() in batches with a progress callback, and the uncalibrated model
+    seen: list[int] = []
+    try:
+        probs, pool_emb = trained.score(texts, 4, embeddings=emb is not None, progress=seen.append)
+        raw = np.asarray(trained.uncalibrated().predict_proba(texts, 4, progress=None))
+    except TypeError as exc:
+        raise AssertionError(f"{name}: the stages call score(texts, batch_size, embeddings=..., progress=...), which "
+                             f"calls predict_proba(texts, batch_size, progress=...) and embed(texts, batch_size): {exc}. "
+                             "Fix: def predict_proba(self, texts, batch_size=128, progress=None) (call progress(n) "
+                             "after each batch of n rows, when it is not None)") from exc
+    if np.asarray(probs).shape != (len(texts), 2) or (emb is not None and np.asarray(pool_emb).shape[0] != len(texts)):
+        raise AssertionError(f"{name}: score(texts, batch_size=4, embeddings=..., progress=...) returned "
+                             f"{np.asarray(probs).shape} probabilities, expected {(len(texts), 2)}")
+    if raw.shape != (len(texts), 2) or not np.allclose(raw.argmax(1), p1.argmax(1)):
+        raise AssertionError(f"{name}: uncalibrated().predict_proba must give (N, C) probabilities with the same "
+                             f"predicted classes as the calibrated model, got shape {raw.shape}")
     if classifier_cls.supports_warm_start:
         clf.fit(str(tmp / "model"), labels, rows, val_texts, val_labels, str(tmp / "warm"), max_epochs=1)
         clf.load(str(tmp / "warm"), labels).predict_proba(texts[:2])

@@ -15,11 +15,12 @@ from selftrain.core.data.validate_report import DataValidationError
 from selftrain.core.predict.source import PredictError
 from selftrain.core.registry.retrain import RetrainError
 from selftrain.core.registry.store import RegistryError
+from selftrain.plugins import PluginUserError
 
 #: Raised for what the user must fix; never retried. (A failed ``hf:`` download is a
 #: ``DataSourceError`` too, but a ``DataDownloadError``, which a retry can cure: retried.)
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataSourceError, DataValidationError, PredictError,
-                                            RegistryError, RetrainError)
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataSourceError, DataValidationError, PluginUserError,
+                                            PredictError, RegistryError, RetrainError)
 
 
 def retry_unless_user_error(task, task_run, state) -> bool:

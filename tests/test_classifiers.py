@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from selftrain.plugins import RuntimeContext, one_hot
+from selftrain.plugins import FitReport, RuntimeContext, TrainedClassifier, one_hot
 from selftrain.plugins.classifiers.embed import Embedder, pool, read_pooling
 from selftrain.plugins.classifiers.probe import Probe, expand_soft, fit_head, softmax
 from selftrain.plugins.models.presets import TinyBert
@@ -37,6 +37,51 @@ def test_classifier_contract(rec, tmp_path):
     report = check_classifier(rec.cls, TinyBert, tmp_path, options=CONTRACT_OPTIONS.get(rec.name),
                               settings={"epochs": 1, "batch_size": 4})
     assert report.epochs_run >= 1
+
+
+class _DocShapedModel(TrainedClassifier):
+    """What docs/plugins.md used to show: predict_proba(texts) only. The stages call it with
+    batch_size and progress (through score()), so a run crashed where the kit had passed."""
+
+    def __init__(self, inner):
+        self.inner, self.label_names = inner, inner.label_names
+
+    def predict_proba(self, texts):
+        return self.inner.predict_proba(texts)
+
+
+class _DuckModel:
+    """Not a TrainedClassifier: a run needs score() and uncalibrated() it does not have."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def predict_proba(self, texts, batch_size=128, progress=None):
+        return self.inner.predict_proba(texts, batch_size, progress=progress)
+
+    def embed(self, texts, batch_size=128):
+        return self.inner.embed(texts, batch_size)
+
+
+@pytest.mark.parametrize("wrap, match", [(_DocShapedModel, r"def predict_proba\(self, texts, batch_size=128, progress=None\)"),
+                                         (_DuckModel, "must return a subclass of selftrain.plugins.TrainedClassifier")])
+def test_the_contract_kit_fails_a_trained_model_a_run_cannot_use(tmp_path, wrap, match):
+    class Wrapped(Probe):
+        def load(self, model_dir, label_names):
+            return wrap(super().load(model_dir, label_names))
+
+    with pytest.raises(AssertionError, match=match):
+        check_classifier(Wrapped, TinyBert, tmp_path, settings={"epochs": 1, "batch_size": 4})
+
+
+def test_fit_report_stores_numpy_predictions_as_a_list_and_refuses_a_missing_temperature():
+    """A plugin returning val_pred as a numpy array crashed the run after every stage had finished
+    (``a.get("val_pred") or []`` in the evaluate step); a temperature of None was accepted."""
+    rep = FitReport(val_macro_f1=0.5, val_loss=None, val_pred=np.array([1, 0, 1]), notes=("collapsed",))
+    assert rep.val_pred == [1, 0, 1] and all(type(v) is int for v in rep.val_pred) and rep.notes == ["collapsed"]
+    assert FitReport(val_macro_f1=None, val_loss=None, val_pred=None).val_pred == []
+    with pytest.raises(ValueError, match="FitReport.temperature must be a positive number"):
+        FitReport(val_macro_f1=None, val_loss=None, val_pred=[], temperature=None)
 
 
 # ------------------------------------------------------------------ pooling from the checkpoint

@@ -178,6 +178,26 @@ def test_storage_error_finds_botocore_in_the_chain_and_nothing_else():
     assert storage_error(ValueError("a bug")) is None
 
 
+def test_a_plugins_user_error_ends_the_command_with_its_line_and_exit_2(capsys):
+    """A plugin that raised for a backbone it cannot use ended in a 33-line traceback, exit 1 (plugins
+    could not import the core's ConfigError). PluginUserError (API 1.7) is one line, exit 2."""
+    from selftrain.cli_run import execute
+    from selftrain.plugins import PluginUserError
+
+    def plain():
+        raise PluginUserError("electra needs a tokenizer with a [MASK] token; pick another objective or tokenizer")
+
+    assert execute(True, plain, None) == 2
+    assert capsys.readouterr().err.strip().endswith("selftrain: electra needs a tokenizer with a [MASK] token; "
+                                                    "pick another objective or tokenizer")
+
+    def bug():
+        raise ValueError("a bug keeps its traceback")
+
+    with pytest.raises(ValueError, match="a bug keeps its traceback"):
+        execute(True, bug, None)
+
+
 @pytest.mark.slow  # ~30 s: a Prefect run on the temporary API, interrupted in pretraining
 def test_ctrl_c_on_the_temporary_api_exits_at_once_with_the_resume_hint(tmp_path):
     """Ctrl-C used to leave Prefect retrying the crash report against the stopped temporary server for

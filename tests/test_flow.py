@@ -147,16 +147,19 @@ def test_retry_succeeds_without_redoing_finished_stages(prefect_api, tiny_config
 
 
 def test_a_user_error_is_not_retried_a_transient_one_is(prefect_api, tmp_path):
-    """tasks.RETRY's condition: a PredictError (e.g. a column that is not in the file) or a
-    DataSourceError (an empty or broken data file) fails on the first attempt; a ConnectionError and
-    a failed hf: download (DataDownloadError) go through the retries."""
+    """tasks.RETRY's condition: a PredictError (e.g. a column that is not in the file), a
+    DataSourceError (an empty or broken data file) or a plugin's PluginUserError (a backbone its
+    objective cannot use) fails on the first attempt; a ConnectionError and a failed hf: download
+    (DataDownloadError) go through the retries."""
     from prefect import flow, task
 
     from selftrain import tasks
     from selftrain.core.data.ingest import DataDownloadError, DataSourceError
     from selftrain.core.predict.source import PredictError
+    from selftrain.plugins import PluginUserError
 
     errors = {"user": PredictError("column 'body' not in new.csv. Fix: --column text=..."),
+              "plugin": PluginUserError("electra needs a tokenizer with a [MASK] token; pick another objective"),
               "source": DataSourceError("new.jsonl line 2 is not a JSON object"),
               "transient": ConnectionError("storage hiccup"),
               "download": DataDownloadError("could not load Hugging Face dataset 'x': timed out")}
@@ -174,6 +177,6 @@ def test_a_user_error_is_not_retried_a_transient_one_is(prefect_api, tmp_path):
 
     state = every(return_state=True)
     retried = 1 + tasks.RETRY["retries"]
-    assert attempts == {"user": 1, "source": 1, "transient": retried, "download": retried}
+    assert attempts == {"user": 1, "plugin": 1, "source": 1, "transient": retried, "download": retried}
     counts = sorted(r.run_count for r in _task_runs(state.state_details.flow_run_id))
-    assert counts == [1, 1, retried, retried], counts
+    assert counts == [1, 1, 1, retried, retried], counts

@@ -374,3 +374,38 @@ def test_tiny_preset_tokenizer_is_trained(name, tmp_path):
     assert model.get_input_embeddings().num_embeddings >= len(tok)
     ids = tok("the cat sat on the windowsill", add_special_tokens=False)["input_ids"]
     assert len(ids) >= 3 and tok.unk_token_id not in ids
+
+
+# ------------------------------------------------------------------ the kit catches what its docs say
+def _mlm_variants():
+    from selftrain.plugins.objectives.mlm import MaskedLM
+
+    class Detached(MaskedLM):  # the loss leaves the graph, then pretends to need grad
+        def loss(self, batch):
+            return super().loss(batch).detach().clone().requires_grad_()
+
+    class StrayHead(MaskedLM):  # a trainable module the optimizer never sees
+        def __init__(self, backbone, config, ctx):
+            super().__init__(backbone, config, ctx)
+            self.extra = torch.nn.Linear(backbone.hidden_size, 1)
+
+        def loss(self, batch):
+            h = self.backbone.hidden(batch["input_ids"], batch["attention_mask"])  # (B, T, H)
+            return super().loss(batch) + 0.1 * self.extra(h).mean()
+
+    class FreshHeads(MaskedLM):  # a new head object every call: the optimizer holds a stale one
+        def heads(self):
+            return torch.nn.ModuleDict({"mlm": self.head, "x": torch.nn.Linear(2, 2)})
+
+    return {"detached": (Detached, "detached from the model"), "stray": (StrayHead, r"\['extra.weight'.*not in heads\(\)"),
+            "fresh": (FreshHeads, "same object every call")}
+
+
+@pytest.mark.parametrize("variant", ["detached", "stray", "fresh"])
+def test_check_objective_catches_a_detached_loss_a_head_outside_heads_and_a_fresh_heads(variant, tmp_path):
+    """The docs said the overfit step catches these; it did not (a stray head passed on 4 / 4 seeds,
+    the backbone alone lowered the loss; a detached loss passed on seed 0 by dropout noise)."""
+    cls, match = _mlm_variants()[variant]
+    with pytest.raises(AssertionError, match=match):
+        check_objective(cls, TinyBert(TinyConfig(vocab_size=300, hidden_size=32, layers=1, heads=2)), tmp_path,
+                        steps=2, overfit_steps=3)

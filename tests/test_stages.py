@@ -312,3 +312,25 @@ def test_switching_a_plugin_from_the_cli_drops_the_files_options():
     cfg = load_config(TINY, ["pseudo_label.labeler=threshold", "pseudo_label.options={threshold: 0.9}"])
     assert cfg.pseudo_label.options == {"threshold": 0.9}
     assert load_config(TINY, ["pseudo_label.labeler=soft"]).pseudo_label.options == {"k_per_class": 20}
+
+
+def test_an_invalid_selection_names_the_labeler_plugin_and_its_distribution(shared_tiny_run, tmp_path, monkeypatch):
+    """A third-party labeler returning repeated rows ended in a bare 'Selection index has repeated rows'
+    traceback that named neither the plugin nor its package."""
+    from selftrain.core.run import stages
+    from selftrain.plugins import Labeler, Selection, one_hot
+
+    cfg, _ = shared_tiny_run
+    run = Path(cfg.run_dir)
+
+    class Repeats(Labeler):
+        def select(self, inputs):
+            return Selection(np.array([0, 0]), one_hot(np.array([0, 0]), inputs.probs.shape[1]), np.ones(2, np.float32))
+
+    real = stages.plugin_options
+    monkeypatch.setattr(stages, "plugin_options", lambda group, *a, **k: (Repeats, Repeats.Config()) if group == "selftrain.labelers"
+                        else real(group, *a, **k))
+    mine = cfg.model_copy(update={"output_dir": str(tmp_path / "run")})
+    with pytest.raises(ValueError, match=r"pseudo_label.labeler='soft' \(selftrain [^)]+\) returned an invalid Selection "
+                                         r"in round 1: .*repeated.*bug in that plugin"):
+        stages.pseudo_label_stage(mine, str(run / "data" / "clean.parquet"), str(run / "models" / "teacher"))

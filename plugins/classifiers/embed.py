@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selftrain.plugins import RuntimeContext
+from selftrain.plugins import PluginUserError, RuntimeContext
 from selftrain.plugins.inference import InferenceForward
 from selftrain.plugins.objectives.common import mean_pool, pad_batch
 
@@ -82,7 +82,7 @@ def resolve_layer(spec: int | str | None, model_dir: str) -> int | None:
     if spec == "middle":
         return n // 2 if n >= 2 else None
     if not 0 <= int(spec) < n:
-        raise ValueError(f"extra_layer={spec} is outside the body's hidden states 0..{n - 1} ({model_dir} has {n} "
+        raise PluginUserError(f"extra_layer={spec} is outside the body's hidden states 0..{n - 1} ({model_dir} has {n} "
                          f"layers; {n} would repeat the last one). Fix: extra_layer: middle, null or 0..{n - 1}.")
     return int(spec)
 

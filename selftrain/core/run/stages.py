@@ -317,7 +317,14 @@ def pseudo_label_stage(cfg: PipelineConfig, clean: str, teacher: str, round_: in
         label_names=labels, pool_embeddings=pool_emb, train_embeddings=train_emb, train_labels=train_y,
         round=round_, rounds=plc.rounds, previous=_previous(previous, len(labels)), seed=cfg.seed,
         embeddings_fit_labels=fit_labels))
-    sel.validate(n_pool, len(labels))
+    try:
+        sel.validate(n_pool, len(labels))
+    except ValueError as exc:  # a bug in the labeler: say whose, and how its author checks it
+        from selftrain.plugins.registry import origin
+
+        raise ValueError(f"pseudo_label.labeler={plc.labeler!r} ({origin('selftrain.labelers', plc.labeler)}) returned an "
+                         f"invalid Selection in round {round_}: {exc}. This is a bug in that plugin: report it to its "
+                         "authors (selftrain.plugins.testing.check_labeler reproduces such errors)") from exc
     index = np.asarray(sel.index, dtype=np.int64)
     kept = _pool_rows(clean, index, ["id", "text", "hidden_label"])
     hard = sel.targets.argmax(1)

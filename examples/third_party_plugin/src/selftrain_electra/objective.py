@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from selftrain.plugins import Backbone, Objective, PluginConfig, RuntimeContext
+from selftrain.plugins import Backbone, Objective, PluginConfig, PluginUserError, RuntimeContext
 from selftrain.plugins.objectives.common import pad_batch, special_token_mask
 
 
@@ -180,13 +180,13 @@ class Electra(Objective):
     summary = "ELECTRA replaced-token detection (weight-shared MLM generator, Linear discriminator, lambda=50)"
     Config = ElectraConfig
     requires = frozenset({"encoder"})
-    api_version = ">=1,<2"
+    api_version = ">=1.7,<2"  # PluginUserError
 
     def __init__(self, backbone: Backbone, config: ElectraConfig, ctx: RuntimeContext):
         super().__init__(backbone, config, ctx)
         tok = backbone.tokenizer
         if tok.mask_token_id is None:
-            raise ValueError("electra needs a tokenizer with a [MASK] token; pick another objective or tokenizer")
+            raise PluginUserError("electra needs a tokenizer with a [MASK] token; pick another objective or tokenizer")
         eps = float(getattr(backbone.model.config, "layer_norm_eps", 1e-12))
         self.head = ElectraHeads(backbone.model.get_input_embeddings(), backbone.hidden_size, eps).to(ctx.device)
         # special tokens are never proposed as replacements: (V,) 0 or -inf added to the logits
