@@ -214,6 +214,23 @@ def clear_cache() -> None:
     discover.cache_clear()
 
 
+def versions_of(used: list[tuple[str, str]]) -> dict[str, str]:
+    """{distribution: version} of selftrain and of the working plugins ``used`` ((group, name)
+    pairs): what a stage's cache key, a pretraining checkpoint and a run's metrics depend on. An
+    unrelated plugin installed, upgraded or switched off changes none of them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        out = {OWN_DIST: version(OWN_DIST)}
+    except PackageNotFoundError:  # running from a source tree without an install
+        out = {}
+    for group, name in used:
+        rec = next((r for r in discover(group) if r.name == name and r.status == "ok"), None)
+        if rec is not None:
+            out[rec.dist] = rec.version
+    return dict(sorted(out.items()))
+
+
 def plugin_versions() -> dict[str, str]:
     """{distribution: version} of every distribution providing a working plugin (for cache keys and model cards)."""
     return {r.dist: r.version for r in all_plugins() if r.status == "ok"}

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from selftrain.config_checks import ConfigError, check_plugins, plugin_options  # noqa: F401 (the config API)
+from selftrain.config_checks import ConfigError, check_plugins, plugin_options, used_versions  # noqa: F401 (the config API)
 
 
 class Section(BaseModel):

@@ -65,6 +65,26 @@ def check_adapt(cfg: PipelineConfig, lcls: type | None) -> type:
     return acls
 
 
+def plugins_used(cfg: PipelineConfig) -> list[tuple[str, str]]:
+    """(group, name) of every plugin a run of ``cfg`` calls: the model, the classifiers (the core,
+    the adapted one, the baseline's), the objective when pretraining is on, the labeler when
+    pseudo-labelling is on."""
+    used = [("selftrain.models", cfg.model.name), ("selftrain.classifiers", cfg.classifier.name)]
+    used += [("selftrain.classifiers", n) for n in (cfg.classifier.adapt.name, cfg.evaluate.baseline_classifier) if n]
+    if cfg.pretrain.enabled:
+        used.append(("selftrain.objectives", cfg.pretrain.objective))
+    if cfg.pseudo_label.enabled:
+        used.append(("selftrain.labelers", cfg.pseudo_label.labeler))
+    return used
+
+
+def used_versions(cfg: PipelineConfig) -> dict[str, str]:
+    """{distribution: version} of selftrain and of the plugins ``cfg`` uses (``plugins_used``)."""
+    from selftrain.plugins.registry import versions_of
+
+    return versions_of(plugins_used(cfg))
+
+
 def _warn_unused_unknown(cfg: PipelineConfig) -> None:
     """A stage that is off does not need its plugin installed (a CPU box may lack a GPU-only
     objective), so its name is not an error; but a name that nothing provides is most likely a

@@ -11,6 +11,7 @@ from typing import Any
 
 from selftrain.config import PipelineConfig
 from selftrain.core.common import io
+from selftrain.config import used_versions
 from selftrain.plugins.registry import plugin_versions
 
 
@@ -28,7 +29,9 @@ def stage_key(*sections: str):
     """cache_key_fn for a task over ``(cfg: PipelineConfig, *uris_or_values)``."""
 
     def key(context, parameters: dict) -> str:
-        parts: list[Any] = [context.task.name, plugin_versions()]  # upgrading a plugin invalidates
+        cfgs = [v for v in parameters.values() if isinstance(v, PipelineConfig)]
+        # upgrading a plugin the run uses invalidates; installing or upgrading an unrelated one does not
+        parts: list[Any] = [context.task.name, used_versions(cfgs[0]) if cfgs else plugin_versions()]
         for name, value in parameters.items():
             if isinstance(value, PipelineConfig):
                 parts.append([value.run_dir, value.seed, value.device])

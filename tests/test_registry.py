@@ -364,3 +364,20 @@ def test_an_allowlist_entry_that_allows_nothing_is_reported(install, monkeypatch
     assert registry.allowlist_problems() == []
     monkeypatch.delenv("SELFTRAIN_PLUGIN_ALLOWLIST")
     assert registry.allowlist_problems() == []
+
+
+def test_only_the_plugins_a_run_uses_key_its_caches_and_checkpoints(install):
+    """Every installed plugin's version keyed the stage caches and pretraining checkpoints: installing or
+    switching off an unrelated plugin re-ran every stage and threw the checkpoints away."""
+    from selftrain.config import load_config, used_versions
+
+    registry.clear_cache()
+    cfg = load_config(None, ["pretrain.enabled=true", "pretrain.objective=mlm"])
+    before = used_versions(cfg)
+    assert set(before) == {"selftrain"}
+    install(ep("good", f"{MOD}:GoodObjective", dist="unrelated-plugin", version="9.9"))
+    assert "unrelated-plugin" in registry.plugin_versions() and used_versions(cfg) == before
+    cfg_good = load_config(None, ["pretrain.enabled=true", "pretrain.objective=good"])
+    assert used_versions(cfg_good) == {**before, "unrelated-plugin": "9.9"}
+    # pretraining off: its objective's package is not the run's
+    assert used_versions(load_config(None, ["pretrain.enabled=false", "pretrain.objective=good"])) == before

@@ -98,7 +98,7 @@ def test_retrain_champion_challenger_cycle(prefect_api, tmp_path):
     from selftrain.core.registry.store import Registry
     from selftrain.core.registry.retrain import read_rows
     from selftrain.flows import retrain
-    from selftrain.plugins.registry import plugin_versions
+    from selftrain.config import used_versions
 
     bbc = _bbc()
     source = tmp_path / "news.csv"
@@ -137,7 +137,7 @@ def test_retrain_champion_challenger_cycle(prefect_api, tmp_path):
     info = json.loads((vdir / "version.json").read_text())
     rows, _ = read_rows(config())
     assert info["data"]["sources"] == {str(source): io.frame_fingerprint(rows)}
-    assert info["plugins"] == plugin_versions() and info["code"]["selftrain"] == __version__
+    assert info["plugins"] == used_versions(config()) and info["code"]["selftrain"] == __version__
     assert info["data"]["frozen_eval_rows_excluded"] == len(frozen)
     metrics = json.loads((vdir / "metrics.json").read_text())
     assert metrics["frozen_eval"]["n"] == len(frozen) and info["frozen_eval"]["metrics"]["macro_f1"] == metrics["frozen_eval"]["macro_f1"]

@@ -33,7 +33,7 @@ import pandas as pd
 import yaml
 
 from selftrain import __version__
-from selftrain.config import PipelineConfig, validate_config
+from selftrain.config import PipelineConfig, used_versions, validate_config
 from selftrain.core.common import io
 from selftrain.core.train.classifiers import load_trained, saved_info
 from selftrain.core.data.ingest import normalize_columns, read_source
@@ -41,7 +41,6 @@ from selftrain.core.run.evaluate import classification_metrics
 from selftrain.core.registry.model_card import model_card, registry_rows, retrain_markdown
 from selftrain.core.registry.store import Registry, RegistryError, now
 from selftrain.core.data.text import normalize_text
-from selftrain.plugins.registry import plugin_versions
 
 log = logging.getLogger("selftrain")
 
@@ -259,7 +258,7 @@ def register_challenger(cfg: PipelineConfig, plan_: dict, run_dir: str, final: s
                         "metrics": _summary(evals["challenger"]["metrics"]),
                         "champion_at_registration": evals["champion"] and {
                             "version": evals["champion"]["version"], "metrics": _summary(evals["champion"]["metrics"])}},
-        "decision": decision, "config_digest": plan_["config_digest"], "plugins": plugin_versions(),
+        "decision": decision, "config_digest": plan_["config_digest"], "plugins": used_versions(cfg),
         "code": code_version(),
     }
     metrics = {"metric": cfg.retrain.metric, "frozen_eval": evals["challenger"]["metrics"],

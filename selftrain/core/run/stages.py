@@ -22,7 +22,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from selftrain import __version__
-from selftrain.config import PipelineConfig, plugin_options
+from selftrain.config import PipelineConfig, plugin_options, used_versions
 from selftrain.core.common import io
 from selftrain.core.train.classifiers import classifier, load_trained, trained_by, write_meta
 from selftrain.core.train.classify import fit_temperature, softmax
@@ -35,7 +35,7 @@ from selftrain.core.train.runtime import runtime
 from selftrain.core.data.validate import check_thresholds, validate_frame
 from selftrain.core.data.validate_report import DataValidationError
 from selftrain.plugins import LabeledRows, LabelerInputs, Selection, one_hot
-from selftrain.plugins.registry import plugin_versions
+from selftrain.plugins.registry import versions_of
 
 log = logging.getLogger("selftrain")
 
@@ -112,9 +112,10 @@ def pretrain_stage(cfg: PipelineConfig, clean: str, fingerprint: str, stop_after
         pick = np.sort(np.random.default_rng([cfg.seed, 17]).choice(len(texts), pc.max_texts, replace=False))
         texts = [texts[i] for i in pick]
     model_dir, kind = backbone(cfg, clean)
-    # a checkpoint is resumed only by the same job: data, config, seed and plugin versions
+    # a checkpoint is resumed only by the same job: data, config, seed and the versions of the code that
+    # trains it (selftrain, the model provider's and the objective's packages; not every installed plugin)
     key = io.digest(fingerprint, pc.model_dump(mode="json"), cfg.model.model_dump(mode="json"), cfg.seed,
-                    plugin_versions())
+                    versions_of([("selftrain.models", cfg.model.name), ("selftrain.objectives", pc.objective)]))
     ctx = runtime(cfg.device, cfg.seed)
     bar = tqdm(total=None, desc=f"pretrain[{pc.objective}]", unit="step", disable=None)
 
@@ -380,7 +381,7 @@ def evaluate_stage(cfg: PipelineConfig, clean: str, models: dict[str, str], val_
         extra["notes"] = [*extra.get("notes", []), msg]
     table = markdown_table(results, baseline, final)
     metrics = {"models": results, "baseline": baseline, "final": final, "labels": labels,
-               "test_size": len(y), "selftrain_version": __version__, "plugins": plugin_versions(),
+               "test_size": len(y), "selftrain_version": __version__, "plugins": used_versions(cfg),
                "recipe": {"model": cfg.model.name, "classifier": cfg.classifier.name,
                           "pretrain_objective": cfg.pretrain.objective if cfg.pretrain.enabled else None,
                           "labeler": cfg.pseudo_label.labeler if cfg.pseudo_label.enabled else None,
