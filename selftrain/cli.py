@@ -107,14 +107,14 @@ def cmd_plugins(args) -> int:
     if args.json:
         print(json.dumps([r.as_dict() for r in recs], indent=2))
         return 0
-    group = None
+    group, width = None, max([12, *(len(r.name) for r in recs)])  # long third-party names keep the columns
     for r in recs:
         if r.group != group:
             group = r.group
             print(f"{group}:")
         status = "ok" if r.status == "ok" else f"{r.status}: {r.error}"
         summary = f"  - {r.cls.summary}" if r.cls is not None and r.cls.summary else ""
-        print(f"  {r.name:<12} {r.dist} {r.version}  [{status}]{summary}")
+        print(f"  {r.name:<{width}} {r.dist} {r.version}  [{status}]{summary}")
     return 1 if args.strict and (problems or any(r.status == "error" for r in recs)) else 0
 
 
@@ -131,7 +131,7 @@ def cmd_plugins_show(args) -> int:
         print(json.dumps(pages, indent=2, default=str))
     else:
         print("\n\n".join(format_description(d) for d in pages))
-    return 0
+    return 0 if any(r.status == "ok" for r in recs) else 1  # only broken or disabled records: say so to scripts
 
 
 def cmd_retrain(args) -> int:

@@ -138,10 +138,10 @@ def check_plugins(cfg: PipelineConfig) -> None:
                               "Fix: set pseudo_label.noise: 0 or classifier.name: finetune.")
         if plc.refit_on_gold and not ccls.supports_warm_start:
             raise ConfigError(f"pseudo_label.refit_on_gold needs a classifier that can be trained further; {name!r} "
-                              "cannot (its body is frozen). Fix: set pseudo_label.refit_on_gold: false or classifier.name: finetune.")
+                              "does not declare supports_warm_start. Fix: set pseudo_label.refit_on_gold: false or classifier.name: finetune.")
         if plc.student_init == "teacher" and not ccls.supports_warm_start:
             raise ConfigError(f"pseudo_label.student_init=teacher needs a classifier that can be trained further; "
-                              f"{name!r} cannot. Fix: set pseudo_label.student_init: backbone.")
+                              f"{name!r} does not declare supports_warm_start. Fix: set pseudo_label.student_init: backbone.")
     if cfg.pretrain.enabled and cfg.pretrain.nproc_per_node > 1:
         n, backend = cfg.pretrain.nproc_per_node, cfg.pretrain.ddp_backend
         if cfg.device == "mps":
@@ -165,6 +165,6 @@ def check_plugins(cfg: PipelineConfig) -> None:
         if kind not in ocls.requires:
             raise ConfigError(
                 f"pretrain.objective={cfg.pretrain.objective!r} needs a backbone of kind {' or '.join(sorted(ocls.requires))}, "
-                f"but model {cfg.model.name!r} is a {kind}. Fix pretrain.objective (e.g. "
+                f"but model {cfg.model.name!r} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}. Fix pretrain.objective (e.g. "
                 f"{'clm' if kind == 'decoder' else 'mlm'}) or model.name."
             )

@@ -79,7 +79,7 @@ def test_plugins_show_a_broken_plugin_shows_its_error(monkeypatch, capsys):
     broken = registry.PluginRecord(group="selftrain.objectives", name="future", value="acme:Future", dist="acme",
                                    version="0.3", status="error", error="written for plugin API >=2, but ...")
     monkeypatch.setattr(registry, "discover", lambda g: real(g) + ((broken,) if g == "selftrain.objectives" else ()))
-    assert main(["plugins", "show", "future"]) == 0
+    assert main(["plugins", "show", "future"]) == 1  # only a broken record: a script must see it
     out = capsys.readouterr().out
     assert "status:       error: written for plugin API >=2" in out and "options" not in out
 

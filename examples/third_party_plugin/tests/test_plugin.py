@@ -1,7 +1,8 @@
 """Tests of the example plugin: its pure functions, and selftrain's contract checks.
 
-Run from this folder: ``pytest`` (the package need not be installed: pyproject's
-``pythonpath = ["src"]``), or after ``pip install -e .[test]``.
+Run from this folder after ``pip install -e '.[test]'``, then ``pytest``: the tests import the
+installed package (pyproject sets no ``pythonpath``), so a module left out of the distribution or a
+wrong entry point fails here first.
 """
 
 from __future__ import annotations
