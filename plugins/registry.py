@@ -131,7 +131,7 @@ def allowlist_problems() -> list[str]:
     for entry in (e.strip() for e in allow.split(",")):
         if entry and _canon(entry) not in installed:
             out.append(f"SELFTRAIN_PLUGIN_ALLOWLIST entry {entry!r} is no installed distribution, so it allows nothing "
-                       f"(entries are exact distribution names, no patterns; installed plugin distributions: "
+                       f"(entries are distribution names, compared as pip does (case, -, _ and . alike), no patterns; installed plugin distributions: "
                        f"{', '.join(third) or 'none'})")
     return out
 
