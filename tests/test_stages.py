@@ -334,3 +334,26 @@ def test_an_invalid_selection_names_the_labeler_plugin_and_its_distribution(shar
     with pytest.raises(ValueError, match=r"pseudo_label.labeler='soft' \(selftrain [^)]+\) returned an invalid Selection "
                                          r"in round 1: .*repeated.*bug in that plugin"):
         stages.pseudo_label_stage(mine, str(run / "data" / "clean.parquet"), str(run / "models" / "teacher"))
+
+
+def test_a_failed_rerun_leaves_the_finished_runs_config_and_a_clean_one_no_stale_quarantine(tiny_config, tmp_path):
+    """ingest wrote config.yaml before any work, so a re-run that failed (bad data, a GPU that is not
+    there) left the last good run's models beside a config they were not trained with, and
+    `selftrain predict --run` read it. Now config.yaml is written with metrics.json; and a validation
+    that rejects nothing removes an earlier run's quarantine.parquet."""
+    from selftrain.core.data.ingest import DataSourceError
+    from selftrain.core.run import stages
+    from selftrain.core.run.pipeline import run_stages
+
+    cfg = tiny_config("pretrain.enabled=false", "pseudo_label.enabled=false")
+    run_stages(cfg)
+    run = Path(cfg.run_dir)
+    good = {n: (run / n).read_bytes() for n in ("config.yaml", "metrics.json")}
+    missing = tmp_path / "nowhere.csv"
+    with pytest.raises(DataSourceError):
+        run_stages(tiny_config("pretrain.enabled=false", "pseudo_label.enabled=false", f"data.source={missing}"))
+    assert {n: (run / n).read_bytes() for n in good} == good, "the finished run's config and metrics must stay"
+
+    (run / "quarantine.parquet").write_bytes(b"an earlier run's rejects")
+    res = stages.validate(cfg, str(run / "data" / "clean.parquet"))  # clean rows: nothing to reject
+    assert res["quarantine"] is None and not (run / "quarantine.parquet").exists()

@@ -52,8 +52,9 @@ def label_names(cfg: PipelineConfig, df: pd.DataFrame) -> list[str]:
 
 # ---------------------------------------------------------------- ingest / validate
 def ingest(cfg: PipelineConfig) -> dict:
-    """Source -> ``data/snapshot.parquet`` + content fingerprint; writes the resolved config."""
-    io.write_text(_uri(cfg, "config.yaml"), yaml.safe_dump(cfg.dump(), sort_keys=False))
+    """Source -> ``data/snapshot.parquet`` + content fingerprint. (The resolved config is written by
+    ``evaluate_stage``, beside ``metrics.json``: a run that fails leaves the last finished run's
+    ``config.yaml``, which ``selftrain predict --run`` reads with its models.)"""
     df = ingest_frame(cfg.data)
     uri = io.write_parquet(df, _uri(cfg, "data", "snapshot.parquet"))
     counts = {k: int(v) for k, v in df["split"].value_counts().items()}
@@ -69,6 +70,9 @@ def validate(cfg: PipelineConfig, snapshot: str, fingerprint: str = "") -> dict:
     q_uri = None
     if len(res.quarantine):
         q_uri = io.write_parquet(res.quarantine, _uri(cfg, "quarantine.parquet"))
+    elif io.exists(_uri(cfg, "quarantine.parquet")):  # an earlier run's rejects: not this data's
+        fs, path = io.fs_path(_uri(cfg, "quarantine.parquet"))
+        fs.rm(path)
     io.write_text(_uri(cfg, "validation.md"), res.markdown)
     check_thresholds(res, cfg.validate_, q_uri)  # raises with what/where/fix; quarantine already written
     if cfg.pseudo_label.enabled and res.report["per_split"]["unlabeled"] == 0:  # now, not after the baseline trained
@@ -387,6 +391,8 @@ def evaluate_stage(cfg: PipelineConfig, clean: str, models: dict[str, str], val_
                           "labeler": cfg.pseudo_label.labeler if cfg.pseudo_label.enabled else None,
                           "gold_labels_per_class": {"train": cfg.data.labels_per_class, "val": cfg.data.val_per_class}},
                **extra}
+    # published together, the config first: metrics.json is what marks a finished run
+    io.write_text(_uri(cfg, "config.yaml"), yaml.safe_dump(cfg.dump(), sort_keys=False))
     io.write_json(_uri(cfg, "metrics.json"), metrics)
     notes = "\n".join(f"- {n}" for n in extra.get("notes", []))
     core = extra.get("core")
