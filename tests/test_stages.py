@@ -357,3 +357,22 @@ def test_a_failed_rerun_leaves_the_finished_runs_config_and_a_clean_one_no_stale
     (run / "quarantine.parquet").write_bytes(b"an earlier run's rejects")
     res = stages.validate(cfg, str(run / "data" / "clean.parquet"))  # clean rows: nothing to reject
     assert res["quarantine"] is None and not (run / "quarantine.parquet").exists()
+
+
+def test_cuda_asked_on_a_host_without_a_gpu_is_a_user_error_naming_the_host(monkeypatch):
+    """A plain RuntimeError: Prefect retried it twice and predict printed a 28-line traceback, exit 1.
+    It is a ConfigError now (tasks.retry.USER_ERRORS: not retried, one line, exit 2)."""
+    import socket
+
+    import torch
+
+    from selftrain.config import ConfigError
+    from selftrain.core.train.runtime import runtime
+    from selftrain.tasks.retry import USER_ERRORS
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=rf"device: cuda was asked for, but torch on {socket.gethostname()} sees no GPU"
+                                          r".*Fix: set device: auto") as exc:
+        runtime("cuda")
+    assert isinstance(exc.value, USER_ERRORS)
+    assert runtime("auto").device.type in ("cpu", "mps")

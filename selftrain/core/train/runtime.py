@@ -17,8 +17,15 @@ def runtime(device: str = "auto", seed: int = 0, cpu_bf16: bool = False,
     ``inference_compile``: auto | on | off, see :mod:`selftrain.plugins.inference`."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was asked for but torch sees no GPU; set device: auto or cpu")
+    if device in ("cuda", "mps") and not (torch.cuda.is_available() if device == "cuda" else torch.backends.mps.is_available()):
+        import socket
+
+        from selftrain.config import ConfigError  # a user error: no retry cures it, one line with the fix
+
+        build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU-only build")
+        raise ConfigError(f"device: {device} was asked for, but torch on {socket.gethostname()} sees no "
+                          f"{'GPU' if device == 'cuda' else 'Apple GPU'} ({build}). Fix: set device: auto (or cpu), "
+                          "or run this stage on a host with one (a worker of the gpu pool with a CUDA build of torch)")
     dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else None
     if device == "cpu" and cpu_bf16:
         dtype = torch.bfloat16
