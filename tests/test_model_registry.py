@@ -378,3 +378,15 @@ def test_a_registry_root_that_is_a_file_is_named(tmp_path):
     (tmp_path / "afile").write_text("not a folder")
     with pytest.raises(RegistryError, match=r"cannot create the model registry at .*afile.*must name a folder"):
         Registry(str(tmp_path / "afile"), "news").create({"labels": LABELS}, pd.DataFrame({"id": ["a"], "text": ["x"], "label": ["pos"]}))
+
+
+def test_the_pseudo_label_count_is_what_the_versions_model_trained_on_not_a_sum_of_rounds():
+    """`models list` summed `kept` over the rounds: 3,926 pseudo-labels for a student-5 trained on 1,255
+    rows of a 1,374-row pool (each round's selection already holds what the earlier rounds kept)."""
+    from selftrain.core.registry.model_card import pseudo_labels_trained_on
+
+    rounds = [{"round": r, "kept": k} for r, k in zip(range(1, 6), (230, 541, 822, 1078, 1255))]
+    assert pseudo_labels_trained_on("student-5", rounds) == 1255
+    assert pseudo_labels_trained_on("student-2-distilled", rounds) == 541
+    assert pseudo_labels_trained_on("teacher", rounds) == pseudo_labels_trained_on("baseline", rounds) == 0
+    assert pseudo_labels_trained_on("student-9", rounds) == 0  # no record of that round: nothing claimed

@@ -128,6 +128,17 @@ The stage kept as this version: `{meta['stage']}` (chosen on validation). Full c
 """
 
 
+def pseudo_labels_trained_on(stage: str, rounds: list[dict]) -> int:
+    """Pseudo-labelled rows the version's model trained on: round r's selection for ``student-r`` (or
+    ``student-r-distilled``), none for the baseline or the teacher. Not the sum over rounds: a round's
+    selection already holds the rows an earlier round kept (1,255 rows for student-5, where the sum
+    of the five rounds read 3,926 on a pool of 1,374)."""
+    parts = stage.split("-")
+    if parts[0] != "student" or len(parts) < 2 or not parts[1].isdigit():
+        return 0
+    return next((int(r.get("kept", 0)) for r in rounds if r.get("round") == int(parts[1])), 0)
+
+
 def registry_rows(reg: Registry) -> list[dict]:
     """One row per committed version: the table of ``selftrain models list`` and of the Prefect artifact."""
     champ = reg.champion()
@@ -137,7 +148,7 @@ def registry_rows(reg: Registry) -> list[dict]:
         fe = (info.get("frozen_eval") or {}).get("metrics", {})
         data = info.get("data", {})
         gold = sum((data.get("gold_per_class", {}).get("train") or {}).values())
-        pseudo = sum(p.get("kept", 0) for p in data.get("pseudo_labels", []))
+        pseudo = pseudo_labels_trained_on(info.get("stage", ""), data.get("pseudo_labels", []))
         rows.append({"version": v, "champion": "yes" if v == champ else "", "created": info.get("created", ""),
                      "macro_f1": fe.get("macro_f1"), "accuracy": fe.get("accuracy"), "gold_train": gold,
                      "pseudo_labels": pseudo, "stage": info.get("stage", ""),
