@@ -21,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
 from selftrain.config import PipelineConfig
+from selftrain.core.common import io
 from selftrain.core.predict.drift import LOW_CONFIDENCE, MAX_CLASS_SHIFT, MAX_PSI
 from selftrain.core.predict.batch import CHUNK_ROWS
 from selftrain.core.predict.shards import SHARD_ROWS, check_scored
@@ -44,7 +45,9 @@ def drift_event(result: dict) -> dict:
                  "predicted_mix": d["predicted_mix"], "prior": d["prior"], "rows": result["rows"],
                  "predicted": result["predicted"], "quarantined": result["quarantined"],
                  "model_version": result["model_version"], "model_fingerprint": result["model_fingerprint"],
-                 "model_uri": result["model_uri"], "input": result["input"], "output": result["output"]},
+                 # absolute: the automation or deployment that reads them runs in another directory
+                 "model_uri": io.absolute(result["model_uri"]), "input": io.absolute(result["input"]),
+                 "output": io.absolute(result["output"])},
     )
 
 

@@ -16,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
 from selftrain.config import PipelineConfig
+from selftrain.core.common import io
 from selftrain.core.registry.retrain import RetrainSteps, run_retrain
 from selftrain.flows.pipeline import pipeline
 from selftrain.tasks import retrain as retrain_tasks
@@ -28,10 +29,11 @@ def emit_promoted(change: dict) -> None:
     emit_event(
         event=PROMOTED,
         resource={"prefect.resource.id": f"selftrain.model.{change['name']}", "prefect.resource.name": change["name"],
-                  "selftrain.registry": change["registry"]},
+                  "selftrain.registry": io.absolute(change["registry"])},
+        # absolute: the deployment a promotion triggers (e.g. a model server's reload) runs in another directory
         payload={"version": change["version"], "previous": change.get("previous"), "metrics": change.get("metrics"),
-                 "action": change.get("action", "retrain"), "model_uri": change.get("model_uri"),
-                 "registry": change["registry"], "reason": change.get("reason", "")},
+                 "action": change.get("action", "retrain"), "model_uri": io.absolute(change.get("model_uri")),
+                 "registry": io.absolute(change["registry"]), "reason": change.get("reason", "")},
     )
 
 

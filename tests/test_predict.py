@@ -7,6 +7,8 @@ cores, seconds once the embedding cache is warm). Its ``final`` model is the bas
 
 from __future__ import annotations
 
+import os
+
 import json
 from pathlib import Path
 
@@ -229,6 +231,11 @@ def test_predict_flow_publishes_the_drift_artifact_and_event(prefect_api, run, t
     assert ev["payload"]["class_shift"] == res["drift"]["class_shift"] and ev["payload"]["drift"] is True
     calm = {**res, "drift": {**res["drift"], "drift": False, "flags": []}}
     assert not auto.trigger.match.matches(Resource(drift_event(calm)["resource"]))
+    # relative paths (a deployment's working directory) are made absolute: the triggered retrain runs elsewhere
+    rel = drift_event({**res, "input": "landing/in.csv", "output": "out/p.parquet", "model_uri": "runs/demo/models/x"})
+    assert [rel["payload"][k] for k in ("input", "output", "model_uri")] == [
+        os.path.abspath(p) for p in ("landing/in.csv", "out/p.parquet", "runs/demo/models/x")]
+    assert drift_event({**res, "input": "s3://b/in.csv"})["payload"]["input"] == "s3://b/in.csv"
 
 
 def test_input_and_output_on_s3(run, s3_bucket):

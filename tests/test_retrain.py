@@ -5,6 +5,8 @@ automation files. Real tiny models (from-scratch tiny BERT) on a small slice of 
 
 from __future__ import annotations
 
+import os
+
 import asyncio
 import hashlib
 import json
@@ -288,3 +290,19 @@ def test_cli_retrain_twice_second_run_does_nothing(tmp_path, capsys):
     assert second.startswith("unchanged:") and "champion: v0001" in second, second
     assert reg.versions() == ["v0001"], "nothing new: no new version"
     assert main([*args[:1], "-c", "/nope.yaml"]) == 2
+
+
+def test_the_promoted_events_paths_are_absolute(monkeypatch):
+    """model_uri 'artifacts/selftrain/versions/v0001/model' reached a downstream reload deployment that
+    runs in another directory: 'exists=False'. Local paths are absolute now; s3:// ones unchanged."""
+    import importlib
+
+    retrain_flow = importlib.import_module("selftrain.flows.retrain")  # the module, not the flow it exports
+    sent = []
+    monkeypatch.setattr(retrain_flow, "emit_event", lambda **kw: sent.append(kw))
+    retrain_flow.emit_promoted({"name": "m", "registry": "artifacts/m", "version": "v0001",
+                                "model_uri": "artifacts/m/versions/v0001/model"})
+    retrain_flow.emit_promoted({"name": "m", "registry": "s3://b/m", "version": "v0002", "model_uri": "s3://b/m/v/model"})
+    assert sent[0]["payload"]["model_uri"] == os.path.abspath("artifacts/m/versions/v0001/model")
+    assert sent[0]["payload"]["registry"] == sent[0]["resource"]["selftrain.registry"] == os.path.abspath("artifacts/m")
+    assert sent[1]["payload"]["model_uri"] == "s3://b/m/v/model"

@@ -38,6 +38,14 @@ def fs_path(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
+def absolute(uri: str | None) -> str | None:
+    """A local path made absolute (a consumer of an event or a report runs in another directory);
+    a remote URI (s3://, hf:) or None unchanged."""
+    if uri is None or is_remote(uri):
+        return uri
+    return os.path.abspath(uri.removeprefix("file://"))
+
+
 def exists(uri: str) -> bool:
     fs, path = fs_path(uri)
     return fs.exists(path)
