@@ -289,6 +289,12 @@ def test_cli_retrain_twice_second_run_does_nothing(tmp_path, capsys):
     second = capsys.readouterr().out
     assert second.startswith("unchanged:") and "champion: v0001" in second, second
     assert reg.versions() == ["v0001"], "nothing new: no new version"
+    # forced: a new challenger, trained in its own run dir and registered as v0002 (it used to find v0001
+    # by its run key and report the champion against itself: "challenger v0001 | champion v0001")
+    assert main([*args, "--force"]) == 0
+    third = capsys.readouterr().out
+    assert not third.startswith("unchanged:") and reg.versions() == ["v0001", "v0002"], third
+    assert reg.version_info("v0002")["run_dir"] != reg.version_info("v0001")["run_dir"]
     assert main([*args[:1], "-c", "/nope.yaml"]) == 2
 
 

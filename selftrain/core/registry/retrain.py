@@ -168,7 +168,10 @@ def plan(cfg: PipelineConfig, force: bool = False) -> dict:
         reason = "; ".join(what)
     frozen = io.read_parquet(reg.uri("eval", "frozen.parquet"))
     train = exclude_frozen(df, frozen, by_id)
-    key = io.digest(fingerprints, digest, info["eval"]["fingerprint"])
+    # the same data + config + eval set -> the same run dir (a re-run after a crash reuses its cached
+    # stages, and registration finds the version it already made); a forced retrain is a new challenger
+    # by definition: its own run dir, trained afresh, registered as the next version
+    key = io.digest(fingerprints, digest, info["eval"]["fingerprint"], *(["forced", now()] if force else []))
     run_dir = reg.uri("runs", key)
     source = io.write_parquet(train, io.join(run_dir, "data", "source.parquet"))
     d = cfg.dump()
