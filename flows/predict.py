@@ -15,10 +15,12 @@ the thresholds (``max_class_shift``, ``max_psi``) happens here and its outcome i
 from __future__ import annotations
 
 import re
+from typing import Annotated, Literal
 
 from prefect import flow, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
+from pydantic import Field
 
 from selftrain.config import PipelineConfig
 from selftrain.core.common import io
@@ -69,18 +71,52 @@ def predict_shards_flow(config: PipelineConfig, jobs: list[dict], work: str) -> 
     return check_scored(jobs, outcomes, work)
 
 
+# The deployments' run forms: bounded types (the server refuses a bad value with HTTP 409 before a run
+# exists); each field's help text is the flow docstring's ``Args:`` entry (Prefect reads it from there).
+Format = Literal["auto", "csv", "jsonl", "parquet"]
+ChunkRows = Annotated[int, Field(ge=1)]
+Threshold = Annotated[float, Field(ge=0.0, le=1.0)]
+MaxShift = Annotated[float, Field(gt=0.0, le=1.0)]
+MaxPsi = Annotated[float, Field(gt=0.0)]
+AtLeast0 = Annotated[int, Field(ge=0)]
+AtLeast1 = Annotated[int, Field(ge=1)]
+
 @flow(name="predict", log_prints=True)
 def predict(input: str, output: str, run_dir: str | None = None, model: str | None = None, root: str | None = None,
             name: str | None = None, version: str | None = None, columns: dict[str, str] | None = None,
-            format: str = "auto", encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS,
-            threshold: float = LOW_CONFIDENCE, max_class_shift: float = MAX_CLASS_SHIFT, max_psi: float = MAX_PSI,
-            reference: bool = True, workers: int = 0, shard_rows: int = SHARD_ROWS, threads_per_worker: int = 1,
-            dask_address: str | None = None, work_dir: str | None = None) -> dict:
+            format: Format = "auto", encoding: str = "utf-8", chunk_rows: ChunkRows = CHUNK_ROWS,
+            threshold: Threshold = LOW_CONFIDENCE, max_class_shift: MaxShift = MAX_CLASS_SHIFT, max_psi: MaxPsi = MAX_PSI,
+            reference: bool = True, workers: AtLeast0 = 0, shard_rows: AtLeast1 = SHARD_ROWS,
+            threads_per_worker: AtLeast1 = 1, dask_address: str | None = None, work_dir: str | None = None) -> dict:
     """Score ``input`` with a run's model (``run_dir`` [+ ``model``]) or a registry version (``root`` [+
     ``name``, ``version``; default the champion]) into ``output``; drift report as artifact and event.
 
     ``workers`` >= 1 (local Dask worker processes) or ``dask_address`` (a running cluster): scored in
-    shards of ``shard_rows`` rows, ``output`` is a directory of parquet parts (docs/predict.md)."""
+    shards of ``shard_rows`` rows, ``output`` is a directory of parquet parts (docs/predict.md).
+
+    Args:
+        input: The file to score: csv, jsonl or parquet; a local path or an s3:// URI.
+        output: Where the predictions go: a .parquet file (a folder of parts when sharded); the
+            quarantined rows go beside it as <name>.quarantine.parquet.
+        run_dir: Score with this run directory's model (or give root).
+        model: With run_dir: which of its models (default: the run's final).
+        root: A model registry's artifacts root: score with its champion (or version).
+        name: With root: the registry's model name.
+        version: With root: a version such as v0003 (default: the champion).
+        columns: Column mapping, e.g. {"text": "body", "id": "ticket_id"} (default: the model's own).
+        format: Input format (auto: from the file name).
+        encoding: Text encoding of a csv / jsonl input, e.g. latin-1.
+        chunk_rows: Rows read and scored at a time (bounded memory); at least 1.
+        threshold: Confidence below which a prediction counts as low-confidence in the drift report (0 to 1).
+        max_class_shift: Drift when the predicted class mix moves more than this (total variation, above 0,
+            at most 1) from the training prior.
+        max_psi: Drift when the confidence PSI against the reference exceeds this (0.25 is the usual 'shifted').
+        reference: Score the run's reference texts for the confidence PSI.
+        workers: Local Dask worker processes for sharded scoring (0: one process, no shards).
+        shard_rows: Rows per shard when sharded; at least 1.
+        threads_per_worker: Torch threads per Dask worker; at least 1.
+        dask_address: A running Dask scheduler to shard on (instead of local workers).
+        work_dir: Where a sharded run keeps its parts until done (default: beside the output)."""
     sel = dict(run_dir=run_dir, model=model, root=root, name=name, version=version, columns=columns, format=format,
                encoding=encoding, chunk_rows=chunk_rows)
     drift = dict(threshold=threshold, max_class_shift=max_class_shift, max_psi=max_psi, reference=reference)
@@ -108,13 +144,31 @@ def predict(input: str, output: str, run_dir: str | None = None, model: str | No
 @flow(name="predict-landing", log_prints=True)
 def predict_landing(prefix: str, output_prefix: str, run_dir: str | None = None, model: str | None = None,
                     root: str | None = None, name: str | None = None, version: str | None = None,
-                    columns: dict[str, str] | None = None, encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS,
-                    threshold: float = LOW_CONFIDENCE, max_class_shift: float = MAX_CLASS_SHIFT,
-                    max_psi: float = MAX_PSI, reference: bool = True, max_files: int = 100) -> list[dict]:
+                    columns: dict[str, str] | None = None, encoding: str = "utf-8", chunk_rows: ChunkRows = CHUNK_ROWS,
+                    threshold: Threshold = LOW_CONFIDENCE, max_class_shift: MaxShift = MAX_CLASS_SHIFT,
+                    max_psi: MaxPsi = MAX_PSI, reference: bool = True, max_files: AtLeast1 = 100) -> list[dict]:
     """Score every file that landed under ``prefix`` since the last run into ``output_prefix`` (same
     relative path, ``.parquet``): one ``predict`` subflow per file, each with its drift artifact and event.
     A file that fails leaves no output, so the next run tries it again; the others go on, and this run
-    then fails naming it. ``max_files``: the most files one run takes (the rest wait for the next)."""
+    then fails naming it.
+
+    Args:
+        prefix: The landing folder or s3:// prefix to watch.
+        output_prefix: Where each file's predictions go (the same relative path, .parquet).
+        run_dir: Score with this run directory's model (or give root).
+        model: With run_dir: which of its models (default: the run's final).
+        root: A model registry's artifacts root: score with its champion (or version).
+        name: With root: the registry's model name.
+        version: With root: a version such as v0003 (default: the champion).
+        columns: Column mapping, e.g. {"text": "body", "id": "ticket_id"} (default: the model's own).
+        encoding: Text encoding of a csv / jsonl input, e.g. latin-1.
+        chunk_rows: Rows read and scored at a time (bounded memory); at least 1.
+        threshold: Confidence below which a prediction counts as low-confidence in the drift report (0 to 1).
+        max_class_shift: Drift when the predicted class mix moves more than this (total variation, above 0,
+            at most 1) from the training prior.
+        max_psi: Drift when the confidence PSI against the reference exceeds this (0.25 is the usual 'shifted').
+        reference: Score the run's reference texts for the confidence PSI.
+        max_files: The most files one run takes (the rest wait for the next run); at least 1."""
     jobs = predict_tasks.pending_files(prefix, output_prefix, max_files)
     print(f"{len(jobs)} new file(s) under {prefix}")
     done, failed = [], []

@@ -51,6 +51,11 @@ def _publish(name: str):
 @flow(name="retrain", log_prints=True)
 def retrain(config: PipelineConfig = PipelineConfig(), force: bool = False) -> dict:
     """Retrain when the data or config changed; promote the challenger only if it beats the champion
-    on the frozen evaluation set by ``retrain.min_gain``. ``force`` retrains even if nothing changed."""
+    on the frozen evaluation set by ``retrain.min_gain``.
+
+    Args:
+        config: The pipeline config the challenger trains with (its retrain section names the registry).
+        force: Retrain even if the data and the training config are unchanged: a new challenger, trained
+            afresh in its own run directory and registered as the next version."""
     return run_retrain(config, RetrainSteps(**retrain_tasks.ALL), run_pipeline=pipeline,
                        publish=_publish(config.retrain.model_name), notify=emit_promoted, force=force)

@@ -185,6 +185,14 @@ def cmd_predict(args) -> int:
 
                 out = predict_file(args.input, args.output, columns=columns, **kw)
         else:
+            # the flow's parameters are bounded (a deployment's server refuses a bad value); from here, say it
+            # in this command's words first, before Prefect starts
+            from selftrain.core.predict.checks import check_arguments
+
+            check_arguments(args.output, args.chunk_rows, args.threshold, args.max_class_shift, args.max_psi)
+            if sharded and (args.workers < 0 or args.shard_rows < 1 or args.threads_per_worker < 1):
+                raise PredictError(f"--workers {args.workers}, --shard-rows {args.shard_rows}, --threads-per-worker "
+                                   f"{args.threads_per_worker}: workers must be at least 0, the others at least 1")
             _prefect_env()
             from selftrain.flows import predict
 

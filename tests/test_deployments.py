@@ -149,3 +149,24 @@ def test_remote_stage_explains_a_deployment_from_another_version(monkeypatch, ti
     cfg = tiny_config("execution.heavy_stages=deployments")
     with pytest.raises(StageRunError, match="config.pseudo_label.*re-run `prefect deploy"):
         remote_stage(cfg, "pretrain")(cfg, "clean.parquet", "fp")
+
+
+def test_the_predict_and_retrain_run_forms_are_bounded_and_explained():
+    """predict/cpu took threshold=1.5, workers=-3 and chunk_rows=0 (the runs were created, then failed at
+    start) and showed no help text; retrain's force had none either. Every parameter now has its help
+    text (the flow docstring's Args), and the bounded ones are refused by the schema itself."""
+    from prefect.exceptions import ParameterTypeError
+    from prefect.utilities.callables import parameter_schema
+
+    from selftrain.flows import predict, predict_landing, retrain
+
+    for fl in (predict, predict_landing, retrain):
+        props = parameter_schema(fl.fn).model_dump()["properties"]
+        assert not [k for k, v in props.items() if not v.get("description")], fl.name
+    props = parameter_schema(predict.fn).model_dump()["properties"]
+    assert (props["threshold"]["minimum"], props["threshold"]["maximum"]) == (0.0, 1.0)
+    assert props["workers"]["minimum"] == 0 and props["chunk_rows"]["minimum"] == 1
+    assert props["format"]["enum"] == ["auto", "csv", "jsonl", "parquet"]
+    for bad in ({"threshold": 1.5}, {"workers": -3}, {"chunk_rows": 0}, {"format": "xlsx"}):
+        with pytest.raises(ParameterTypeError):
+            predict.validate_parameters({"input": "in.csv", "output": "p.parquet", **bad})

@@ -127,9 +127,8 @@ def _from_run(run_dir: str, model: str | None, error=PredictError) -> ModelSourc
                     f"{', '.join(have) or 'none'}. Fix: --model one of those")
     cfg_uri = io.join(run_dir, "config.yaml")
     if not io.exists(cfg_uri):
-        raise error(f"{run_dir} has no config.yaml (written when a run finishes, beside metrics.json): cannot tell "
-                    "the row rules and the classifier settings the model was trained with. Fix: point --run at the "
-                    "directory of a finished run (or finish this one: run the same command again)")
+        raise error(f"{run_dir} has no config.yaml (a run writes it when it starts): cannot tell the row rules and "
+                    "the classifier settings the model was trained with. Fix: point --run at a run directory")
     cfg = load_run_config(cfg_uri, error)
     src = ModelSource(uri, f"{run_dir.rstrip('/').rsplit('/', 1)[-1]}/{model}", cfg.run_name, cfg)
     prior = ((metrics.get("validation") or {}).get("per_class") or {}).get("train")

@@ -52,9 +52,12 @@ def label_names(cfg: PipelineConfig, df: pd.DataFrame) -> list[str]:
 
 # ---------------------------------------------------------------- ingest / validate
 def ingest(cfg: PipelineConfig) -> dict:
-    """Source -> ``data/snapshot.parquet`` + content fingerprint. (The resolved config is written by
-    ``evaluate_stage``, beside ``metrics.json``: a run that fails leaves the last finished run's
-    ``config.yaml``, which ``selftrain predict --run`` reads with its models.)"""
+    """Source -> ``data/snapshot.parquet`` + content fingerprint; the resolved config, unless the run
+    directory holds a finished run (``metrics.json``): that one's ``config.yaml`` is what ``selftrain
+    predict --run`` reads with its models, so a re-run that fails must not replace it (``evaluate_stage``
+    writes the new one beside the new ``metrics.json``)."""
+    if not io.exists(_uri(cfg, "metrics.json")):
+        io.write_text(_uri(cfg, "config.yaml"), yaml.safe_dump(cfg.dump(), sort_keys=False))
     df = ingest_frame(cfg.data)
     uri = io.write_parquet(df, _uri(cfg, "data", "snapshot.parquet"))
     counts = {k: int(v) for k, v in df["split"].value_counts().items()}
