@@ -221,3 +221,12 @@ def test_ctrl_c_on_the_temporary_api_exits_at_once_with_the_resume_hint(tmp_path
     assert "Traceback" not in err.split("interrupted.")[-1]
     # what the hint promises the re-run resumes from (the resume itself: tests/test_stages.py)
     assert any(p.is_dir() for p in ckpt.glob("step-*")), "the interrupt must leave the last pretraining checkpoint"
+
+
+def test_a_closed_pipe_is_no_traceback():
+    """`selftrain models list | head` printed a BrokenPipeError traceback once head had its lines."""
+    proc = subprocess.Popen([sys.executable, "-m", "selftrain.cli", "plugins", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err[-2000:]

@@ -81,11 +81,10 @@ def model_card(reg: Registry, meta: dict, metrics: dict, cfg) -> str:
     pretrain = (f"{pc.objective} ({f'{pc.max_steps} steps' if pc.max_steps else f'{pc.epochs} epoch(s)'})"
                 if pc.enabled else "off")
     pl = f"{cfg.pseudo_label.labeler}, {cfg.pseudo_label.rounds} round(s)" if cfg.pseudo_label.enabled else "off"
-    verdict = "promoted to champion" if dec["promote"] else "not promoted"
     return f"""# {reg.name} {version}
 
 Text classifier ({len(labels)} classes: {', '.join(labels)}) trained by selftrain's `retrain` flow on
-{meta['created']}; {verdict} at registration: {dec['reason']}.
+{meta['created']}; at registration: {dec['reason']}.
 Whether it is the champion now: `champion.json` in the registry (`selftrain models list --root ...`).
 
 ## How to load it
