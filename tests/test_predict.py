@@ -101,6 +101,7 @@ def test_a_column_mismatch_is_refused_before_any_model_loads(run, tmp_path):
         predict_file(str(src), str(tmp_path / "p.parquet"), run_dir=run["dir"])
     msg = str(err.value)
     assert "text='text' not found" in msg and "columns found: ticket_id, body" in msg and "--column text=<name>" in msg
+    assert 'a deployment\'s parameter columns={"text": "<name>"}' in msg  # the run form's words too
     assert not shards._LOADED, "no model was loaded"
     assert not (tmp_path / "p.parquet").exists()
     with pytest.raises(PredictError, match="id='id' not found"):

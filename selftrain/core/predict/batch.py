@@ -150,8 +150,10 @@ def resolve_mapping(found: list[str], explicit: dict[str, str], trained: dict | 
     if missing:
         have = ", ".join(found) if found else "none (an empty file?)"
         fix = " ".join(f"--column {k}=<name>" for k in missing)
+        param = ", ".join(f'"{k}": "<name>"' for k in missing)
         raise PredictError(f"{uri}: column(s) {', '.join(f'{k}={v!r}' for k, v in missing.items())} not found; "
-                           f"columns found: {have}. Fix: {fix} with <name> one of the columns found")
+                           f"columns found: {have}. Fix: {fix} (a deployment's parameter columns={{{param}}}) "
+                           "with <name> one of the columns found")
     return out
 
 
