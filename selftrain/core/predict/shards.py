@@ -141,10 +141,9 @@ def plan(input: str, output: str, *, run_dir: str | None = None, model: str | No
     engine's Dask settings) and what ``finish`` needs. ``threshold`` / ``max_class_shift`` /
     ``max_psi`` are ``finish``'s, only checked here, so a bad one fails before any shard is scored."""
     t0 = time.time()
-    if shard_rows < 1 or chunk_rows < 1:
-        raise PredictError(f"shard_rows={shard_rows}, chunk_rows={chunk_rows}: both must be at least 1 "
-                           f"(e.g. --shard-rows {SHARD_ROWS})")
-    P.check_arguments(output, chunk_rows, threshold, max_class_shift, max_psi)
+    if shard_rows < 1:
+        raise PredictError(f"shard_rows={shard_rows}: must be at least 1 (e.g. --shard-rows {SHARD_ROWS})")
+    P.check_arguments(output, chunk_rows, threshold, max_class_shift, max_psi)  # chunk_rows too
     explicit = P.parse_columns(columns)
     fs, opath = io.fs_path(output)
     if fs.exists(opath) and not fs.isdir(opath):
