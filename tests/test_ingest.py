@@ -165,3 +165,28 @@ def test_a_lost_connection_is_not_turned_into_a_user_error(tmp_path, monkeypatch
     monkeypatch.setattr(pd, "read_csv", hiccup)
     with pytest.raises(ConnectionError):
         ingest_frame(DataConfig(source=str(path)))
+
+
+def test_labels_ids_and_texts_are_read_as_written(tmp_path):
+    """pandas' type guessing read integer labels with a blank as '0.0' / '1.0' (a declared label '0' then
+    quarantined 70 % of the rows), ids 00042 as 42 (predict kept '00042': the same row, two ids), and a
+    text 'NA' / 'null' / 'None' as missing."""
+    import json
+
+    import pandas as pd
+
+    from selftrain.config import load_config
+    from selftrain.core.data.ingest import ingest_frame
+
+    rows = [("00042", "NA", "0"), ("00043", "null", "1"), ("00044", "None", ""), ("00045", "a text", "2")]
+    csv = tmp_path / "t.csv"
+    pd.DataFrame(rows, columns=["Ticket ID", "Body", "Cat"]).to_csv(csv, index=False)
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"Ticket ID": i, "Body": t, "Cat": int(c) if c else None}) for i, t, c in rows))
+    for src in (csv, jsonl):
+        cfg = load_config(None, [f"data.source={src}", "data.columns.id=Ticket ID", "data.columns.text=Body",
+                                 "data.columns.label=Cat"])
+        df = ingest_frame(cfg.data).set_index("id").sort_index()
+        assert list(df.index) == ["00042", "00043", "00044", "00045"], src
+        assert df["label"].tolist()[:2] == ["0", "1"] and pd.isna(df["label"].iloc[2]) and df["label"].iloc[3] == "2", src
+        assert df["text"].tolist()[:3] == ["NA", "null", "None"], src

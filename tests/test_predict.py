@@ -163,16 +163,17 @@ def test_cli_predict_without_prefect(run, tmp_path, capsys):
     from selftrain.cli import main
 
     src = tmp_path / "tickets.csv"
-    pd.DataFrame({"ticket_id": [f"t{i}" for i in range(5)], "body": [*run["test"]["text"].head(4), ""]}).to_csv(
+    # a text "null" is a text (pandas read it as missing), an empty cell is missing
+    pd.DataFrame({"ticket_id": [f"t{i}" for i in range(6)], "body": [*run["test"]["text"].head(4), "null", ""]}).to_csv(
         src, index=False)
     out = tmp_path / "preds.parquet"
     rc = main(["predict", "--input", str(src), "--run", run["dir"], "-o", str(out), "--column", "text=body",
                "--column", "id=ticket_id", "--no-prefect"])
     printed = capsys.readouterr().out
     assert rc == 0, printed
-    assert "5 rows: 4 predicted" in printed and "1 quarantined (text_missing 1)" in printed
+    assert "6 rows: 5 predicted" in printed and "1 quarantined (text_missing 1)" in printed
     assert "# Prediction drift" in printed and "class shift" in printed
-    assert pd.read_parquet(out)["id"].tolist() == ["t0", "t1", "t2", "t3"]
+    assert pd.read_parquet(out)["id"].tolist() == ["t0", "t1", "t2", "t3", "t4"]
     rc = main(["predict", "--input", str(src), "--run", run["dir"], "-o", str(out), "--no-prefect"])
     assert rc == 2 and "--column text=<name>" in capsys.readouterr().err
 

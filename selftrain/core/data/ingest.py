@@ -105,9 +105,12 @@ def read_source(cfg: DataConfig) -> tuple[pd.DataFrame, dict]:
                 raise DataSourceError(f"cannot tell the format of {src!r} from its extension; set data.format to csv, jsonl or parquet")
         try:
             if fmt == "csv":
-                df = pd.read_csv(src, encoding=cfg.encoding, sep="\t" if src.lower().endswith(".tsv") else ",")
+                # every cell as written: pandas' guessing read labels 0/1/2 with a blank as 0.0/1.0/2.0,
+                # ids 00042 as 42, and a text "NA" / "null" / "None" as missing; only an empty cell is
+                df = pd.read_csv(src, encoding=cfg.encoding, sep="\t" if src.lower().endswith(".tsv") else ",",
+                                 dtype=str, keep_default_na=False, na_values=[""])
             elif fmt == "jsonl":
-                df = pd.read_json(src, lines=True, encoding=cfg.encoding)
+                df = pd.read_json(src, lines=True, encoding=cfg.encoding, dtype=False)  # "00042" stays a string
             else:
                 df = pd.read_parquet(src)
         except FileNotFoundError:
@@ -123,6 +126,17 @@ def read_source(cfg: DataConfig) -> tuple[pd.DataFrame, dict]:
     return df, mapping
 
 
+def as_text(col: pd.Series) -> pd.Series:
+    """A label or id column as strings. Integers that came back as floats because a cell was empty
+    (jsonl / parquet: 0, 1, null -> 0.0, 1.0, NaN) are written as the integers they were: '1', not
+    '1.0' (a label '1.0' would be a class of its own, not the declared label '1')."""
+    if pd.api.types.is_float_dtype(col):
+        vals = col.dropna()
+        if len(vals) and np.isfinite(vals).all() and (vals == np.round(vals)).all():
+            return col.astype("Int64").astype("string")
+    return col.astype("string")
+
+
 def normalize_columns(raw: pd.DataFrame, mapping: dict, source: str) -> pd.DataFrame:
     """Map the user's columns to ``id, text, label, split`` (strings, NA where missing)."""
     missing = [f"{k}={v!r}" for k, v in mapping.items() if v is not None and v not in raw.columns]
@@ -132,10 +146,10 @@ def normalize_columns(raw: pd.DataFrame, mapping: dict, source: str) -> pd.DataF
             "Fix data.columns.<name>."
         )
     out = pd.DataFrame(index=raw.index)
-    out["id"] = raw[mapping["id"]].astype("string") if mapping["id"] else pd.Series(
+    out["id"] = as_text(raw[mapping["id"]]) if mapping["id"] else pd.Series(
         [f"row{i}" for i in range(len(raw))], index=raw.index, dtype="string")
     out["text"] = raw[mapping["text"]].astype("string")
-    out["label"] = raw[mapping["label"]].astype("string") if mapping["label"] else pd.Series(pd.NA, index=raw.index, dtype="string")
+    out["label"] = as_text(raw[mapping["label"]]) if mapping["label"] else pd.Series(pd.NA, index=raw.index, dtype="string")
     if mapping["split"]:
         s = raw[mapping["split"]].astype("string").str.strip().str.lower()
         out["split"] = s.map(lambda v: SPLIT_ALIASES.get(v, v) if isinstance(v, str) else v).astype("string")

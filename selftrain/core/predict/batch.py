@@ -44,6 +44,7 @@ from selftrain.core.train.classifiers import saved_info
 from selftrain.core.predict.drift import LOW_CONFIDENCE, MAX_CLASS_SHIFT, MAX_PSI, confidence_histogram, drift_report
 from selftrain.core.predict.checks import check_arguments
 from selftrain.core.predict.source import ModelSource, PredictError, reference_texts, resolve_model
+from selftrain.core.data.ingest import as_text
 from selftrain.core.data.read_errors import describe_read_error
 from selftrain.core.data.validate import _row_failures, snapshot_model
 
@@ -108,7 +109,8 @@ def _read(uri: str, fmt: str, encoding: str, chunk_rows: int) -> Iterator[pd.Dat
         return
     with fs.open(path, "rt", encoding=encoding, newline="" if fmt == "csv" else None) as f:
         if fmt == "csv":
-            reader = pd.read_csv(f, chunksize=chunk_rows, dtype=str, sep="\t" if uri.lower().endswith(".tsv") else ",")
+            reader = pd.read_csv(f, chunksize=chunk_rows, dtype=str, sep="\t" if uri.lower().endswith(".tsv") else ",",
+                                 keep_default_na=False, na_values=[""])  # a text "NA" is a text, as in training
         else:
             reader = pd.read_json(f, lines=True, chunksize=chunk_rows, dtype=False)
         with reader:
@@ -202,7 +204,7 @@ def _load_model(source: ModelSource) -> _Loaded:
 def _prepare(chunk: pd.DataFrame, mapping: dict, offset: int) -> pd.DataFrame:
     """The chunk as ``id, text`` (string dtype) with a RangeIndex; generated ids are global positions."""
     n = len(chunk)
-    ids = (chunk[mapping["id"]].astype("string") if mapping["id"] else
+    ids = (as_text(chunk[mapping["id"]]) if mapping["id"] else
            pd.Series([f"row{offset + i}" for i in range(n)], dtype="string", index=chunk.index))
     return pd.DataFrame({"id": ids.to_numpy(), "text": chunk[mapping["text"]].astype("string").to_numpy()},
                         index=pd.RangeIndex(n)).astype("string")
