@@ -312,3 +312,22 @@ def test_the_promoted_events_paths_are_absolute(monkeypatch):
     assert sent[0]["payload"]["model_uri"] == os.path.abspath("artifacts/m/versions/v0001/model")
     assert sent[0]["payload"]["registry"] == sent[0]["resource"]["selftrain.registry"] == os.path.abspath("artifacts/m")
     assert sent[1]["payload"]["model_uri"] == "s3://b/m/v/model"
+
+
+def test_a_new_label_in_the_data_is_refused_before_the_challenger_trains(tmp_path):
+    """A class added to the source trained the whole challenger, then failed comparing it on the frozen
+    set. The plan now refuses it first, naming the new label."""
+    from selftrain.config import load_config
+    from selftrain.core.registry.retrain import RetrainError, plan
+
+    source = tmp_path / "news.csv"
+    df = _slice(_bbc(), 0, 30, 10)
+    df.to_csv(source, index=False)
+    over = [f"data.source={source}", f"retrain.artifacts_root={tmp_path / 'artifacts'}", "retrain.model_name=lab",
+            *OVERRIDES]
+    first = plan(load_config(TINY, over))
+    assert first["changed"]
+    extra = df.head(12).assign(label="weather", text=lambda d: "weather report " + d["text"], id=lambda d: "w" + d["id"].astype(str))
+    pd.concat([df, extra]).to_csv(source, index=False)
+    with pytest.raises(RetrainError, match=r"new: weather.*Fix: keep data.labels"):
+        plan(load_config(TINY, over))

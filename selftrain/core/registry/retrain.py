@@ -147,6 +147,14 @@ def plan(cfg: PipelineConfig, force: bool = False) -> dict:
     digest = training_digest(cfg)
     info = _ensure_registry(cfg, reg, df)
     reg.check()  # a damaged registry file fails here, before a challenger is trained
+    labels, registered = _labels(cfg, df), list(info["labels"])
+    if sorted(labels) != sorted(registered):  # here, not after the challenger has trained for nothing
+        new, gone = sorted(set(labels) - set(registered)), sorted(set(registered) - set(labels))
+        raise RetrainError(f"the challenger would learn the labels {labels}, but the registry at {reg.root} holds "
+                           f"models of {registered} ({'new: ' + ', '.join(new) if new else ''}"
+                           f"{'; ' if new and gone else ''}{'missing: ' + ', '.join(gone) if gone else ''}): models with "
+                           "another label set cannot be compared on its frozen evaluation set. Fix: keep data.labels "
+                           "(or the source's labels) as they were, or start a new registry (another retrain.model_name)")
     last = reg.last_run()
     champion = reg.champion()
     base = {"registry": reg.root, "fingerprints": fingerprints, "config_digest": digest, "rows": len(df),
