@@ -390,3 +390,19 @@ def test_the_pseudo_label_count_is_what_the_versions_model_trained_on_not_a_sum_
     assert pseudo_labels_trained_on("student-2-distilled", rounds) == 541
     assert pseudo_labels_trained_on("teacher", rounds) == pseudo_labels_trained_on("baseline", rounds) == 0
     assert pseudo_labels_trained_on("student-9", rounds) == 0  # no record of that round: nothing claimed
+
+
+def test_a_folder_that_is_no_registry_says_so_and_a_deleted_model_is_named(tmp_path, tiny_models):
+    """Registry('artifacts') (the root, not artifacts/<name>) said 'no champion yet. Fix: promote', and
+    local_model returned a path whose model/ folder had been deleted."""
+    import shutil
+
+    from selftrain.core.registry.store import Registry, RegistryError
+
+    with pytest.raises(RegistryError, match=r"No model registry at .*artifacts \(no registry.json\)"):
+        Registry(tmp_path / "artifacts").local_model()  # a pathlib.Path is taken too
+    reg, versions = _make(str(tmp_path / "news"), tiny_models, 2)
+    shutil.rmtree(Path(reg.uri("versions", "v0002", "model")))
+    with pytest.raises(RegistryError, match=r"v0002/model holds no saved model"):
+        reg.local_model("v2")
+    assert Path(reg.local_model("v1"), "config.json").exists()

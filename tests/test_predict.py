@@ -425,3 +425,22 @@ def test_a_single_file_prediction_over_a_folder_is_refused_before_anything_is_wr
     with pytest.raises(PredictError, match=r"--output .*preds is a folder .*Fix: -o a new file name"):
         predict_file(str(src), str(tmp_path / "preds"), run_dir=run["dir"], reference=False)
     assert q.read_bytes() == b"the earlier prediction's quarantine"
+
+
+def test_python_callers_get_paths_and_frames_taken_or_refused_in_words(run, tmp_path):
+    """predict_file(Path(...)) raised AttributeError 'PosixPath' has no 'rstrip'; predict_frame took a list or
+    a Series into an AttributeError, duplicate columns into 'Buffer has wrong number of dimensions', and an
+    integer column name into 'text=0 not found; columns found: 0'."""
+    from selftrain.core.predict.batch import PredictError, predict_file, predict_frame
+
+    texts = run["test"]["text"].head(3).tolist()
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"text": texts}).to_csv(src, index=False)
+    res = predict_file(src, tmp_path / "p.parquet", run_dir=Path(run["dir"]), reference=False)
+    assert res["predicted"] == 3 and (tmp_path / "p.parquet").exists()
+    assert predict_frame(pd.DataFrame({0: texts}), run_dir=Path(run["dir"]), columns={"text": 0},
+                         reference=False)["predicted"] == 3
+    for bad, match in ((texts, "takes a pandas DataFrame, got list"), (pd.Series(texts), "got Series"),
+                       (pd.DataFrame([[t, t] for t in texts], columns=["text", "text"]), r"duplicate column names \['text'\]")):
+        with pytest.raises(PredictError, match=match):
+            predict_frame(bad, run_dir=run["dir"], reference=False)

@@ -347,6 +347,11 @@ def _write_pair(output: str, quarantine: str, write) -> None:
 
 
 # ---------------------------------------------------------------- public API
+def _paths(*values):
+    """pathlib.Path (or any os.PathLike) arguments as the strings the rest reads; None stays None."""
+    return tuple(None if v is None else os.fspath(v) for v in values)
+
+
 def predict_file(input: str, output: str, *, run_dir: str | None = None, model: str | None = None,
                  root: str | None = None, name: str | None = None, version: str | None = None,
                  columns: dict[str, str] | list[str] | None = None, format: str = "auto", encoding: str = "utf-8",
@@ -361,6 +366,7 @@ def predict_file(input: str, output: str, *, run_dir: str | None = None, model: 
     import pyarrow.parquet as pq
 
     t0 = time.perf_counter()
+    input, output, run_dir, root = _paths(input, output, run_dir, root)
     check_arguments(output, chunk_rows, threshold, max_class_shift, max_psi)
     fs, opath = io.fs_path(output)
     if fs.isdir(opath):  # e.g. a sharded prediction's output: publishing over it would fail after the quarantine
@@ -400,11 +406,20 @@ def predict_frame(frame: pd.DataFrame, *, run_dir: str | None = None, model: str
     """``predict_file`` on a DataFrame already in memory; nothing is written. The result also holds
     ``predictions`` and ``quarantine`` (DataFrames with the columns of the two files)."""
     t0 = time.perf_counter()
+    run_dir, root = _paths(run_dir, root)
+    if not isinstance(frame, pd.DataFrame):
+        raise PredictError(f"predict_frame takes a pandas DataFrame, got {type(frame).__name__}. Fix: e.g. "
+                           "pd.DataFrame({'text': texts}) (a Series: series.to_frame('text'))")
+    dup = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+    if dup:
+        raise PredictError(f"the frame has duplicate column names {dup}: which one is meant cannot be told. Fix: rename "
+                           "them (df.columns = [...])")
+    frame = frame.rename(columns=str)  # columns={"text": "0"} names an integer column 0
     check_arguments(None, chunk_rows, threshold, max_class_shift, max_psi)
     source = resolve_model(run_dir=run_dir, model=model, root=root, name=name, version=version)
     source.input = "the frame"
-    mapping = resolve_mapping([str(c) for c in frame.columns], parse_columns(columns),
-                              source.config.data.columns.model_dump(), "the frame")
+    explicit = {k: str(v) for k, v in parse_columns(columns).items()}  # {"text": 0} as the renamed column "0"
+    mapping = resolve_mapping(list(frame.columns), explicit, source.config.data.columns.model_dump(), "the frame")
     loaded = _load_model(source)
     tally = _Tally(loaded.labels, threshold)
     chunks = (frame.iloc[i:i + chunk_rows] for i in range(0, len(frame), chunk_rows))

@@ -60,7 +60,8 @@ def now() -> str:
 class Registry:
     """One model's registry at ``root`` (= ``<artifacts_root>/<model_name>``)."""
 
-    def __init__(self, root: str, name: str | None = None):
+    def __init__(self, root: str | os.PathLike, name: str | None = None):
+        root = os.fspath(root)
         self.root = root.rstrip("/") if io.is_remote(root) else str(Path(root.removeprefix("file://")))
         self.name = name or self.root.rstrip("/").rsplit("/", 1)[-1].rsplit(os.sep, 1)[-1]
 
@@ -122,6 +123,7 @@ class Registry:
 
     def resolve(self, version: str) -> str:
         """``v2``, ``2``, ``v0002`` or ``champion`` -> ``v0002`` (committed), else a RegistryError."""
+        self.info()  # a folder that is no registry (e.g. the artifacts root) says so, not "no champion yet"
         have = self.versions()
         text = str(version).strip()
         if text == "champion":
@@ -186,7 +188,12 @@ class Registry:
 
     def local_model(self, version: str = "champion") -> str:
         """A local directory with the model of ``version`` (default: the champion), for from_pretrained."""
-        return io.local_dir(self.model_uri(version))
+        uri = self.model_uri(version)
+        if not io.exists(io.join(uri, "config.json")):
+            raise RegistryError(f"{uri} holds no saved model (no config.json): the version's model/ folder is missing "
+                                "or damaged. Fix: restore it from a backup, or promote / use another version "
+                                "(selftrain models list)")
+        return io.local_dir(uri)
 
     # ------------------------------------------------------------ writing
     def create(self, info: dict, eval_frame) -> dict:
