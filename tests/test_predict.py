@@ -7,9 +7,8 @@ cores, seconds once the embedding cache is warm). Its ``final`` model is the bas
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
 from pathlib import Path
 
 import numpy as np

@@ -5,11 +5,10 @@ automation files. Real tiny models (from-scratch tiny BERT) on a small slice of 
 
 from __future__ import annotations
 
-import os
-
 import asyncio
 import hashlib
 import json
+import os
 import time
 import uuid
 from pathlib import Path
