@@ -230,3 +230,15 @@ def test_a_closed_pipe_is_no_traceback():
     proc.stdout.close()  # the reader is gone before the first line
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err[-2000:]
+
+
+def test_python_callers_of_the_flows_get_the_clis_prefect_settings(tmp_path):
+    """The 120 s startup timeout and the ephemeral API's services switched off were set only by the CLI:
+    pipeline() / retrain() / predict() from Python ran on Prefect's defaults (20 s, every service)."""
+    code = ("import selftrain.flows\nfrom prefect.settings import get_current_settings\ns = get_current_settings()\n"
+            "print(s.server.ephemeral.startup_timeout_seconds, s.server.services.scheduler.enabled, "
+            "s.server.analytics_enabled)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {"PREFECT_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["120", "False", "False"], out.stdout
