@@ -284,6 +284,8 @@ def test_cli_retrain_twice_second_run_does_nothing(tmp_path, capsys):
     assert first.startswith("promoted:") and "champion: v0001" in first, first
     reg = Registry(str(tmp_path / "artifacts" / "cli"), "cli")
     assert reg.versions() == ["v0001"]
+    card = Path(reg.version_uri("v0001"), "README.md").read_text()  # the card says what this run did
+    assert "classifier: `finetune`, up to 3 epochs" in card and "chosen on validation macro-F1" in card, card
     assert main(args) == 0
     second = capsys.readouterr().out
     assert second.startswith("unchanged:") and "champion: v0001" in second, second

@@ -376,3 +376,16 @@ def test_cuda_asked_on_a_host_without_a_gpu_is_a_user_error_naming_the_host(monk
         runtime("cuda")
     assert isinstance(exc.value, USER_ERRORS)
     assert runtime("auto").device.type in ("cpu", "mps")
+
+
+def test_the_core_choice_does_not_credit_a_guard_the_labeler_does_not_have():
+    """report.md said 'the guard let the pool through' for the soft labeler, which has no guard."""
+    from selftrain.config import load_config
+    from selftrain.core.run.pipeline import core_choice
+    from tests.conftest import TINY
+
+    soft = core_choice(load_config(TINY, ["pseudo_label.labeler=soft"]), "student-1", {"kept": 10})
+    assert soft["chosen"] == "pool" and "has no guard" in soft["why"] and "guard let" not in soft["why"]
+    guard = {"metric": "log_loss", "selftrained_log_loss": 0.5, "supervised_log_loss": 0.9}
+    agree = core_choice(load_config(TINY, ["pseudo_label.labeler=agree"]), "student-1", {"guard": guard})
+    assert agree["why"].startswith("the guard let the pool through (held-out log_loss per gold row")

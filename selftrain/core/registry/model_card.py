@@ -81,6 +81,12 @@ def model_card(reg: Registry, meta: dict, metrics: dict, cfg) -> str:
     pretrain = (f"{pc.objective} ({f'{pc.max_steps} steps' if pc.max_steps else f'{pc.epochs} epoch(s)'})"
                 if pc.enabled else "off")
     pl = f"{cfg.pseudo_label.labeler}, {cfg.pseudo_label.rounds} round(s)" if cfg.pseudo_label.enabled else "off"
+    # the finetune section's epochs and lr drive only the classifiers that finetune with them
+    fit = (f"`{cfg.classifier.name}`, up to {cfg.finetune.epochs} epochs at lr {cfg.finetune.lr}"
+           if cfg.classifier.name == "finetune" else f"`{cfg.classifier.name}` {cfg.classifier.options or ''}".rstrip())
+    has_val = cfg.data.val_per_class > 0 or cfg.data.columns.split is not None
+    kept = ("chosen on validation macro-F1" if has_val else
+            "no validation split: the last model the labeler's guards let through")
     return f"""# {reg.name} {version}
 
 Text classifier ({len(labels)} classes: {', '.join(labels)}) trained by selftrain's `retrain` flow on
@@ -115,8 +121,8 @@ On the run's own test split ({rt.get('n', '?')} rows): accuracy {_f(rt['accuracy
 ## Training
 
 Model plugin `{cfg.model.name}` {cfg.model.options or ''} (max length {cfg.model.max_length}); pretraining: {pretrain};
-pseudo-labels: {pl}; finetune up to {cfg.finetune.epochs} epochs at lr {cfg.finetune.lr}; seed {cfg.seed}.
-The stage kept as this version: `{meta['stage']}` (chosen on validation). Full config: `config.yaml`.
+pseudo-labels: {pl}; classifier: {fit}; seed {cfg.seed}.
+The stage kept as this version: `{meta['stage']}` ({kept}). Full config: `config.yaml`.
 
 ## Provenance
 

@@ -142,7 +142,9 @@ def core_choice(cfg: PipelineConfig, final: str, round1: dict | None) -> dict:
                           "adapted": f"{adapt} on gold + pool" if adapt else None},
            "guard": guard, "refused": refused}
     if not refused and final.startswith("student"):
-        chosen, why = "pool", f"the guard let the pool through{score} and a student was trained"
+        chosen = "pool"
+        why = (f"the guard let the pool through{score} and a student was trained" if guard else
+               f"a student was trained on {cfg.pseudo_label.labeler} pseudo-labels (that labeler has no guard)")
     elif not refused:  # no student: the baseline, or a teacher that trained on the pool itself (fixmatch)
         reason = (round1 or {}).get("reason") or "pseudo-labelling off, or no row kept"
         chosen, why = "supervised", f"no student was trained ({reason}); {final} ({frozen}) is final"
