@@ -362,6 +362,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                               "above (often an unclosed bracket or quote, or a missing space after a colon)") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    if isinstance(overrides, (str, dict)):  # a str is iterated char by char: "--set 's': expected ..."
+        raise TypeError(f"load_config's overrides are a list of 'section.key=value' strings, not a "
+                        f"{type(overrides).__name__}. Fix: load_config(path, ['seed=1', 'finetune.lr=2e-5'])")
     parsed = [parse_override(item) for item in overrides or []]
     set_keys = {k for k, _ in parsed}
     for section, key in PLUGIN_KEYS:  # reset-on-switch: a plugin switched by an override drops the file's options

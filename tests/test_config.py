@@ -164,3 +164,11 @@ def test_a_bad_value_from_set_is_marked_as_such_not_blamed_on_the_file():
     msg = str(ei.value)
     assert msg.startswith(f"invalid configuration ({tiny} + --set)") and "retrain.metric: Input should be" in msg
     assert "'accuracy' (from --set)" in msg
+
+
+def test_overrides_of_the_wrong_shape_are_a_type_error_showing_the_right_one():
+    """load_config(p, "seed=1") iterated the characters: "--set 's': expected section.key=value"."""
+    for bad in ("seed=1", {"seed": 1}):
+        with pytest.raises(TypeError, match=r"list of 'section.key=value' strings, not a (str|dict).*\['seed=1'"):
+            load_config(None, bad)
+    assert load_config(None, ["seed=1"]).seed == 1

@@ -45,3 +45,13 @@ def test_mean_pool_averages_real_tokens_and_gives_zeros_for_empty_rows():
 
 def test_docstring_examples_run():
     assert doctest.testmod(common).failed == 0
+
+
+def test_the_tiny_presets_print_nothing(tmp_path, capfd):
+    """The tokenizers' training bar wrote three blank lines straight to stdout on every tiny run."""
+    from selftrain.plugins.models.presets import TinyBert, TinyGPT2
+    from selftrain.plugins.testing import SENTENCES
+
+    for cls in (TinyBert, TinyGPT2):
+        cls(cls.Config()).materialize(SENTENCES, str(tmp_path / cls.__name__), seed=0)
+    assert capfd.readouterr().out == ""

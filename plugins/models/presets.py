@@ -39,7 +39,8 @@ class TinyBert(ModelProvider):
         out.mkdir(parents=True, exist_ok=True)
         wp = BertWordPieceTokenizer(lowercase=True)
         wp.train_from_iterator(_corpus(texts), vocab_size=c.vocab_size, min_frequency=1,
-                               special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+                               special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+                               show_progress=False)  # its bar printed blank lines to stdout
         with tempfile.TemporaryDirectory() as raw:
             # from_pretrained reads vocab.txt on transformers 4 and 5 (5's constructor ignores vocab_file=);
             # a fresh folder so a stale tokenizer.json in out_dir cannot win
@@ -71,7 +72,7 @@ class TinyGPT2(ModelProvider):
         out.mkdir(parents=True, exist_ok=True)
         bpe = ByteLevelBPETokenizer()
         bpe.train_from_iterator(_corpus(texts), vocab_size=c.vocab_size, min_frequency=1,
-                                special_tokens=["<|endoftext|>"])
+                                special_tokens=["<|endoftext|>"], show_progress=False)
         with tempfile.TemporaryDirectory() as raw:
             bpe.save_model(raw)  # vocab.json + merges.txt (see TinyBert on why from_pretrained)
             tok = GPT2TokenizerFast.from_pretrained(raw)
