@@ -367,3 +367,16 @@ def test_real_tweets():
     assert rep["n_invalid"] + rep["n_duplicate"] == rep["n_quarantined"]
     assert res.quarantine["reason"].str.contains("duplicate|leakage").all()
     assert "# Data validation" in res.markdown
+
+
+def test_unknown_labels_are_named_and_the_label_list_is_the_first_fix():
+    """'label_unknown: 14' named no label and the only fix offered was raising max_invalid_fraction."""
+    bad = [{"id": f"q{i}", "text": f"a question about {WORDS[i]} number {i}", "label": lab, "split": "train"}
+           for i, lab in enumerate(["question"] * 3 + ["0"])]
+    cfg = ValidateConfig(max_invalid_fraction=0.05)
+    res = validate_frame(frame(bad), cfg, LABELS)
+    with pytest.raises(DataValidationError) as ei:
+        check_thresholds(res, cfg)
+    fix = str(ei.value).split("How to fix: ", 1)[1]
+    assert fix.startswith("add the labels data.labels does not hold to it: 'question' (3 rows), '0' (1 rows)"), fix
+    assert "raise validate.max_invalid_fraction" in fix

@@ -137,6 +137,14 @@ def check_thresholds(result: ValidationResult, cfg: ValidateConfig, quarantine_u
             f"fix or remove the invalid source rows, or raise validate.max_invalid_fraction "
             f"(e.g. --set validate.max_invalid_fraction={min(1.0, round(rep['invalid_fraction'] + 0.005, 3))})"
         )
+    q = result.quarantine
+    if problems and rep["checks"].get("label_unknown") and "check" in q and "label" in q:
+        # most often the fix is the label list, not the threshold: name the labels it does not hold
+        unknown = q.loc[q["check"].astype(str).str.contains("label_unknown"), "label"].astype(str).value_counts()
+        named = ", ".join(f"{lab!r} ({n} rows)" for lab, n in unknown.head(5).items())
+        fixes.insert(0, f"add the labels data.labels does not hold to it: {named}"
+                        + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "") + " (quote numeric labels "
+                        "in YAML: labels: ['0', '1'])")
     if rep["duplicate_fraction"] > cfg.max_duplicate_fraction:
         problems.append(
             f"duplicate_fraction {rep['duplicate_fraction']:.4f} ({rep['n_duplicate']} of {rep['n_rows']} rows) "
