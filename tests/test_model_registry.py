@@ -406,3 +406,16 @@ def test_a_folder_that_is_no_registry_says_so_and_a_deleted_model_is_named(tmp_p
     with pytest.raises(RegistryError, match=r"v0002/model holds no saved model"):
         reg.local_model("v2")
     assert Path(reg.local_model("v1"), "config.json").exists()
+
+
+def test_promote_from_python_is_recorded_as_python_and_the_cli_as_cli(tmp_path, tiny_models):
+    """Registry.promote() called from Python wrote by='cli' into the champion history."""
+    import json
+
+    from selftrain.cli import main
+
+    reg, _ = _make(str(tmp_path / "news"), tiny_models, 2)
+    reg.promote("v1")
+    assert main(["models", "promote", "2", "--root", str(tmp_path), "--name", "news"]) == 0
+    history = json.loads(Path(reg.uri("champion.json")).read_text())["history"]
+    assert [h["by"] for h in history[-2:]] == ["python", "cli"], history

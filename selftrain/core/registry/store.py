@@ -280,7 +280,7 @@ class Registry:
             if tmp.exists():
                 tmp.unlink()
 
-    def promote(self, version: str, *, reason: str = "", by: str = "cli") -> dict:
+    def promote(self, version: str, *, reason: str = "", by: str = "python") -> dict:
         """Make ``version`` the champion. Returns the change (``changed`` False if it already is).
         Rewrites a damaged champion.json (the fix its error names); refuses a version whose model is gone."""
         v = self.resolve(version)
@@ -298,7 +298,7 @@ class Registry:
                               "updated": entry["at"], "history": [*st.get("history", []), entry]})
         return {**entry, "changed": True}
 
-    def rollback(self, *, reason: str = "", by: str = "cli") -> dict:
+    def rollback(self, *, reason: str = "", by: str = "python") -> dict:
         """Restore the champion before the current one (undo the last promotion or promote)."""
         st = self.champion_state()
         stack = list(st.get("stack", []))
