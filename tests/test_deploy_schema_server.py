@@ -103,3 +103,19 @@ def test_deploy_schema_types_the_run_forms_and_the_server_refuses_bad_options(de
     assert cfg.model.name == "tiny-bert" and cfg.model.options == {"layers": 1}
     svc.request("DELETE", f"/flow_runs/{run['id']}")
     print(f"\nselftrain deploy-schema on {len(CONFIG_DEPLOYMENTS)} deployments: {took:.1f} s")
+
+
+@pytest.mark.slow
+def test_the_predict_deployment_refuses_out_of_bound_parameters(deployed):
+    """predict/cpu created runs with threshold=1.5, workers=-3 or chunk_rows=0 that then failed at start."""
+    svc = deployed
+    dep = svc.deployment("predict/cpu")
+    props = dep["parameter_openapi_schema"]["properties"]
+    assert props["threshold"]["maximum"] == 1 and props["threshold"]["description"]
+    before = _count(svc)
+    for bad in ({"threshold": 1.5}, {"workers": -3}, {"chunk_rows": 0}):
+        r = svc.request("POST", f"/deployments/{dep['id']}/create_flow_run",
+                        {"parameters": {"input": "in.csv", "output": "p.parquet", **bad},
+                         "state": {"type": "SCHEDULED", "message": "Run from the UI"}})
+        assert r.status_code == 409 and next(iter(bad)) in r.json()["detail"], r.text
+    assert _count(svc) == before
