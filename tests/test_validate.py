@@ -213,6 +213,9 @@ def test_thresholds_raise_with_what_where_and_how():
     assert "text_too_short" in msg and ": 3" in msg  # top reasons with counts
     assert "runs/demo/data/quarantine.parquet" in msg
     assert "fix or remove the invalid source rows" in msg and "raise validate.max_invalid_fraction" in msg
+    # said for each place a run comes from: the CLI, a config file, a deployment's run form
+    assert "--set validate.max_invalid_fraction=0.125; in a config file or a deployment's config: " \
+           "validate: {max_invalid_fraction: 0.125}" in msg
     assert isinstance(ei.value, ValueError)
 
     # below the thresholds: no error

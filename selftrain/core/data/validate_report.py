@@ -123,6 +123,12 @@ def markdown_report(report: dict, examples: dict[str, pd.DataFrame], cfg: Valida
 
 
 
+def _setting(key: str, value) -> str:
+    """How to set ``key`` wherever the run came from: the CLI, a YAML config, a deployment's run form."""
+    section, field = key.split(".", 1)
+    return f"e.g. --set {key}={value}; in a config file or a deployment's config: {section}: {{{field}: {value}}}"
+
+
 def check_thresholds(result: ValidationResult, cfg: ValidateConfig, quarantine_uri: str | None = None) -> None:
     """Raise :class:`DataValidationError` when the data is too bad to train on; else return None."""
     rep = result.report
@@ -135,7 +141,7 @@ def check_thresholds(result: ValidationResult, cfg: ValidateConfig, quarantine_u
         )
         fixes.append(
             f"fix or remove the invalid source rows, or raise validate.max_invalid_fraction "
-            f"(e.g. --set validate.max_invalid_fraction={min(1.0, round(rep['invalid_fraction'] + 0.005, 3))})"
+            f"({_setting('validate.max_invalid_fraction', min(1.0, round(rep['invalid_fraction'] + 0.005, 3)))})"
         )
     q = result.quarantine
     if problems and rep["checks"].get("label_unknown") and "check" in q and "label" in q:
@@ -152,7 +158,7 @@ def check_thresholds(result: ValidationResult, cfg: ValidateConfig, quarantine_u
         )
         fixes.append(
             "deduplicate the source, or raise validate.max_duplicate_fraction "
-            f"(e.g. --set validate.max_duplicate_fraction={min(1.0, round(rep['duplicate_fraction'] + 0.05, 2))})"
+            f"({_setting('validate.max_duplicate_fraction', min(1.0, round(rep['duplicate_fraction'] + 0.05, 2)))})"
             + (" or set validate.near_duplicates=false" if cfg.near_duplicates and rep["checks"].get("near_duplicate") else "")
         )
     if rep["split_errors"]:
