@@ -158,12 +158,10 @@ def discover(group: str) -> tuple[PluginRecord, ...]:
             if _canon(owner.dist) != OWN_DIST:
                 # two third parties: which one loaded first is install order, so neither is used
                 owner.status, owner.cls = "error", None
-                owner.error = (f"name {ep.name!r} is also provided by {rec.dist} {rec.version}, so which one runs "
-                               f"would depend on install order; uninstall one of {owner.dist} and {rec.dist} "
-                               "(or leave one out of SELFTRAIN_PLUGIN_ALLOWLIST)")
-                rec.error = (f"name {ep.name!r} is also provided by {owner.dist} {owner.version}, so which one runs "
-                             f"would depend on install order; uninstall one of {owner.dist} and {rec.dist} "
-                             "(or leave one out of SELFTRAIN_PLUGIN_ALLOWLIST)")
+                for mine, other in ((owner, rec), (rec, owner)):
+                    mine.error = (f"name {ep.name!r} is also provided by {other.dist} {other.version}, so which one "
+                                  f"runs would depend on install order; uninstall one of {owner.dist} and {rec.dist} "
+                                  "(or leave one out of SELFTRAIN_PLUGIN_ALLOWLIST)")
         elif rec.status == "ok":
             owners[ep.name] = rec
         records.append(rec)
@@ -203,10 +201,15 @@ def get(group: str, name: str, key: str | None = None) -> type:
     return rec.cls  # type: ignore[return-value]
 
 
+def _working(group: str, name: str) -> PluginRecord | None:
+    """The working record of ``name`` in ``group``, or None."""
+    return next((r for r in discover(group) if r.name == name and r.status == "ok"), None)
+
+
 def origin(group: str, name: str) -> str:
     """'<distribution> <version>' of the working plugin ``name`` in ``group`` (for messages that must
     say whose code failed), or '?' when there is none."""
-    rec = next((r for r in discover(group) if r.name == name and r.status == "ok"), None)
+    rec = _working(group, name)
     return f"{rec.dist} {rec.version}" if rec else "?"
 
 
@@ -225,8 +228,7 @@ def versions_of(used: list[tuple[str, str]]) -> dict[str, str]:
     except PackageNotFoundError:  # running from a source tree without an install
         out = {}
     for group, name in used:
-        rec = next((r for r in discover(group) if r.name == name and r.status == "ok"), None)
-        if rec is not None:
+        if (rec := _working(group, name)) is not None:
             out[rec.dist] = rec.version
     return dict(sorted(out.items()))
 
