@@ -123,8 +123,9 @@ class Registry:
 
     def resolve(self, version: str) -> str:
         """``v2``, ``2``, ``v0002`` or ``champion`` -> ``v0002`` (committed), else a RegistryError."""
-        self.info()  # a folder that is no registry (e.g. the artifacts root) says so, not "no champion yet"
         have = self.versions()
+        if not have:  # a folder that is no registry (e.g. the artifacts root) says so, not "no champion yet"
+            self.info()
         text = str(version).strip()
         if text == "champion":
             champ = self.champion()
