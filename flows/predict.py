@@ -14,6 +14,7 @@ the thresholds (``max_class_shift``, ``max_psi``) happens here and its outcome i
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Annotated, Literal
 
@@ -72,7 +73,8 @@ def predict_shards_flow(config: PipelineConfig, jobs: list[dict], work: str) -> 
 
 
 # The deployments' run forms: bounded types (the server refuses a bad value with HTTP 409 before a run
-# exists); each field's help text is the flow docstring's ``Args:`` entry (Prefect reads it from there).
+# exists); each field's help text is an ``Args:`` entry of the flow's docstring, where Prefect reads it
+# (``_args_help`` writes them).
 Format = Literal["auto", "csv", "jsonl", "parquet"]
 ChunkRows = Annotated[int, Field(ge=1)]
 Threshold = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -81,7 +83,43 @@ MaxPsi = Annotated[float, Field(gt=0.0)]
 AtLeast0 = Annotated[int, Field(ge=0)]
 AtLeast1 = Annotated[int, Field(ge=1)]
 
+#: Help text of the parameters both prediction flows take.
+ARG_HELP = {
+    "run_dir": "Score with this run directory's model (or give root).",
+    "model": "With run_dir: which of its models (default: the run's final).",
+    "root": "A model registry's artifacts root: score with its champion (or version).",
+    "name": "With root: the registry's model name.",
+    "version": "With root: a version such as v0003 (default: the champion).",
+    "columns": 'Column mapping, e.g. {"text": "body", "id": "ticket_id"} (default: the model\'s own).',
+    "encoding": "Text encoding of a csv / jsonl input, e.g. latin-1.",
+    "chunk_rows": "Rows read and scored at a time (bounded memory); at least 1.",
+    "threshold": "Confidence below which a prediction counts as low-confidence in the drift report (0 to 1).",
+    "max_class_shift": "Drift when the predicted class mix moves more than this (total variation, above 0, at most "
+                       "1) from the training prior.",
+    "max_psi": "Drift when the confidence PSI against the reference exceeds this (0.25 is the usual 'shifted').",
+    "reference": "Score the run's reference texts for the confidence PSI.",
+}
+
+
+def _args_help(**own: str):
+    """Append the ``Args:`` section of the decorated function's docstring: for every parameter its
+    ``own`` entry, else ``ARG_HELP``'s (a parameter with neither fails at import)."""
+    def document(fn):
+        lines = [f"        {p}: {own.get(p) or ARG_HELP[p]}" for p in inspect.signature(fn).parameters]
+        fn.__doc__ = fn.__doc__.rstrip() + "\n\n    Args:\n" + "\n".join(lines)
+        return fn
+    return document
+
 @flow(name="predict", log_prints=True)
+@_args_help(input="The file to score: csv, jsonl or parquet; a local path or an s3:// URI.",
+            output="Where the predictions go: a .parquet file (a folder of parts when sharded); the quarantined "
+                   "rows go beside it as <name>.quarantine.parquet.",
+            format="Input format (auto: from the file name).",
+            workers="Local Dask worker processes for sharded scoring (0: one process, no shards).",
+            shard_rows="Rows per shard when sharded; at least 1.",
+            threads_per_worker="Torch threads per Dask worker; at least 1.",
+            dask_address="A running Dask scheduler to shard on (instead of local workers).",
+            work_dir="Where a sharded run keeps its parts until done (default: beside the output).")
 def predict(input: str, output: str, run_dir: str | None = None, model: str | None = None, root: str | None = None,
             name: str | None = None, version: str | None = None, columns: dict[str, str] | None = None,
             format: Format = "auto", encoding: str = "utf-8", chunk_rows: ChunkRows = CHUNK_ROWS,
@@ -92,31 +130,7 @@ def predict(input: str, output: str, run_dir: str | None = None, model: str | No
     ``name``, ``version``; default the champion]) into ``output``; drift report as artifact and event.
 
     ``workers`` >= 1 (local Dask worker processes) or ``dask_address`` (a running cluster): scored in
-    shards of ``shard_rows`` rows, ``output`` is a directory of parquet parts (docs/predict.md).
-
-    Args:
-        input: The file to score: csv, jsonl or parquet; a local path or an s3:// URI.
-        output: Where the predictions go: a .parquet file (a folder of parts when sharded); the
-            quarantined rows go beside it as <name>.quarantine.parquet.
-        run_dir: Score with this run directory's model (or give root).
-        model: With run_dir: which of its models (default: the run's final).
-        root: A model registry's artifacts root: score with its champion (or version).
-        name: With root: the registry's model name.
-        version: With root: a version such as v0003 (default: the champion).
-        columns: Column mapping, e.g. {"text": "body", "id": "ticket_id"} (default: the model's own).
-        format: Input format (auto: from the file name).
-        encoding: Text encoding of a csv / jsonl input, e.g. latin-1.
-        chunk_rows: Rows read and scored at a time (bounded memory); at least 1.
-        threshold: Confidence below which a prediction counts as low-confidence in the drift report (0 to 1).
-        max_class_shift: Drift when the predicted class mix moves more than this (total variation, above 0,
-            at most 1) from the training prior.
-        max_psi: Drift when the confidence PSI against the reference exceeds this (0.25 is the usual 'shifted').
-        reference: Score the run's reference texts for the confidence PSI.
-        workers: Local Dask worker processes for sharded scoring (0: one process, no shards).
-        shard_rows: Rows per shard when sharded; at least 1.
-        threads_per_worker: Torch threads per Dask worker; at least 1.
-        dask_address: A running Dask scheduler to shard on (instead of local workers).
-        work_dir: Where a sharded run keeps its parts until done (default: beside the output)."""
+    shards of ``shard_rows`` rows, ``output`` is a directory of parquet parts (docs/predict.md)."""
     sel = dict(run_dir=run_dir, model=model, root=root, name=name, version=version, columns=columns, format=format,
                encoding=encoding, chunk_rows=chunk_rows)
     drift = dict(threshold=threshold, max_class_shift=max_class_shift, max_psi=max_psi, reference=reference)
@@ -142,6 +156,9 @@ def predict(input: str, output: str, run_dir: str | None = None, model: str | No
 
 
 @flow(name="predict-landing", log_prints=True)
+@_args_help(prefix="The landing folder or s3:// prefix to watch.",
+            output_prefix="Where each file's predictions go (the same relative path, .parquet).",
+            max_files="The most files one run takes (the rest wait for the next run); at least 1.")
 def predict_landing(prefix: str, output_prefix: str, run_dir: str | None = None, model: str | None = None,
                     root: str | None = None, name: str | None = None, version: str | None = None,
                     columns: dict[str, str] | None = None, encoding: str = "utf-8", chunk_rows: ChunkRows = CHUNK_ROWS,
@@ -150,25 +167,7 @@ def predict_landing(prefix: str, output_prefix: str, run_dir: str | None = None,
     """Score every file that landed under ``prefix`` since the last run into ``output_prefix`` (same
     relative path, ``.parquet``): one ``predict`` subflow per file, each with its drift artifact and event.
     A file that fails leaves no output, so the next run tries it again; the others go on, and this run
-    then fails naming it.
-
-    Args:
-        prefix: The landing folder or s3:// prefix to watch.
-        output_prefix: Where each file's predictions go (the same relative path, .parquet).
-        run_dir: Score with this run directory's model (or give root).
-        model: With run_dir: which of its models (default: the run's final).
-        root: A model registry's artifacts root: score with its champion (or version).
-        name: With root: the registry's model name.
-        version: With root: a version such as v0003 (default: the champion).
-        columns: Column mapping, e.g. {"text": "body", "id": "ticket_id"} (default: the model's own).
-        encoding: Text encoding of a csv / jsonl input, e.g. latin-1.
-        chunk_rows: Rows read and scored at a time (bounded memory); at least 1.
-        threshold: Confidence below which a prediction counts as low-confidence in the drift report (0 to 1).
-        max_class_shift: Drift when the predicted class mix moves more than this (total variation, above 0,
-            at most 1) from the training prior.
-        max_psi: Drift when the confidence PSI against the reference exceeds this (0.25 is the usual 'shifted').
-        reference: Score the run's reference texts for the confidence PSI.
-        max_files: The most files one run takes (the rest wait for the next run); at least 1."""
+    then fails naming it."""
     jobs = predict_tasks.pending_files(prefix, output_prefix, max_files)
     print(f"{len(jobs)} new file(s) under {prefix}")
     done, failed = [], []
